@@ -1,0 +1,43 @@
+// Threads for the engine. This is the only place that knows about OpenMP: the engine describes
+// its work as a team of cooperating ranks or as independent indexed tasks, and never sees a
+// pragma. Work is always assigned statically (task i goes to rank i % size), so which thread does
+// what is a function of the team size only, and results never depend on timing.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace selfnorm {
+
+// One member of a team running the same body. Ranks are 0..size-1.
+class Team {
+ public:
+  Team(int rank, int size) : rank_(rank), size_(size) {}
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  // True if this rank owns task `index` in the static round-robin assignment.
+  bool owns(std::int64_t index) const { return index % size_ == rank_; }
+  // Waits for every rank of the team. Every rank must call it the same number of times.
+  void barrier() const;
+
+ private:
+  int rank_;
+  int size_;
+};
+
+// Runs body(team) on `threads` threads that form one team; returns when all have finished.
+// The body must not throw between two barriers (a rank that leaves early would strand the
+// others); an exception thrown anyway is rethrown here after the team has ended.
+void run_team(int threads, const std::function<void(const Team&)>& body);
+
+// Runs body(index, team_of_one) for index in [0, count) on `threads` threads, index i on thread
+// i % threads. The first exception is rethrown after all tasks have ended.
+void run_tasks(int threads, std::int64_t count, const std::function<void(std::int64_t, const Team&)>& body);
+
+// True on the thread that called run_team/run_tasks (OpenMP thread 0), false on the others.
+bool is_main_thread();
+
+// Number of processors available to this process.
+int available_processors();
+
+}  // namespace selfnorm

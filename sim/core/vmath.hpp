@@ -1,0 +1,242 @@
+// Branch-free elementary functions for float and double that the compiler can vectorise.
+//
+// The engine applies activations to every entry of every layer, so exp, expm1, log and log1p
+// must run inside auto-vectorised loops; the C library's versions are opaque calls that stop
+// vectorisation. Each function here is a handful of selects and a polynomial:
+//   exp/expm1: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, Taylor polynomial in r,
+//              scaling by 2^n in two steps so that results down to the subnormal range round
+//              correctly (Muller, "Elementary Functions", ch. 11).
+//   log:       x = 2^e m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m-1)/(m+1).
+//   log1p:     Goldberg's correction log1p(y) = log(u) * y / (u - 1), u = 1 + y.
+// Accuracy (checked against long double in tests/unit/test_vmath.cpp): a few ulp over the whole
+// range. Infinities and NaN propagate like the C library's functions.
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+namespace selfnorm::vmath {
+
+template <class T>
+struct FloatTraits;
+
+template <>
+struct FloatTraits<float> {
+  using Int = std::int32_t;
+  using UInt = std::uint32_t;
+  static constexpr int mantissa_bits = 23;
+  static constexpr int exponent_bias = 127;
+  // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (|v| < 2^22).
+  static constexpr float round_magic = 12582912.0f;
+  static constexpr float ln2_hi = 0.693359375f;     // 355/512, exact in few bits
+  static constexpr float ln2_lo = -2.12194440e-4f;  // ln2 - ln2_hi
+  static constexpr float exp_min = -104.0f;         // exp(x) rounds to 0 below
+  static constexpr float exp_max = 89.0f;           // exp(x) overflows above
+};
+
+template <>
+struct FloatTraits<double> {
+  using Int = std::int64_t;
+  using UInt = std::uint64_t;
+  static constexpr int mantissa_bits = 52;
+  static constexpr int exponent_bias = 1023;
+  static constexpr double round_magic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double ln2_hi = 6.93147180369123816490e-01;  // fdlibm split of ln 2
+  static constexpr double ln2_lo = 1.90821492927058770002e-10;
+  static constexpr double exp_min = -746.0;
+  static constexpr double exp_max = 710.0;
+};
+
+constexpr double kLog2e = 1.44269504088896340736;
+constexpr double kLn2 = 0.693147180559945309417;
+
+// min/max that return NaN when x is NaN (the argument order matters for vector min/max).
+template <class T>
+inline T clamp_keep_nan(T x, T lo, T hi) {
+  x = (x < lo) ? lo : x;
+  x = (x > hi) ? hi : x;
+  return x;
+}
+
+// 2^n for n in the normal exponent range, built from its bits.
+template <class T>
+inline T pow2i(typename FloatTraits<T>::Int n) {
+  using Tr = FloatTraits<T>;
+  using U = typename Tr::UInt;
+  return std::bit_cast<T>(static_cast<U>(n + Tr::exponent_bias) << Tr::mantissa_bits);
+}
+
+// Round-to-nearest integer value of v as T (|v| < 2^22 for float, 2^51 for double).
+template <class T>
+inline T round_nearest(T v) {
+  return (v + FloatTraits<T>::round_magic) - FloatTraits<T>::round_magic;
+}
+
+// Reduces x to n and r with x = n ln2 + r, |r| <= ln2/2 (plus rounding).
+template <class T>
+inline void reduce_ln2(T x, T& n, T& r) {
+  using Tr = FloatTraits<T>;
+  n = round_nearest<T>(x * static_cast<T>(kLog2e));
+  r = std::fma(n, -Tr::ln2_hi, x);
+  r = std::fma(n, -Tr::ln2_lo, r);
+}
+
+// expm1(r) - r - r^2/2 ... as r * (r * P(r)) is the usual form; here the Taylor sum
+// em1(r) = r + r^2/2! + ... , truncated where the next term is below half an ulp for |r| <= ln2/2.
+template <class T>
+inline T expm1_reduced(T r) {
+  if constexpr (std::is_same_v<T, float>) {
+    T p = 1.0f / 5040.0f;
+    p = std::fma(p, r, 1.0f / 720.0f);
+    p = std::fma(p, r, 1.0f / 120.0f);
+    p = std::fma(p, r, 1.0f / 24.0f);
+    p = std::fma(p, r, 1.0f / 6.0f);
+    p = std::fma(p, r, 0.5f);
+    return std::fma(p * r, r, r);
+  } else {
+    T p = 1.0 / 6227020800.0;  // 1/13!
+    p = std::fma(p, r, 1.0 / 479001600.0);
+    p = std::fma(p, r, 1.0 / 39916800.0);
+    p = std::fma(p, r, 1.0 / 3628800.0);
+    p = std::fma(p, r, 1.0 / 362880.0);
+    p = std::fma(p, r, 1.0 / 40320.0);
+    p = std::fma(p, r, 1.0 / 5040.0);
+    p = std::fma(p, r, 1.0 / 720.0);
+    p = std::fma(p, r, 1.0 / 120.0);
+    p = std::fma(p, r, 1.0 / 24.0);
+    p = std::fma(p, r, 1.0 / 6.0);
+    p = std::fma(p, r, 0.5);
+    return std::fma(p * r, r, r);
+  }
+}
+
+// e^x.
+template <class T>
+inline T exp(T x) {
+  using Tr = FloatTraits<T>;
+  using I = typename Tr::Int;
+  x = clamp_keep_nan<T>(x, Tr::exp_min, Tr::exp_max);
+  T nf, r;
+  reduce_ln2(x, nf, r);
+  nf = (nf != nf) ? T(0) : nf;  // NaN stays in r; keep the integer conversion defined
+  const I n = static_cast<I>(nf);
+  const I n1 = n >> 1;
+  const I n2 = n - n1;
+  const T p = expm1_reduced(r) + T(1);
+  return p * pow2i<T>(n1) * pow2i<T>(n2);
+}
+
+// e^x - 1, accurate for small |x|.
+template <class T>
+inline T expm1(T x) {
+  using Tr = FloatTraits<T>;
+  using I = typename Tr::Int;
+  x = clamp_keep_nan<T>(x, Tr::exp_min, Tr::exp_max);
+  T nf, r;
+  reduce_ln2(x, nf, r);
+  nf = (nf != nf) ? T(0) : nf;  // NaN stays in r; keep the integer conversion defined
+  const I n = static_cast<I>(nf);
+  const I n1 = n >> 1;
+  const I n2 = n - n1;
+  const T scale = pow2i<T>(n1) * pow2i<T>(n2);  // 2^n, 0 or inf at the ends
+  const T em1 = expm1_reduced(r);
+  // 2^n (em1 + 1) - 1 = 2^n em1 + (2^n - 1); exact when n = 0.
+  return std::fma(scale, em1, scale - T(1));
+}
+
+// e^x and e^x - 1 together, both accurate (e^x is not formed as expm1 + 1, which loses the
+// relative accuracy of small e^x).
+template <class T>
+inline void exp_expm1(T x, T& e, T& em1_out) {
+  using Tr = FloatTraits<T>;
+  using I = typename Tr::Int;
+  x = clamp_keep_nan<T>(x, Tr::exp_min, Tr::exp_max);
+  T nf, r;
+  reduce_ln2(x, nf, r);
+  nf = (nf != nf) ? T(0) : nf;
+  const I n = static_cast<I>(nf);
+  const I n1 = n >> 1;
+  const I n2 = n - n1;
+  const T scale = pow2i<T>(n1) * pow2i<T>(n2);
+  const T em1 = expm1_reduced(r);
+  e = (em1 + T(1)) * scale;
+  em1_out = std::fma(scale, em1, scale - T(1));
+}
+
+// Natural logarithm; log(0) = -inf, log(x < 0) = NaN.
+template <class T>
+inline T log(T x) {
+  using Tr = FloatTraits<T>;
+  using U = typename Tr::UInt;
+  using I = typename Tr::Int;
+  constexpr U mantissa_mask = (U(1) << Tr::mantissa_bits) - 1;
+  constexpr T tiny = std::numeric_limits<T>::min();
+  constexpr T subnormal_scale = std::is_same_v<T, float> ? 16777216.0f : 18014398509481984.0;  // 2^24, 2^54
+  constexpr I subnormal_shift = std::is_same_v<T, float> ? 24 : 54;
+
+  const bool sub = x < tiny;
+  const T xs = sub ? x * subnormal_scale : x;
+  const U bits = std::bit_cast<U>(xs);
+  I e = static_cast<I>(bits >> Tr::mantissa_bits) - Tr::exponent_bias - (sub ? subnormal_shift : 0);
+  T m = std::bit_cast<T>((bits & mantissa_mask) | std::bit_cast<U>(T(1)));
+  const bool big = m > static_cast<T>(1.41421356237309504880);
+  m = big ? m * T(0.5) : m;
+  e = big ? e + 1 : e;
+  const T s = (m - T(1)) / (m + T(1));
+  const T s2 = s * s;
+  T p;
+  if constexpr (std::is_same_v<T, float>) {
+    p = 1.0f / 9.0f;
+    p = std::fma(p, s2, 1.0f / 7.0f);
+    p = std::fma(p, s2, 1.0f / 5.0f);
+    p = std::fma(p, s2, 1.0f / 3.0f);
+  } else {
+    p = 1.0 / 21.0;
+    p = std::fma(p, s2, 1.0 / 19.0);
+    p = std::fma(p, s2, 1.0 / 17.0);
+    p = std::fma(p, s2, 1.0 / 15.0);
+    p = std::fma(p, s2, 1.0 / 13.0);
+    p = std::fma(p, s2, 1.0 / 11.0);
+    p = std::fma(p, s2, 1.0 / 9.0);
+    p = std::fma(p, s2, 1.0 / 7.0);
+    p = std::fma(p, s2, 1.0 / 5.0);
+    p = std::fma(p, s2, 1.0 / 3.0);
+  }
+  const T two_s = s + s;
+  const T log_m = std::fma(two_s * s2, p, two_s);
+  const T ef = static_cast<T>(e);
+  T result = std::fma(ef, Tr::ln2_hi, std::fma(ef, Tr::ln2_lo, log_m));
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  result = (x == inf) ? inf : result;
+  result = (x == T(0)) ? -inf : result;
+  result = (x < T(0)) ? std::numeric_limits<T>::quiet_NaN() : result;
+  result = (x != x) ? x : result;
+  return result;
+}
+
+// log(1 + y), accurate for small |y|.
+template <class T>
+inline T log1p(T y) {
+  const T u = T(1) + y;
+  const T d = u - T(1);
+  const T l = vmath::log(u);
+  // Goldberg: log(u) * y / (u - 1) corrects the rounding of 1 + y; d == 0 means u == 1.
+  const T corrected = l * (y / (d == T(0) ? T(1) : d));
+  T result = (d == T(0)) ? y : corrected;
+  result = (y == std::numeric_limits<T>::infinity()) ? y : result;
+  return result;
+}
+
+// 1 / (1 + e^-x) without overflow; also returns e^-|x| for derivative formulas.
+template <class T>
+inline T sigmoid(T x, T& e_neg_abs) {
+  const T e = vmath::exp(-std::abs(x));
+  const T s = T(1) / (T(1) + e);
+  e_neg_abs = e;
+  return x >= T(0) ? s : e * s;
+}
+
+}  // namespace selfnorm::vmath
