@@ -1,0 +1,248 @@
+#include "cli/display.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "io/sweep.hpp"
+
+namespace selfnorm::cli {
+
+using json = nlohmann::ordered_json;
+
+namespace {
+
+std::string fmt(const char* format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+
+std::string format_value(const json& v) {
+  if (v.is_number_float()) return fmt("%.6g", v.get<double>());
+  if (v.is_string()) return v.get<std::string>();
+  return v.dump();
+}
+
+// "0.9979±0.0027": the mean with as many decimals as its standard error warrants (2 significant
+// digits of the error); scientific notation for very small or large values.
+std::string with_error(double mean, double sem) {
+  if (std::isnan(mean)) return "nan";
+  if (std::isinf(mean)) return mean > 0 ? "inf" : "-inf";
+  if (mean == 0.0 && !(sem > 0)) return "0";
+  const double mag = std::abs(mean);
+  const bool known = sem > 0 && std::isfinite(sem);
+  char buf[64];
+  if (mag >= 1e5 || (mag > 0 && mag < 1e-3) || (known && sem < 1e-6)) {
+    if (known) {
+      std::snprintf(buf, sizeof buf, "%.3e±%.1e", mean, sem);
+    } else {
+      std::snprintf(buf, sizeof buf, "%.3e", mean);
+    }
+    return buf;
+  }
+  if (!known) return fmt("%.4g", mean);
+  const int decimals = std::clamp(1 - static_cast<int>(std::floor(std::log10(sem))), 0, 8);
+  std::snprintf(buf, sizeof buf, "%.*f±%.*f", decimals, mean, decimals, sem);
+  return buf;
+}
+
+// Display width of a UTF-8 string (the ± sign is two bytes, one column).
+std::size_t columns(const std::string& s) {
+  std::size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+std::string pad_left(const std::string& s, std::size_t width) {
+  const std::size_t c = columns(s);
+  return c >= width ? s : std::string(width - c, ' ') + s;
+}
+
+std::string pad_right(const std::string& s, std::size_t width) {
+  const std::size_t c = columns(s);
+  return c >= width ? s : s + std::string(width - c, ' ');
+}
+
+std::vector<int> summary_layers(int depth) {
+  std::vector<int> layers;
+  for (int l = 1; l < depth; l *= 2) layers.push_back(l);
+  layers.push_back(depth);
+  return layers;
+}
+
+}  // namespace
+
+ProgressDisplay::ProgressDisplay(bool enabled, std::int64_t points, double total_flop)
+    : enabled_(enabled),
+      tty_(isatty(STDERR_FILENO) != 0),
+      points_(points),
+      total_flop_(total_flop),
+      start_(std::chrono::steady_clock::now()),
+      last_shown_(start_) {}
+
+void ProgressDisplay::start_point(std::int64_t ordinal, const std::string& label, std::int64_t trials, double flop) {
+  ordinal_ = ordinal;
+  label_ = label;
+  trials_ = trials;
+  point_flop_ = flop;
+  point_fraction_ = 0.0;
+  show(false);
+}
+
+void ProgressDisplay::update(std::int64_t done, std::int64_t total) {
+  point_fraction_ = total > 0 ? static_cast<double>(done) / static_cast<double>(total) : 1.0;
+  show(false);
+}
+
+void ProgressDisplay::finish_point() {
+  done_flop_ += point_flop_;
+  point_flop_ = 0.0;
+  point_fraction_ = 0.0;
+}
+
+double ProgressDisplay::elapsed_seconds() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+}
+
+void ProgressDisplay::show(bool force) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  if (elapsed < 1.0 && !force) return;
+  const auto interval = tty_ ? std::chrono::milliseconds(200) : std::chrono::seconds(10);
+  if (shown_ && now - last_shown_ < interval && !force) return;
+  last_shown_ = now;
+  shown_ = true;
+  const double done = done_flop_ + point_fraction_ * point_flop_;
+  const double rate = done / std::max(elapsed, 1e-9);
+  const double eta = rate > 0 ? (total_flop_ - done) / rate : 0.0;
+  const auto trials_done = static_cast<std::int64_t>(point_fraction_ * static_cast<double>(trials_) + 1e-9);
+  std::ostringstream line;
+  line << "point " << (ordinal_ + 1) << "/" << points_;
+  if (!label_.empty()) line << " (" << label_ << ")";
+  line << "  trials " << trials_done << "/" << trials_ << "  " << fmt("%.0f%%", 100.0 * done / std::max(total_flop_, 1.0))
+       << "  " << fmt("%.1f", rate * 1e-9) << " GFLOP/s  elapsed " << format_duration(elapsed) << "  ETA "
+       << format_duration(eta);
+  if (tty_) {
+    std::cerr << "\r\033[K" << line.str() << std::flush;
+  } else {
+    std::cerr << line.str() << std::endl;
+  }
+}
+
+void ProgressDisplay::finish() {
+  if (enabled_ && shown_ && tty_) std::cerr << "\r\033[K" << std::flush;
+}
+
+std::string point_label(const io::Experiment& experiment, std::int64_t p) {
+  const auto& point = experiment.points[static_cast<std::size_t>(p)];
+  std::string label;
+  for (std::size_t k = 0; k < experiment.varied.size(); ++k) {
+    const json& v = point.varied_values[k];
+    if (v.is_null()) continue;
+    if (!label.empty()) label += ", ";
+    if (experiment.varied[k].key == "activation.name") {
+      label += v.get<std::string>();
+    } else {
+      label += experiment.varied[k].dataset + "=" + format_value(v);
+    }
+  }
+  return label;
+}
+
+void print_summary(std::ostream& out, const io::Experiment& experiment, const std::vector<io::PointRecord>& records) {
+  if (records.empty()) return;
+  int depth = 0;
+  for (const auto& r : records) depth = std::max(depth, r.depth);
+  const std::vector<int> layers = summary_layers(depth);
+  std::vector<std::string> labels;
+  std::size_t label_width = 5;
+  for (const auto& r : records) {
+    std::string label = point_label(experiment, r.index);
+    if (label.empty()) label = "point " + std::to_string(r.index);
+    label_width = std::max(label_width, columns(label));
+    labels.push_back(label);
+  }
+  const std::int64_t trials = records.front().trials;
+  const Stat stats[] = {Stat::activation_mean, Stat::activation_var, Stat::grad_activation_msq};
+  for (Stat s : stats) {
+    const auto& info = stat_catalog()[static_cast<int>(s)];
+    out << "\n" << info.name << " by layer: " << info.long_name << ", mean ± standard error over " << trials
+        << " trial" << (trials == 1 ? "" : "s") << "\n";
+    std::vector<std::vector<std::string>> cells(records.size());
+    std::vector<std::size_t> width(layers.size());
+    for (std::size_t c = 0; c < layers.size(); ++c) width[c] = std::to_string(layers[c]).size();
+    for (std::size_t p = 0; p < records.size(); ++p) {
+      for (std::size_t c = 0; c < layers.size(); ++c) {
+        const int l = layers[c];
+        const auto& r = records[p];
+        std::string cell = l <= r.depth ? with_error(r.mean[static_cast<int>(s)][static_cast<std::size_t>(l - 1)],
+                                                     r.sem[static_cast<int>(s)][static_cast<std::size_t>(l - 1)])
+                                        : "";
+        width[c] = std::max(width[c], columns(cell));
+        cells[p].push_back(cell);
+      }
+    }
+    out << pad_right("layer", label_width);
+    for (std::size_t c = 0; c < layers.size(); ++c) out << "  " << pad_left(std::to_string(layers[c]), width[c]);
+    out << "\n";
+    for (std::size_t p = 0; p < records.size(); ++p) {
+      out << pad_right(labels[p], label_width);
+      for (std::size_t c = 0; c < layers.size(); ++c) out << "  " << pad_left(cells[p][c], width[c]);
+      out << "\n";
+    }
+  }
+  for (std::size_t p = 0; p < records.size(); ++p) {
+    if (records[p].first_nonfinite_layer > 0) {
+      out << "\nnote: " << labels[p] << " blew up: the first inf/NaN activation is at layer "
+          << records[p].first_nonfinite_layer << " (see nonfinite_count in the file); statistics of the layers "
+          << "from there on are NaN\n";
+    }
+  }
+}
+
+void print_activations(std::ostream& out) {
+  for (const auto& info : activation_catalog()) {
+    out << info.name;
+    if (!info.aliases.empty()) {
+      out << " (also";
+      for (auto a : info.aliases) out << " " << a;
+      out << ")";
+    }
+    out << ": " << info.formula << "\n";
+    for (const auto& p : info.params) {
+      out << "    " << pad_right(std::string(p.name), 16) << "default " << pad_right(fmt("%.17g", p.default_value), 22)
+          << p.meaning << "\n";
+    }
+  }
+}
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  if (seconds < 60) return fmt(seconds < 10 ? "%.1f s" : "%.0f s", seconds);
+  const auto s = static_cast<long>(seconds + 0.5);
+  char buf[64];
+  if (s < 3600) {
+    std::snprintf(buf, sizeof buf, "%ld min %02ld s", s / 60, s % 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%ld h %02ld min", s / 3600, (s % 3600) / 60);
+  }
+  return buf;
+}
+
+std::string format_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  return fmt(bytes < 10 ? "%.1f " : "%.0f ", bytes) + units[u];
+}
+
+}  // namespace selfnorm::cli

@@ -1,0 +1,30 @@
+// What the process learns from its environment: thread counts, host, time, build provenance.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "io/results.hpp"
+
+namespace selfnorm::cli {
+
+// Where the thread count came from, for messages.
+struct ThreadChoice {
+  int threads = 1;
+  std::string source;  // "--threads", "OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK" or "all processors"
+};
+
+// --threads if given, else OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK (Slurm never sets
+// OMP_NUM_THREADS), else every processor. Throws UsageError for a malformed value.
+ThreadChoice choose_threads(std::optional<int> requested);
+
+// "selfnorm 0.1.0 (git abc123, g++ 12.2.0, Release, avx512 GEMM)".
+std::string version_line();
+
+// Provenance for a result file written now by this process.
+io::Provenance current_provenance(int threads, const std::string& command_line);
+
+// The current UTC time as ISO 8601.
+std::string utc_now();
+
+}  // namespace selfnorm::cli

@@ -1,0 +1,70 @@
+// selfnorm: Monte Carlo and mean-field signal propagation in deep dense networks.
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+#include "cli/commands.hpp"
+#include "cli/environment.hpp"
+#include "cli/errors.hpp"
+#include "io/config.hpp"
+#include "io/hdf5.hpp"
+
+int main(int argc, char** argv) {
+  using namespace selfnorm::cli;
+  std::string command_line;
+  for (int i = 0; i < argc; ++i) command_line += (i ? " " : "") + std::string(argv[i]);
+
+  CLI::App app{"selfnorm: Monte Carlo and mean-field signal propagation in deep dense networks"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", version_line());
+
+  RunArgs run;
+  run.command_line = command_line;
+  auto* run_cmd = app.add_subcommand("run", "Run an experiment config and write an HDF5 result file");
+  run_cmd->add_option("config", run.config, "experiment config (JSON)")->required();
+  run_cmd->add_option("-o,--output", run.output, "result file (default: results/<name>.h5)");
+  run_cmd->add_option("--threads", run.threads, "threads (default: OMP_NUM_THREADS, SLURM_CPUS_PER_TASK or all)");
+  run_cmd->add_option("--seed", run.seed, "override the config's seed");
+  run_cmd->add_option("--parallel", run.parallel, "how threads share work: auto, trials or samples (same results)");
+  run_cmd->add_flag("--quiet", run.quiet, "no progress and no summary");
+  run_cmd->add_flag("--overwrite", run.overwrite, "replace an existing result file");
+
+  std::string config;
+  std::optional<int> threads;
+  auto* validate_cmd = app.add_subcommand("validate", "Check a config and print its work and memory estimate");
+  validate_cmd->add_option("config", config, "experiment config (JSON)")->required();
+  validate_cmd->add_option("--threads", threads, "threads the estimate assumes");
+
+  auto* print_cmd = app.add_subcommand("print-config", "Print a config with every default filled in");
+  print_cmd->add_option("config", config, "experiment config (JSON)")->required();
+
+  bool as_json = false;
+  auto* act_cmd = app.add_subcommand("activations", "List the activations, their parameters and defaults");
+  act_cmd->add_flag("--json", as_json, "as JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    if (*run_cmd) return run_command(run);
+    if (*validate_cmd) return validate_command(config, threads);
+    if (*print_cmd) return print_config_command(config);
+    if (*act_cmd) return activations_command(as_json);
+  } catch (const selfnorm::io::ConfigError& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 2;
+  } catch (const selfnorm::io::FileError& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 2;
+  } catch (const UsageError& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,647 @@
+#include "io/config.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "core/engine.hpp"
+#include "io/sweep.hpp"
+
+namespace selfnorm::io {
+
+using json = nlohmann::ordered_json;
+
+namespace {
+
+std::string join_path(const std::string& path, std::string_view key) {
+  return path.empty() ? std::string(key) : path + "." + std::string(key);
+}
+
+std::string index_path(const std::string& path, std::size_t i) { return path + "[" + std::to_string(i) + "]"; }
+
+// "an integer", "a string", ... for messages.
+std::string describe_type(const json& j) {
+  switch (j.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::string: return "a string";
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned: return "an integer";
+    case json::value_t::number_float: return "a number";
+    case json::value_t::object: return "an object";
+    case json::value_t::array: return "a list";
+    default: return "an unsupported value";
+  }
+}
+
+std::string show(const json& j) {
+  std::string s = j.dump();
+  if (s.size() > 60) s = s.substr(0, 57) + "...";
+  return s;
+}
+
+std::string format_number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+std::string list_names(const std::vector<std::string>& names) {
+  std::string out;
+  for (std::size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + names[i];
+  return out;
+}
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t sub = prev[j - 1] + (std::tolower(a[i - 1]) == std::tolower(b[j - 1]) ? 0 : 1);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, sub});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// Collects issues while walking a config; every accessor records a problem and returns a
+// fallback instead of throwing, so one pass finds everything.
+class Checker {
+ public:
+  std::vector<ConfigIssue> issues;
+
+  void fail(const std::string& path, std::string message) { issues.push_back({path, std::move(message)}); }
+
+  // True if j is an object; records an issue otherwise.
+  bool object(const json& j, const std::string& path) {
+    if (j.is_object()) return true;
+    fail(path, "must be an object {...}, got " + describe_type(j) + " " + show(j));
+    return false;
+  }
+
+  // Records every key of obj not in `allowed`, with the nearest valid key.
+  void known_keys(const json& obj, const std::string& path, const std::vector<std::string>& allowed) {
+    for (const auto& [key, value] : obj.items()) {
+      if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+      std::string msg = "unknown key";
+      const std::string near = nearest_key(key, allowed);
+      if (!near.empty()) msg += "; did you mean '" + near + "'?";
+      msg += allowed.empty() ? " (this section takes no keys)" : " (valid keys: " + list_names(allowed) + ")";
+      fail(join_path(path, key), msg);
+    }
+  }
+
+  // A finite number; `ok` tests the range and `requirement` says it in words.
+  double number(const json& obj, std::string_view key, const std::string& path, double fallback,
+                const std::function<bool(double)>& ok = {}, std::string_view requirement = {}) {
+    const std::string p = join_path(path, key);
+    if (!obj.is_object() || !obj.contains(key)) return fallback;
+    const json& v = obj.at(std::string(key));
+    if (!v.is_number()) {
+      fail(p, "must be a number" + suffix(requirement) + ", got " + describe_type(v) + " " + show(v));
+      return fallback;
+    }
+    const double d = v.get<double>();
+    if (!std::isfinite(d)) {
+      fail(p, "must be a finite number, got " + show(v));
+      return fallback;
+    }
+    if (ok && !ok(d)) {
+      fail(p, "must be " + std::string(requirement) + ", got " + show(v));
+      return fallback;
+    }
+    return d;
+  }
+
+  // An integer (a number with an integral value is accepted, e.g. 64.0 from a linspace).
+  std::int64_t integer(const json& obj, std::string_view key, const std::string& path, std::int64_t fallback,
+                       std::int64_t min_value, std::int64_t max_value) {
+    const std::string p = join_path(path, key);
+    if (!obj.is_object() || !obj.contains(key)) return fallback;
+    return integer_value(obj.at(std::string(key)), p, fallback, min_value, max_value);
+  }
+
+  std::int64_t integer_value(const json& v, const std::string& p, std::int64_t fallback, std::int64_t min_value,
+                             std::int64_t max_value) {
+    const std::string range = range_text(min_value, max_value);
+    if (!v.is_number()) {
+      fail(p, "must be an integer " + range + ", got " + describe_type(v) + " " + show(v));
+      return fallback;
+    }
+    const double d = v.get<double>();
+    if (!std::isfinite(d) || d != std::floor(d)) {
+      fail(p, "must be an integer " + range + ", got " + show(v));
+      return fallback;
+    }
+    if (d < static_cast<double>(min_value)) {
+      fail(p, "must be an integer " + range + ", got " + show(v));
+      return fallback;
+    }
+    if (d > static_cast<double>(max_value)) {
+      fail(p, "must be at most " + std::to_string(max_value) + ", got " + show(v));
+      return fallback;
+    }
+    return v.is_number_float() ? static_cast<std::int64_t>(d) : v.get<std::int64_t>();
+  }
+
+  bool boolean(const json& obj, std::string_view key, const std::string& path, bool fallback) {
+    const std::string p = join_path(path, key);
+    if (!obj.is_object() || !obj.contains(key)) return fallback;
+    const json& v = obj.at(std::string(key));
+    if (!v.is_boolean()) {
+      fail(p, "must be true or false, got " + describe_type(v) + " " + show(v));
+      return fallback;
+    }
+    return v.get<bool>();
+  }
+
+  std::string string(const json& obj, std::string_view key, const std::string& path, const std::string& fallback) {
+    const std::string p = join_path(path, key);
+    if (!obj.is_object() || !obj.contains(key)) return fallback;
+    const json& v = obj.at(std::string(key));
+    if (!v.is_string()) {
+      fail(p, "must be a string, got " + describe_type(v) + " " + show(v));
+      return fallback;
+    }
+    return v.get<std::string>();
+  }
+
+  // One of `choices`, as a string.
+  std::string choice(const json& obj, std::string_view key, const std::string& path, const std::string& fallback,
+                     const std::vector<std::string>& choices) {
+    const std::string p = join_path(path, key);
+    if (!obj.is_object() || !obj.contains(key)) return fallback;
+    const json& v = obj.at(std::string(key));
+    if (!v.is_string()) {
+      fail(p, "must be one of " + list_names(choices) + ", got " + describe_type(v) + " " + show(v));
+      return fallback;
+    }
+    const std::string s = v.get<std::string>();
+    if (std::find(choices.begin(), choices.end(), s) != choices.end()) return s;
+    std::string msg = "unknown value '" + s + "'";
+    const std::string near = nearest_key(s, choices);
+    if (!near.empty()) msg += "; did you mean '" + near + "'?";
+    fail(p, msg + " (valid: " + list_names(choices) + ")");
+    return fallback;
+  }
+
+ private:
+  static std::string suffix(std::string_view requirement) {
+    return requirement.empty() ? "" : " " + std::string(requirement);
+  }
+  // Ranges whose upper end is only a sanity limit are shown as ">= lo".
+  static std::string range_text(std::int64_t lo, std::int64_t hi) {
+    if (hi >= kSanityLimit) return ">= " + std::to_string(lo);
+    return "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  }
+  static constexpr std::int64_t kSanityLimit = 100000;
+};
+
+constexpr std::int64_t kMaxWidth = std::int64_t(1) << 24;
+constexpr std::int64_t kMaxDepth = 100000;
+constexpr std::int64_t kMaxCount = std::int64_t(1) << 40;
+
+const std::vector<std::string> kTopKeys = {"name",  "description", "seed",    "precision",     "network",
+                                           "activation", "init",   "input",   "alpha_dropout", "monte_carlo",
+                                           "output", "sweep"};
+const std::vector<std::string> kNetworkKeys = {"depth", "width", "widths"};
+const std::vector<std::string> kInitKeys = {"name", "weight_mean", "weight_variance", "bias_mean", "bias_variance"};
+const std::vector<std::string> kInputKeys = {"distribution", "mean", "variance"};
+const std::vector<std::string> kDropoutKeys = {"keep_probability", "fixed_point_mean", "fixed_point_variance"};
+const std::vector<std::string> kMonteCarloKeys = {"trials", "batch", "weight_gradients"};
+const std::vector<std::string> kOutputKeys = {"per_trial"};
+const std::vector<std::string> kPrecisions = {"float32", "float64"};
+const std::vector<std::string> kInits = {"lecun_normal", "lecun_uniform",  "he_normal",
+                                         "glorot_normal", "orthogonal",    "truncated_normal"};
+const std::vector<std::string> kInputs = {"normal", "uniform"};
+
+std::vector<std::string> activation_names() {
+  std::vector<std::string> names;
+  for (const auto& info : activation_catalog()) {
+    names.emplace_back(info.name);
+    for (auto alias : info.aliases) names.emplace_back(alias);
+  }
+  return names;
+}
+
+NetworkSpec parse_network(const json& root, Checker& c) {
+  NetworkSpec net;
+  const std::string path = "network";
+  const json empty = json::object();
+  const json& j = root.contains(path) ? root.at(path) : empty;
+  if (!c.object(j, path)) return {std::vector<std::int64_t>(65, 512)};
+  c.known_keys(j, path, kNetworkKeys);
+  const bool has_depth = j.contains("depth");
+  const std::int64_t depth = c.integer(j, "depth", path, 64, 1, kMaxDepth);
+  if (j.contains("widths")) {
+    const json& w = j.at("widths");
+    if (j.contains("width")) {
+      c.fail(join_path(path, "width"), "give either 'width' (all layers) or 'widths' (per layer), not both");
+    }
+    if (!w.is_array() || w.size() < 2) {
+      c.fail(join_path(path, "widths"),
+             "must be a list of at least 2 integers [n_0, n_1, ..., n_L] (input width first), got " +
+                 describe_type(w) + " " + show(w));
+      return {std::vector<std::int64_t>(static_cast<std::size_t>(depth + 1), 512)};
+    }
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      net.widths.push_back(c.integer_value(w[i], index_path(join_path(path, "widths"), i), 1, 1, kMaxWidth));
+    }
+    if (has_depth && static_cast<std::int64_t>(w.size()) != depth + 1) {
+      c.fail(join_path(path, "widths"), "has " + std::to_string(w.size()) + " entries but depth is " +
+                                            std::to_string(depth) + "; widths lists the input width and then one "
+                                            "width per layer, so it needs depth + 1 = " +
+                                            std::to_string(depth + 1) + " entries");
+    }
+    return net;
+  }
+  const std::int64_t width = c.integer(j, "width", path, 512, 1, kMaxWidth);
+  net.widths.assign(static_cast<std::size_t>(depth + 1), width);
+  return net;
+}
+
+Activation parse_activation(const json& j, const std::string& path, Checker& c) {
+  json obj = j;
+  if (j.is_string()) obj = json{{"name", j}};
+  if (!c.object(obj, path)) return Selu{};
+  if (!obj.contains("name")) {
+    c.fail(join_path(path, "name"), "missing; choose one of " + list_names(activation_names()));
+    return Selu{};
+  }
+  const std::string name = c.choice(obj, "name", path, "", activation_names());
+  const ActivationInfo* info = find_activation(name);
+  if (!info) return Selu{};
+  std::vector<std::string> allowed = {"name"};
+  for (const auto& p : info->params) allowed.emplace_back(p.name);
+  // Parameters of another activation get a specific message.
+  for (const auto& [key, value] : obj.items()) {
+    if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+    std::string msg = "is not a parameter of " + std::string(info->name);
+    if (info->params.empty()) {
+      msg += ", which has none";
+    } else {
+      std::vector<std::string> params(allowed.begin() + 1, allowed.end());
+      const std::string near = nearest_key(key, params);
+      if (!near.empty()) msg += "; did you mean '" + near + "'?";
+      msg += " (its parameters: " + list_names(params) + ")";
+    }
+    c.fail(join_path(path, key), msg);
+  }
+  std::vector<double> values;
+  const std::size_t before = c.issues.size();
+  for (const auto& p : info->params) values.push_back(c.number(obj, p.name, path, p.default_value));
+  if (c.issues.size() != before) return Selu{};
+  for (const auto& [param, message] : check_activation_params(info->name, values)) {
+    c.fail(join_path(path, param), message + ", got " + format_number(values[static_cast<std::size_t>(
+                                                           std::find_if(info->params.begin(), info->params.end(),
+                                                                        [&](const ParamInfo& pi) { return pi.name == param; }) -
+                                                           info->params.begin())]));
+  }
+  try {
+    return make_activation(info->name, values);
+  } catch (const std::invalid_argument&) {
+    return Selu{};  // already reported
+  }
+}
+
+InitSpec parse_init(const json& root, Checker& c) {
+  InitSpec init;
+  const std::string path = "init";
+  if (!root.contains(path)) return init;
+  const json& j = root.at(path);
+  if (!c.object(j, path)) return init;
+  c.known_keys(j, path, kInitKeys);
+  const std::string name = c.choice(j, "name", path, "lecun_normal", kInits);
+  init.kind = static_cast<InitKind>(std::find(kInits.begin(), kInits.end(), name) - kInits.begin());
+  init.weight_mean = c.number(j, "weight_mean", path, 0.0);
+  init.weight_variance = c.number(j, "weight_variance", path, 1.0, [](double v) { return v > 0; }, "> 0");
+  init.bias_mean = c.number(j, "bias_mean", path, 0.0);
+  init.bias_variance = c.number(j, "bias_variance", path, 0.0, [](double v) { return v >= 0; }, ">= 0");
+  return init;
+}
+
+InputSpec parse_input(const json& root, Checker& c) {
+  InputSpec in;
+  const std::string path = "input";
+  if (!root.contains(path)) return in;
+  const json& j = root.at(path);
+  if (!c.object(j, path)) return in;
+  c.known_keys(j, path, kInputKeys);
+  in.distribution = c.choice(j, "distribution", path, "normal", kInputs) == "uniform" ? InputDistribution::uniform
+                                                                                       : InputDistribution::normal;
+  in.mean = c.number(j, "mean", path, 0.0);
+  in.variance = c.number(j, "variance", path, 1.0, [](double v) { return v >= 0; }, ">= 0");
+  return in;
+}
+
+AlphaDropoutSpec parse_dropout(const json& root, const Activation& act, const std::string& act_path, Checker& c) {
+  AlphaDropoutSpec d;
+  const std::string path = "alpha_dropout";
+  if (!root.contains(path)) return d;
+  const json& j = root.at(path);
+  if (!c.object(j, path)) return d;
+  c.known_keys(j, path, kDropoutKeys);
+  d.keep_probability = c.number(j, "keep_probability", path, 1.0, [](double v) { return v > 0 && v <= 1; },
+                                "in (0, 1] (the probability of KEEPING a unit, the paper's q)");
+  d.fixed_point_mean = c.number(j, "fixed_point_mean", path, 0.0);
+  d.fixed_point_variance =
+      c.number(j, "fixed_point_variance", path, 1.0, [](double v) { return v > 0; }, "> 0");
+  double saturation;
+  if (d.enabled() && !dropout_saturation(act, saturation)) {
+    c.fail(join_path(path, "keep_probability"),
+           "alpha dropout sets dropped units to f(-inf), which " + std::string(activation_name(act)) + " (" +
+               act_path + ") does not have; use selu, elu, celu or another activation that saturates");
+  }
+  return d;
+}
+
+MonteCarloSpec parse_monte_carlo(const json& root, Checker& c) {
+  MonteCarloSpec mc;
+  const std::string path = "monte_carlo";
+  if (!root.contains(path)) return mc;
+  const json& j = root.at(path);
+  if (!c.object(j, path)) return mc;
+  c.known_keys(j, path, kMonteCarloKeys);
+  mc.trials = c.integer(j, "trials", path, mc.trials, 1, kMaxCount);
+  mc.batch = c.integer(j, "batch", path, mc.batch, 1, kMaxCount);
+  mc.weight_gradients = c.boolean(j, "weight_gradients", path, false);
+  return mc;
+}
+
+OutputSpec parse_output(const json& root, Checker& c) {
+  OutputSpec out;
+  const std::string path = "output";
+  if (!root.contains(path)) return out;
+  const json& j = root.at(path);
+  if (!c.object(j, path)) return out;
+  c.known_keys(j, path, kOutputKeys);
+  out.per_trial = c.boolean(j, "per_trial", path, false);
+  return out;
+}
+
+// Parses one point's config (no sweep section; "activation" is a single activation).
+PointSpec parse_point(const json& root, const std::string& activation_path, Checker& c) {
+  PointSpec spec;
+  const std::string precision = c.choice(root, "precision", "", "float32", kPrecisions);
+  spec.precision = precision == "float64" ? Precision::float64 : Precision::float32;
+  spec.network = parse_network(root, c);
+  if (root.contains("activation")) spec.activation = parse_activation(root.at("activation"), activation_path, c);
+  spec.init = parse_init(root, c);
+  spec.input = parse_input(root, c);
+  spec.alpha_dropout = parse_dropout(root, spec.activation, activation_path, c);
+  spec.monte_carlo = parse_monte_carlo(root, c);
+  return spec;
+}
+
+// Parses JSON text, rejecting duplicate keys; issues carry line and column.
+std::optional<json> parse_text(std::string_view text, Checker& c) {
+  // Keys seen in each open object, and the path of keys that leads to it.
+  std::vector<std::set<std::string>> seen;
+  std::vector<std::string> path;
+  std::vector<std::string> dup;
+  json::parser_callback_t cb = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      seen.emplace_back();
+      path.emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      if (!seen.empty()) seen.pop_back();
+      if (!path.empty()) path.pop_back();
+    } else if (event == json::parse_event_t::key && !seen.empty()) {
+      const std::string key = parsed.get<std::string>();
+      path.back() = key;
+      if (!seen.back().insert(key).second) {
+        std::string where;
+        for (const auto& p : path) where += (where.empty() ? "" : ".") + p;
+        dup.push_back(where);
+      }
+    }
+    return true;
+  };
+  try {
+    json doc = json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/true, /*ignore_comments=*/false);
+    for (const auto& d : dup) {
+      c.fail(d, "duplicate key: it appears twice in the same object, and only the last value would count; "
+                "remove one");
+    }
+    return doc;
+  } catch (const json::parse_error& e) {
+    // Translate the byte offset into line and column.
+    const std::size_t byte = std::min<std::size_t>(e.byte, text.size());
+    std::size_t line = 1, col = 1;
+    for (std::size_t i = 0; i + 1 < byte; ++i) {
+      if (text[i] == '\n') {
+        ++line;
+        col = 1;
+      } else {
+        ++col;
+      }
+    }
+    std::string what = e.what();
+    const auto pos = what.find("syntax error");
+    if (pos != std::string::npos) what = what.substr(pos);
+    c.fail("", "malformed JSON at line " + std::to_string(line) + ", column " + std::to_string(col) + ": " + what);
+    return std::nullopt;
+  } catch (const json::out_of_range& e) {
+    std::string what = e.what();
+    const auto pos = what.find("] ");
+    if (pos != std::string::npos) what = what.substr(pos + 2);
+    c.fail("", "unusable JSON: " + what + " (numbers must be finite and fit in a double)");
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
+ConfigError::ConfigError(std::string source, std::vector<ConfigIssue> issues)
+    : std::runtime_error([&] {
+        std::string msg = source + ": " + std::to_string(issues.size()) + " problem" +
+                          (issues.size() == 1 ? "" : "s") + " in the config";
+        for (const auto& i : issues) msg += "\n  " + (i.path.empty() ? std::string() : i.path + ": ") + i.message;
+        return msg;
+      }()),
+      source_(std::move(source)),
+      issues_(std::move(issues)) {}
+
+std::string nearest_key(std::string_view word, const std::vector<std::string>& candidates) {
+  std::string best;
+  std::size_t best_d = std::numeric_limits<std::size_t>::max();
+  for (const auto& c : candidates) {
+    const std::size_t d = edit_distance(word, c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  const std::size_t limit = std::max<std::size_t>(2, word.size() / 3);
+  // A candidate that contains the word (or the reverse) is a likely abbreviation.
+  const bool contained = !best.empty() && word.size() >= 3 &&
+                         (best.find(word) != std::string::npos || std::string(word).find(best) != std::string::npos);
+  return (best_d <= limit || contained) ? best : std::string();
+}
+
+json to_json(const PointSpec& spec) {
+  json j;
+  j["precision"] = std::string(to_string(spec.precision));
+  const auto& w = spec.network.widths;
+  const bool uniform = std::all_of(w.begin(), w.end(), [&](std::int64_t v) { return v == w.front(); });
+  j["network"] = uniform ? json{{"depth", spec.network.depth()}, {"width", w.front()}}
+                         : json{{"depth", spec.network.depth()}, {"widths", w}};
+  json act{{"name", std::string(activation_name(spec.activation))}};
+  const ActivationInfo* info = find_activation(activation_name(spec.activation));
+  const auto values = activation_values(spec.activation);
+  for (std::size_t i = 0; i < values.size(); ++i) act[std::string(info->params[i].name)] = values[i];
+  j["activation"] = act;
+  j["init"] = {{"name", std::string(to_string(spec.init.kind))},
+               {"weight_mean", spec.init.weight_mean},
+               {"weight_variance", spec.init.weight_variance},
+               {"bias_mean", spec.init.bias_mean},
+               {"bias_variance", spec.init.bias_variance}};
+  j["input"] = {{"distribution", std::string(to_string(spec.input.distribution))},
+                {"mean", spec.input.mean},
+                {"variance", spec.input.variance}};
+  j["alpha_dropout"] = {{"keep_probability", spec.alpha_dropout.keep_probability},
+                        {"fixed_point_mean", spec.alpha_dropout.fixed_point_mean},
+                        {"fixed_point_variance", spec.alpha_dropout.fixed_point_variance}};
+  j["monte_carlo"] = {{"trials", spec.monte_carlo.trials},
+                      {"batch", spec.monte_carlo.batch},
+                      {"weight_gradients", spec.monte_carlo.weight_gradients}};
+  return j;
+}
+
+std::string hash_hex(std::string_view text) {
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char ch : text) {
+    h ^= ch;
+    h *= 0x100000001b3ULL;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+Experiment parse_experiment(std::string_view text, const std::string& source, const std::string& default_name) {
+  Checker c;
+  const std::optional<json> parsed = parse_text(text, c);
+  if (!parsed) throw ConfigError(source, c.issues);
+  const json& root = *parsed;
+  if (!c.object(root, "")) throw ConfigError(source, c.issues);
+  c.known_keys(root, "", kTopKeys);
+
+  Experiment ex;
+  ex.name = c.string(root, "name", "", default_name);
+  if (ex.name.empty() || ex.name.find_first_of("/\\") != std::string::npos) {
+    c.fail("name", "must be a non-empty file-name-safe string (no '/'), got " + show(json(ex.name)));
+  }
+  const std::string description = c.string(root, "description", "", "");
+  ex.seed = static_cast<std::uint64_t>(c.integer(root, "seed", "", 0, 0, std::numeric_limits<std::int64_t>::max()));
+  ex.output = parse_output(root, c);
+
+  // The points: the sweep section (or a list of activations) varies keys of the base config.
+  json base = root;
+  for (const char* k : {"name", "description", "seed", "output", "sweep"}) base.erase(k);
+  const std::size_t before_sweep = c.issues.size();
+  const SweepPlan plan = plan_sweep(root, c.issues);
+  if (c.issues.size() != before_sweep || plan.points.empty()) throw ConfigError(source, c.issues);
+
+  // Each point is validated as a whole config. A problem found at every point belongs to the base
+  // config and is reported once, plainly; one found at some points names the first of them.
+  struct Found {
+    ConfigIssue issue;
+    std::size_t count = 0;
+    std::size_t first_point = 0;
+  };
+  std::vector<Found> found;
+  std::vector<json> resolved_points;
+  for (std::size_t p = 0; p < plan.points.size(); ++p) {
+    json point = base;
+    Checker pc;
+    for (const auto& [key, value] : plan.points[p].overrides) set_dotted(point, key, value);
+    const std::string act_path = plan.points[p].activation_path.empty() ? "activation"
+                                                                         : plan.points[p].activation_path;
+    ConfigPoint cp;
+    cp.index = static_cast<std::int64_t>(p);
+    cp.spec = parse_point(point, act_path, pc);
+    for (const auto& issue : pc.issues) {
+      auto it = std::find_if(found.begin(), found.end(), [&](const Found& f) {
+        return f.issue.path == issue.path && f.issue.message == issue.message;
+      });
+      if (it == found.end()) {
+        found.push_back({issue, 1, p});
+      } else {
+        ++it->count;
+      }
+    }
+    if (!pc.issues.empty()) continue;
+    cp.resolved = to_json(cp.spec);
+    resolved_points.push_back(cp.resolved);
+    ex.points.push_back(std::move(cp));
+  }
+  for (const auto& f : found) {
+    ConfigIssue issue = f.issue;
+    const bool from_list = plan.activation_list && issue.path.rfind("activation[", 0) == 0;
+    if (f.count < plan.points.size() && !from_list) {
+      issue.message += " [at sweep point " + std::to_string(f.first_point) + ": " + plan.points[f.first_point].label;
+      if (f.count > 1) issue.message += ", and " + std::to_string(f.count - 1) + " more";
+      issue.message += "]";
+    }
+    c.issues.push_back(issue);
+  }
+  if (!c.issues.empty()) throw ConfigError(source, c.issues);
+
+  // Keys whose resolved value differs between points become result datasets.
+  ex.varied = varied_keys(plan, resolved_points);
+  for (auto& point : ex.points) {
+    for (const auto& v : ex.varied) point.varied_values.push_back(get_dotted(point.resolved, v.key));
+  }
+  ex.grid_shape = plan.grid_shape;
+
+  ex.resolved = resolved_points.front();
+  ex.resolved["name"] = ex.name;
+  if (!description.empty()) ex.resolved["description"] = description;
+  ex.resolved["seed"] = ex.seed;
+  ex.resolved["output"] = {{"per_trial", ex.output.per_trial}};
+  if (!plan.resolved_sweep.is_null()) ex.resolved["sweep"] = plan.resolved_sweep;
+  if (plan.activation_list) {
+    json list = json::array();
+    for (const auto& rp : resolved_points) list.push_back(rp.at("activation"));
+    ex.resolved["activation"] = list;
+  }
+  json hashed = ex.resolved;
+  for (const char* k : {"name", "description", "output"}) hashed.erase(k);
+  ex.hash = hash_hex(hashed.dump());
+  return ex;
+}
+
+Experiment load_experiment(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    std::error_code ec;
+    const bool exists = std::filesystem::exists(file, ec);
+    throw FileError(file.string() + ": cannot read the config (" +
+                    (exists ? std::string("permission denied or not a file") : std::string("no such file")) + ")");
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse_experiment(ss.str(), file.string(), file.stem().string());
+}
+
+Experiment with_seed(const Experiment& experiment, std::uint64_t seed) {
+  Experiment ex = experiment;
+  ex.seed = seed;
+  ex.resolved["seed"] = seed;
+  json hashed = ex.resolved;
+  for (const char* k : {"name", "description", "output"}) hashed.erase(k);
+  ex.hash = hash_hex(hashed.dump());
+  return ex;
+}
+
+}  // namespace selfnorm::io

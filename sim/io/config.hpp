@@ -1,0 +1,95 @@
+// Experiment configs: JSON in, validated PointSpecs out.
+//
+// Validation is strict and reports every problem at once. Each problem names its place as a
+// dotted path ("network.width", "activation[2].alpha"), what is wrong, and what would work.
+// The schema is documented in configs/README.md; the keys are the field names of core/spec.hpp.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/spec.hpp"
+
+namespace selfnorm::io {
+
+// One problem found in a config.
+struct ConfigIssue {
+  std::string path;     // dotted JSON path, "" for the document itself
+  std::string message;  // what is wrong and what would work
+};
+
+// A config that cannot be used; what() lists every issue, one per line.
+class ConfigError : public std::runtime_error {
+ public:
+  ConfigError(std::string source, std::vector<ConfigIssue> issues);
+  const std::vector<ConfigIssue>& issues() const { return issues_; }
+  const std::string& source() const { return source_; }
+
+ private:
+  std::string source_;
+  std::vector<ConfigIssue> issues_;
+};
+
+// A file that cannot be read.
+class FileError : public std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// What a run writes besides the statistics.
+struct OutputSpec {
+  bool per_trial = false;  // also write [point, trial, layer] datasets
+};
+
+// One configuration point of an experiment.
+struct ConfigPoint {
+  std::int64_t index = 0;
+  PointSpec spec;
+  nlohmann::ordered_json resolved;  // this point's complete config, without the sweep section
+  // The value of each varied key at this point, in Experiment::varied order.
+  std::vector<nlohmann::ordered_json> varied_values;
+};
+
+// A key that takes different values across the points.
+struct VariedKey {
+  std::string key;      // dotted config path, e.g. "activation.alpha"
+  std::string dataset;  // root dataset name in the result file, e.g. "alpha"
+};
+
+// A validated experiment: its points in order.
+struct Experiment {
+  std::string name;
+  std::uint64_t seed = 0;
+  OutputSpec output;
+  nlohmann::ordered_json resolved;  // the whole config with every default filled in
+  std::string hash;         // 16 hex digits over everything that affects the statistics
+  std::vector<VariedKey> varied;
+  std::vector<std::int64_t> grid_shape;  // shape of a grid sweep over the varied keys, else empty
+  std::vector<ConfigPoint> points;
+};
+
+// Parses and validates a config. `source` names it in messages (a file name).
+// `default_name` is used when the config has no "name". Throws ConfigError.
+Experiment parse_experiment(std::string_view text, const std::string& source, const std::string& default_name);
+
+// Reads and validates a config file. Throws FileError or ConfigError.
+Experiment load_experiment(const std::filesystem::path& file);
+
+// The same experiment with a different seed (the command line's --seed).
+Experiment with_seed(const Experiment& experiment, std::uint64_t seed);
+
+// The nearest of `candidates` to `word` by edit distance, or "" if none is plausibly meant.
+std::string nearest_key(std::string_view word, const std::vector<std::string>& candidates);
+
+// The JSON of one point's spec, with every default filled in (the inverse of parsing).
+nlohmann::ordered_json to_json(const PointSpec& spec);
+
+// A 64-bit FNV-1a hash of `text` as 16 hex digits.
+std::string hash_hex(std::string_view text);
+
+}  // namespace selfnorm::io

@@ -1,0 +1,364 @@
+#include "io/results.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <stdexcept>
+
+#include "io/hdf5.hpp"
+
+namespace selfnorm::io {
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Flushes a file or folder to disk; a failure here means the data may not be durable.
+void fsync_path(const fs::path& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0) {
+    if (directory) return;  // some file systems do not allow opening folders; the rename still happened
+    throw std::runtime_error("cannot open " + path.string() + " to flush it: " + std::strerror(errno));
+  }
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0 && !directory) {
+    throw std::runtime_error("cannot flush " + path.string() + " to disk: " + std::strerror(err));
+  }
+}
+
+fs::path temporary_name(const fs::path& path) {
+  std::random_device rd;
+  const std::string tag = std::to_string(::getpid()) + "-" + std::to_string(rd() % 1000000);
+  return path.parent_path() / ("." + path.filename().string() + ".tmp-" + tag);
+}
+
+// Writes one varied key as a [point] dataset with the narrowest type that holds its values.
+h5::Id write_varied(hid_t file, const std::string& name, const std::vector<json>& values) {
+  bool all_int = true;
+  bool all_number = true;
+  bool all_string = true;
+  for (const auto& v : values) {
+    all_int = all_int && (v.is_number_integer() || v.is_number_unsigned());
+    all_number = all_number && (v.is_number() || v.is_null());
+    all_string = all_string && (v.is_string() || v.is_null());
+  }
+  const hsize_t n = values.size();
+  if (all_int) {
+    std::vector<std::int64_t> data;
+    for (const auto& v : values) data.push_back(v.get<std::int64_t>());
+    return h5::write_dataset(file, name, data, {n});
+  }
+  if (all_number) {
+    std::vector<double> data;
+    for (const auto& v : values) data.push_back(v.is_null() ? kNaN : v.get<double>());
+    return h5::write_dataset(file, name, data, {n});
+  }
+  std::vector<std::string> data;
+  for (const auto& v : values) data.push_back(all_string ? (v.is_null() ? "" : v.get<std::string>()) : v.dump());
+  return h5::write_dataset(file, name, data);
+}
+
+void write_file(const fs::path& path, const Experiment& ex, const std::vector<PointRecord>& records,
+                const Provenance& prov, const std::optional<ShardInfo>& shard) {
+  h5::Id file = h5::create_file(path);
+  for (std::size_t p = 0; p < records.size(); ++p) {
+    const std::int64_t i = records[p].index;
+    if (i < 0 || i >= static_cast<std::int64_t>(ex.points.size()) || (p > 0 && i <= records[p - 1].index)) {
+      throw std::invalid_argument("write_results: point " + std::to_string(i) + " is not a point of the experiment "
+                                  "in increasing order");
+    }
+  }
+  const auto P = static_cast<hsize_t>(records.size());
+  int depth_max = 0;
+  std::int64_t trials_max = 0;
+  bool any_per_trial = false;
+  bool any_weight_gradients = false;
+  for (const auto& r : records) {
+    depth_max = std::max(depth_max, r.depth);
+    trials_max = std::max(trials_max, r.trials);
+    any_per_trial = any_per_trial || !r.per_trial[0].empty();
+    any_weight_gradients = any_weight_gradients || r.has_weight_gradients;
+  }
+  const auto L = static_cast<hsize_t>(depth_max);
+  const auto T = static_cast<hsize_t>(trials_max);
+
+  // Root attributes: what this is, what produced it, from which config.
+  h5::write_attribute(file, "schema", std::string(kSchemaName));
+  h5::write_attribute(file, "schema_version", kSchemaVersion);
+  h5::write_attribute(file, "title", "selfnorm results: " + ex.name);
+  h5::write_attribute(file, "experiment", ex.name);
+  h5::write_attribute(file, "config", ex.resolved.dump(2));
+  h5::write_attribute(file, "config_hash", ex.hash);
+  h5::write_attribute(file, "seed", static_cast<std::int64_t>(ex.seed));
+  h5::write_attribute(file, "point_total", static_cast<std::int64_t>(ex.points.size()));
+  h5::write_attribute(file, "program_version", prov.program_version);
+  h5::write_attribute(file, "git_commit", prov.git_commit);
+  h5::write_attribute(file, "compiler", prov.compiler);
+  h5::write_attribute(file, "build_type", prov.build_type);
+  h5::write_attribute(file, "gemm_backend", prov.gemm_backend);
+  h5::write_attribute(file, "threads", prov.threads);
+  h5::write_attribute(file, "host", prov.host);
+  h5::write_attribute(file, "created_utc", prov.created_utc);
+  h5::write_attribute(file, "command_line", prov.command_line);
+  std::vector<std::string> varied_keys;
+  for (const auto& v : ex.varied) varied_keys.push_back(v.key);
+  h5::write_attribute(file, "varied_keys", varied_keys);
+  if (!ex.grid_shape.empty()) h5::write_attribute(file, "grid_shape", ex.grid_shape);
+  if (shard) {
+    h5::write_attribute(file, "shard_index", shard->index);
+    h5::write_attribute(file, "shard_count", shard->count);
+  }
+
+  // Coordinates.
+  std::vector<std::int64_t> point_index, layer_index, trial_index;
+  for (const auto& r : records) point_index.push_back(r.index);
+  for (hsize_t l = 1; l <= L; ++l) layer_index.push_back(static_cast<std::int64_t>(l));
+  for (hsize_t t = 0; t < T; ++t) trial_index.push_back(static_cast<std::int64_t>(t));
+  h5::Id point = h5::write_dataset(file, "point", point_index, {P});
+  h5::write_attribute(point, "long_name", std::string("configuration point index in the experiment"));
+  h5::make_dimension_scale(point, "point");
+  h5::Id layer = h5::write_dataset(file, "layer", layer_index, {L});
+  h5::write_attribute(layer, "long_name", std::string("layer l (1 = first hidden layer, after W_1)"));
+  h5::make_dimension_scale(layer, "layer");
+  h5::Id trial;
+  if (any_per_trial) {
+    trial = h5::write_dataset(file, "trial", trial_index, {T});
+    h5::write_attribute(trial, "long_name", std::string("independent random network"));
+    h5::make_dimension_scale(trial, "trial");
+  }
+
+  // Per-point descriptors.
+  for (std::size_t k = 0; k < ex.varied.size(); ++k) {
+    std::vector<json> values;
+    for (const auto& r : records) values.push_back(ex.points[static_cast<std::size_t>(r.index)].varied_values[k]);
+    h5::Id ds = write_varied(file, ex.varied[k].dataset, values);
+    h5::write_attribute(ds, "config_key", ex.varied[k].key);
+    h5::write_attribute(ds, "long_name", "config " + ex.varied[k].key);
+    h5::attach_dimension_scale(ds, point, 0);
+  }
+  {
+    std::vector<std::int64_t> depth, trials, first;
+    std::vector<std::string> configs;
+    for (const auto& r : records) {
+      depth.push_back(r.depth);
+      trials.push_back(r.trials);
+      first.push_back(r.first_nonfinite_layer);
+      configs.push_back(ex.points[static_cast<std::size_t>(r.index)].resolved.dump());
+    }
+    h5::Id d = h5::write_dataset(file, "point_depth", depth, {P});
+    h5::write_attribute(d, "long_name", std::string("depth L of the point's network"));
+    h5::attach_dimension_scale(d, point, 0);
+    h5::Id t = h5::write_dataset(file, "point_trials", trials, {P});
+    h5::write_attribute(t, "long_name", std::string("trials T averaged at the point"));
+    h5::attach_dimension_scale(t, point, 0);
+    h5::Id f = h5::write_dataset(file, "first_nonfinite_layer", first, {P});
+    h5::write_attribute(f, "long_name", std::string("first layer with an inf or NaN activation in any trial"));
+    h5::write_attribute(f, "definition", std::string("1-based layer index; 0 when every layer stayed finite"));
+    h5::attach_dimension_scale(f, point, 0);
+    h5::Id c = h5::write_dataset(file, "point_config", configs);
+    h5::write_attribute(c, "long_name", std::string("the point's resolved config (JSON)"));
+    h5::attach_dimension_scale(c, point, 0);
+  }
+
+  // Statistics.
+  for (const auto& info : stat_catalog()) {
+    const int s = static_cast<int>(info.stat);
+    if (info.stat == Stat::grad_weight_msq && !any_weight_gradients) continue;
+    std::vector<double> mean(P * L, kNaN), sem(P * L, kNaN), per_trial;
+    if (any_per_trial) per_trial.assign(P * T * L, kNaN);
+    for (hsize_t p = 0; p < P; ++p) {
+      const PointRecord& r = records[p];
+      if (info.stat == Stat::grad_weight_msq && !r.has_weight_gradients) continue;
+      for (int l = 0; l < r.depth; ++l) {
+        mean[p * L + static_cast<hsize_t>(l)] = r.mean[s][static_cast<std::size_t>(l)];
+        sem[p * L + static_cast<hsize_t>(l)] = r.sem[s][static_cast<std::size_t>(l)];
+      }
+      if (any_per_trial && !r.per_trial[s].empty()) {
+        for (std::int64_t t = 0; t < r.trials; ++t) {
+          for (int l = 0; l < r.depth; ++l) {
+            per_trial[(p * T + static_cast<hsize_t>(t)) * L + static_cast<hsize_t>(l)] =
+                r.per_trial[s][static_cast<std::size_t>(t * r.depth + l)];
+          }
+        }
+      }
+    }
+    const std::string name(info.name);
+    h5::Id ds = h5::write_dataset(file, name, mean, {P, L});
+    h5::write_attribute(ds, "long_name", std::string(info.long_name));
+    h5::write_attribute(ds, "units", std::string(info.units));
+    h5::write_attribute(ds, "definition", std::string(info.definition) + "; mean over trials");
+    h5::attach_dimension_scale(ds, point, 0);
+    h5::attach_dimension_scale(ds, layer, 1);
+    h5::Id e = h5::write_dataset(file, name + "_sem", sem, {P, L});
+    h5::write_attribute(e, "long_name", "standard error of " + name);
+    h5::write_attribute(e, "units", std::string(info.units));
+    h5::write_attribute(e, "definition",
+                        "sample standard deviation over trials / sqrt(trials) of " + name + "; NaN for 1 trial");
+    h5::attach_dimension_scale(e, point, 0);
+    h5::attach_dimension_scale(e, layer, 1);
+    if (any_per_trial) {
+      h5::Id pt = h5::write_dataset(file, name + "_per_trial", per_trial, {P, T, L});
+      h5::write_attribute(pt, "long_name", std::string(info.long_name) + ", each trial");
+      h5::write_attribute(pt, "units", std::string(info.units));
+      h5::write_attribute(pt, "definition", std::string(info.definition));
+      h5::attach_dimension_scale(pt, point, 0);
+      h5::attach_dimension_scale(pt, trial, 1);
+      h5::attach_dimension_scale(pt, layer, 2);
+    }
+  }
+  auto write_counts = [&](const std::string& name, auto member, const std::string& long_name) {
+    std::vector<std::int64_t> data(P * L, -1);
+    for (hsize_t p = 0; p < P; ++p) {
+      const auto& v = records[p].*member;
+      for (std::size_t l = 0; l < v.size(); ++l) data[p * L + l] = v[l];
+    }
+    h5::Id ds = h5::write_dataset(file, name, data, {P, L});
+    h5::write_attribute(ds, "long_name", long_name);
+    h5::write_attribute(ds, "units", std::string("1"));
+    h5::write_attribute(ds, "definition", long_name + ", summed over trials; -1 beyond the point's depth");
+    h5::attach_dimension_scale(ds, point, 0);
+    h5::attach_dimension_scale(ds, layer, 1);
+  };
+  write_counts("nonfinite_count", &PointRecord::nonfinite_count,
+               "entries of h_l or x_l that are inf or NaN");
+  write_counts("grad_nonfinite_count", &PointRecord::grad_nonfinite_count, "entries of dL/dh_l that are inf or NaN");
+  trial.reset();
+  layer.reset();
+  point.reset();
+  file.close();
+}
+
+}  // namespace
+
+PointRecord make_record(std::int64_t index, const PointResult& result, bool keep_per_trial) {
+  PointRecord r;
+  r.index = index;
+  r.depth = result.depth;
+  r.trials = result.trials;
+  r.has_weight_gradients = result.has_weight_gradients;
+  for (const auto& info : stat_catalog()) {
+    const int s = static_cast<int>(info.stat);
+    for (int l = 1; l <= result.depth; ++l) {
+      const bool have = result.has(info.stat);
+      r.mean[s].push_back(have ? result.mean(info.stat, l) : kNaN);
+      r.sem[s].push_back(have ? result.sem(info.stat, l) : kNaN);
+    }
+    if (keep_per_trial) r.per_trial[s] = result.per_trial[s];
+  }
+  r.nonfinite_count = result.nonfinite_count;
+  r.grad_nonfinite_count = result.grad_nonfinite_count;
+  r.first_nonfinite_layer = result.first_nonfinite_layer;
+  return r;
+}
+
+void write_results(const fs::path& path, const Experiment& experiment, const std::vector<PointRecord>& records,
+                   const Provenance& provenance, const std::optional<ShardInfo>& shard) {
+  const fs::path folder = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  const fs::path tmp = temporary_name(path.parent_path().empty() ? fs::path(".") / path : path);
+  try {
+    write_file(tmp, experiment, records, provenance, shard);
+    fsync_path(tmp, false);
+    fs::rename(tmp, path);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+  fsync_path(folder, true);
+}
+
+FileHeader read_header(const fs::path& path) {
+  h5::Id file = h5::open_file(path);
+  FileHeader h;
+  if (!h5::has_attribute(file, "schema")) {
+    throw std::runtime_error(path.string() + " is an HDF5 file but not a selfnorm result (no 'schema' attribute)");
+  }
+  h.schema = h5::read_string_attribute(file, "schema");
+  if (h.schema != kSchemaName) {
+    throw std::runtime_error(path.string() + " has schema '" + h.schema + "', not '" + kSchemaName + "'");
+  }
+  h.schema_version = h5::read_int_attribute(file, "schema_version");
+  h.config = h5::read_string_attribute(file, "config");
+  h.config_hash = h5::read_string_attribute(file, "config_hash");
+  h.point_total = h5::read_int_attribute(file, "point_total");
+  if (h5::has_attribute(file, "shard_count")) {
+    h.shard = ShardInfo{h5::read_int_attribute(file, "shard_index"), h5::read_int_attribute(file, "shard_count")};
+  }
+  return h;
+}
+
+std::vector<PointRecord> read_records(const fs::path& path) {
+  const FileHeader header = read_header(path);
+  if (header.schema_version != kSchemaVersion) {
+    throw std::runtime_error(path.string() + " has schema version " + std::to_string(header.schema_version) +
+                             "; this selfnorm reads version " + std::to_string(kSchemaVersion));
+  }
+  h5::Id file = h5::open_file(path);
+  const auto index = h5::read_ints(file, "point");
+  const auto depth = h5::read_ints(file, "point_depth");
+  const auto trials = h5::read_ints(file, "point_trials");
+  const auto first = h5::read_ints(file, "first_nonfinite_layer");
+  const auto configs = h5::read_strings(file, "point_config");
+  const auto L = static_cast<std::size_t>(h5::read_ints(file, "layer").size());
+  const bool per_trial = h5::exists(file, "trial");
+  const std::size_t T = per_trial ? h5::read_ints(file, "trial").size() : 0;
+  const auto nonfinite = h5::read_ints(file, "nonfinite_count");
+  const auto grad_nonfinite = h5::read_ints(file, "grad_nonfinite_count");
+
+  std::vector<PointRecord> records(index.size());
+  for (std::size_t p = 0; p < index.size(); ++p) {
+    PointRecord& r = records[p];
+    r.index = index[p];
+    r.depth = static_cast<int>(depth[p]);
+    r.trials = trials[p];
+    r.first_nonfinite_layer = static_cast<int>(first[p]);
+    r.has_weight_gradients = json::parse(configs[p]).at("monte_carlo").at("weight_gradients").get<bool>();
+    for (std::size_t l = 0; l < static_cast<std::size_t>(r.depth); ++l) {
+      r.nonfinite_count.push_back(nonfinite[p * L + l]);
+      r.grad_nonfinite_count.push_back(grad_nonfinite[p * L + l]);
+    }
+  }
+  for (const auto& info : stat_catalog()) {
+    const int s = static_cast<int>(info.stat);
+    const std::string name(info.name);
+    if (!h5::exists(file, name)) {
+      for (auto& r : records) {
+        r.mean[s].assign(static_cast<std::size_t>(r.depth), kNaN);
+        r.sem[s].assign(static_cast<std::size_t>(r.depth), kNaN);
+      }
+      continue;
+    }
+    const auto mean = h5::read_doubles(file, name);
+    const auto sem = h5::read_doubles(file, name + "_sem");
+    std::vector<double> pt;
+    if (per_trial) pt = h5::read_doubles(file, name + "_per_trial");
+    for (std::size_t p = 0; p < records.size(); ++p) {
+      PointRecord& r = records[p];
+      for (std::size_t l = 0; l < static_cast<std::size_t>(r.depth); ++l) {
+        r.mean[s].push_back(mean[p * L + l]);
+        r.sem[s].push_back(sem[p * L + l]);
+      }
+      if (per_trial) {
+        for (std::size_t t = 0; t < static_cast<std::size_t>(r.trials); ++t) {
+          for (std::size_t l = 0; l < static_cast<std::size_t>(r.depth); ++l) {
+            r.per_trial[s].push_back(pt[(p * T + t) * L + l]);
+          }
+        }
+      }
+    }
+  }
+  return records;
+}
+
+}  // namespace selfnorm::io

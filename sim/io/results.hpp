@@ -1,0 +1,88 @@
+// Result files: self-describing HDF5, one row per configuration point.
+//
+// Layout (schema "selfnorm.results", see results/README.md for the full description):
+//   /point [P], /layer [L], /trial [T]        dimension scales (netCDF-4 coordinates)
+//   /<varied key> [P]                          e.g. activation, alpha, lambda, depth
+//   /<statistic> [P, L] and /<statistic>_sem   mean over trials and its standard error
+//   /<statistic>_per_trial [P, T, L]           when output.per_trial is set
+//   /nonfinite_count, /grad_nonfinite_count [P, L], /first_nonfinite_layer [P]
+//   /point_config [P]                          each point's resolved config as JSON
+//   root attributes: schema, schema_version, config, config_hash, seed, provenance, grid shape
+// Layers beyond a point's depth hold NaN (statistics) or -1 (counts).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/engine.hpp"
+#include "io/config.hpp"
+
+namespace selfnorm::io {
+
+inline constexpr const char* kSchemaName = "selfnorm.results";
+inline constexpr std::int64_t kSchemaVersion = 1;
+
+// Where and how a result was produced.
+struct Provenance {
+  std::string program_version;
+  std::string git_commit;
+  std::string compiler;
+  std::string build_type;
+  std::string gemm_backend;
+  std::string host;
+  std::string created_utc;  // ISO 8601, e.g. 2026-11-23T23:24:09Z
+  std::string command_line;
+  std::int64_t threads = 1;
+};
+
+// Which share of the points a file holds: shard `index` of `count` (points p with p % count == index).
+struct ShardInfo {
+  std::int64_t index = 0;
+  std::int64_t count = 1;
+};
+
+// One point's statistics as stored in a file.
+struct PointRecord {
+  std::int64_t index = 0;
+  int depth = 0;
+  std::int64_t trials = 0;
+  bool has_weight_gradients = false;
+  std::array<std::vector<double>, kStatCount> mean;       // [layer - 1]
+  std::array<std::vector<double>, kStatCount> sem;        // [layer - 1]
+  std::array<std::vector<double>, kStatCount> per_trial;  // [t * depth + layer - 1], or empty
+  std::vector<std::int64_t> nonfinite_count;              // [layer - 1], summed over trials
+  std::vector<std::int64_t> grad_nonfinite_count;
+  int first_nonfinite_layer = 0;
+};
+
+// The record of point `index` from its engine result; per-trial values are kept if asked for.
+PointRecord make_record(std::int64_t index, const PointResult& result, bool keep_per_trial);
+
+// Writes `records` (any subset of the experiment's points, in increasing index order) to `path`
+// atomically: to a temporary name in the same folder, flushed to disk, then renamed. An existing
+// file at `path` is replaced only by the rename, so it stays intact if anything fails.
+void write_results(const std::filesystem::path& path, const Experiment& experiment,
+                   const std::vector<PointRecord>& records, const Provenance& provenance,
+                   const std::optional<ShardInfo>& shard = std::nullopt);
+
+// What a result file says about itself.
+struct FileHeader {
+  std::string schema;
+  std::int64_t schema_version = 0;
+  std::string config;       // resolved config JSON
+  std::string config_hash;
+  std::int64_t point_total = 0;  // points in the whole experiment
+  std::optional<ShardInfo> shard;
+};
+
+// Reads the header; throws h5::Error or std::runtime_error if `path` is not a selfnorm result.
+FileHeader read_header(const std::filesystem::path& path);
+
+// Reads every point record of a result file.
+std::vector<PointRecord> read_records(const std::filesystem::path& path);
+
+}  // namespace selfnorm::io
