@@ -1,0 +1,120 @@
+"""The selfnorm command line as a user meets it: exit codes, messages, files."""
+import json
+
+import h5py
+import numpy as np
+
+from conftest import TINY
+
+
+def test_version_and_help(run):
+    r = run("--version")
+    assert r.returncode == 0
+    assert r.stdout.startswith("selfnorm 0.")
+    r = run("--help")
+    assert r.returncode == 0
+    for command in ("run", "validate", "print-config", "activations"):
+        assert command in r.stdout
+
+
+def test_activations_lists_every_activation_with_defaults(run):
+    r = run("activations", "--json")
+    assert r.returncode == 0
+    listed = {a["name"]: a for a in json.loads(r.stdout)}
+    assert set(listed) == {"relu", "relu6", "leaky_relu", "softplus", "elu", "selu", "celu", "tanh", "sigmoid",
+                           "gelu", "silu", "identity"}
+    assert listed["selu"]["parameters"] == {"alpha": 1.6732632423543772, "lambda": 1.0507009873554805}
+    assert listed["softplus"]["parameters"] == {"beta": 1.0, "threshold": 20.0}
+    assert listed["silu"]["aliases"] == ["swish"]
+    text = run("activations").stdout
+    assert "1.6732632423543772848170429916717" in text  # the paper's 32 digits
+
+
+def test_run_writes_a_result_file_and_prints_a_summary(run, write_config, tmp_path):
+    out = tmp_path / "tiny.h5"
+    r = run("run", write_config(TINY), "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "activation_var by layer" in r.stdout
+    assert "wrote " + str(out) in r.stdout
+    with h5py.File(out, "r") as f:
+        assert f.attrs["schema"] == "selfnorm.results"
+        assert f["activation_var"].shape == (2, 4)
+        assert [s.decode() for s in f["activation"][:]] == ["selu", "relu"]
+        assert np.all(np.isfinite(f["activation_var"][:]))
+    # Only the result is left behind: no temporary files.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "tiny.h5"]
+
+
+def test_run_refuses_to_overwrite_without_the_flag(run, write_config, tmp_path):
+    out = tmp_path / "tiny.h5"
+    assert run("run", write_config(TINY), "-o", out, "--quiet").returncode == 0
+    before = out.read_bytes()
+    r = run("run", write_config(TINY), "-o", out)
+    assert r.returncode == 2
+    assert "already exists; pass --overwrite" in r.stderr
+    assert out.read_bytes() == before
+    assert run("run", write_config(TINY), "-o", out, "--overwrite", "--quiet").returncode == 0
+
+
+def test_an_invalid_config_fails_before_any_file_exists(run, write_config, tmp_path):
+    bad = dict(TINY, network={"depth": 0, "width": 16}, monte_carlo={"trials": 3, "batchsize": 20})
+    out = tmp_path / "bad.h5"
+    r = run("run", write_config(bad), "-o", out)
+    assert r.returncode == 2
+    assert "network.depth: must be an integer >= 1, got 0" in r.stderr
+    assert "monte_carlo.batchsize: unknown key; did you mean 'batch'?" in r.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_bad_command_line_values(run, write_config, tmp_path):
+    cfg = write_config(TINY)
+    r = run("run", tmp_path / "missing.json")
+    assert r.returncode == 2 and "no such file" in r.stderr
+    r = run("run", cfg, "--threads", "-2", "-o", tmp_path / "x.h5")
+    assert r.returncode == 2 and "--threads -2 is not valid" in r.stderr
+    r = run("run", cfg, "-o", tmp_path / "nowhere" / "x.h5")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = run("run", cfg, "--parallel", "fast", "-o", tmp_path / "x.h5")
+    assert r.returncode == 2 and "use auto, trials or samples" in r.stderr
+    r = run("run", cfg, "-o", tmp_path / "x.h5", env={"OMP_NUM_THREADS": "two"})
+    assert r.returncode == 2 and "OMP_NUM_THREADS='two' is not a thread count" in r.stderr
+
+
+def test_threads_come_from_slurm_when_omp_num_threads_is_unset(run, write_config, tmp_path):
+    env = {"OMP_NUM_THREADS": "", "SLURM_CPUS_PER_TASK": "1"}
+    r = run("run", write_config(TINY), "-o", tmp_path / "x.h5", env=env)
+    assert r.returncode == 0
+    assert "1 thread (SLURM_CPUS_PER_TASK)" in r.stderr
+
+
+def test_validate_prints_the_work_estimate(run, write_config):
+    r = run("validate", write_config(TINY))
+    assert r.returncode == 0
+    assert "points       2" in r.stdout
+    # 2 points x 3 trials x (4 forward + 3 backward) GEMMs x 2 x 20 x 16 x 16 FLOP
+    assert f"{2 * 3 * 7 * 2 * 20 * 16 * 16 * 1e-9:g} GFLOP" in r.stdout
+    assert "memory" in r.stdout
+
+
+def test_print_config_fills_in_every_default(run, write_config):
+    r = run("print-config", write_config({"network": {"depth": 2, "width": 8}}))
+    assert r.returncode == 0
+    resolved = json.loads(r.stdout)
+    assert resolved["activation"]["name"] == "selu"
+    assert resolved["init"] == {"name": "lecun_normal", "weight_mean": 0.0, "weight_variance": 1.0,
+                                "bias_mean": 0.0, "bias_variance": 0.0}
+    assert resolved["monte_carlo"]["trials"] == 8
+
+
+def test_results_depend_only_on_config_and_seed(run, write_config, tmp_path):
+    cfg = write_config(TINY)
+    a, b, c = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "c.h5"
+    assert run("run", cfg, "-o", a, "--quiet", "--threads", "1").returncode == 0
+    assert run("run", cfg, "-o", b, "--quiet", "--threads", "2", "--parallel", "trials").returncode == 0
+    assert run("run", cfg, "-o", c, "--quiet", "--seed", "8").returncode == 0
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb, h5py.File(c, "r") as fc:
+        for name in ("activation_mean", "activation_var", "grad_activation_msq", "unit_mean_spread"):
+            assert np.array_equal(fa[name][:], fb[name][:])  # bit for bit
+            assert not np.array_equal(fa[name][:], fc[name][:])
+        assert fc.attrs["seed"] == 8

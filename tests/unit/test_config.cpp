@@ -1,0 +1,158 @@
+// Config parsing: defaults, the activation list, and the exact error messages users see.
+#include <catch2/catch.hpp>
+
+#include <string>
+
+#include "io/config.hpp"
+
+using namespace selfnorm;
+using namespace selfnorm::io;
+
+namespace {
+
+Experiment parse(const std::string& text) { return parse_experiment(text, "test.json", "test"); }
+
+// All issue lines of a config that must fail.
+std::vector<std::string> problems(const std::string& text) {
+  try {
+    parse(text);
+  } catch (const ConfigError& e) {
+    std::vector<std::string> out;
+    for (const auto& i : e.issues()) out.push_back(i.path.empty() ? i.message : i.path + ": " + i.message);
+    return out;
+  }
+  FAIL("config was accepted: " << text);
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("an empty config gets every default", "[config]") {
+  const Experiment ex = parse("{}");
+  REQUIRE(ex.points.size() == 1);
+  const PointSpec& s = ex.points[0].spec;
+  CHECK(ex.name == "test");
+  CHECK(ex.seed == 0);
+  CHECK(s.network.depth() == 64);
+  CHECK(s.network.widths.front() == 512);
+  CHECK(activation_name(s.activation) == "selu");
+  CHECK(s.init.kind == InitKind::lecun_normal);
+  CHECK(s.precision == Precision::float32);
+  CHECK(s.monte_carlo.trials == 8);
+  CHECK(s.monte_carlo.batch == 256);
+  CHECK(ex.varied.empty());
+  // The resolved config spells out every default.
+  CHECK(ex.resolved.at("activation").at("alpha").get<double>() == kSeluAlpha01);
+  CHECK(ex.resolved.at("init").at("weight_variance").get<double>() == 1.0);
+  CHECK(ex.resolved.at("monte_carlo").at("weight_gradients").get<bool>() == false);
+}
+
+TEST_CASE("a list of activations makes one point each", "[config]") {
+  const Experiment ex = parse(R"({"activation": ["relu", {"name": "elu", "alpha": 0.5}, "selu"],
+                                  "network": {"depth": 3, "widths": [4, 5, 6, 7]}})");
+  REQUIRE(ex.points.size() == 3);
+  CHECK(activation_name(ex.points[1].spec.activation) == "elu");
+  CHECK(std::get<Elu>(ex.points[1].spec.activation).alpha == 0.5);
+  CHECK(ex.points[2].spec.network.widths == std::vector<std::int64_t>{4, 5, 6, 7});
+  // Datasets: the activation's name and every parameter that is not the same everywhere.
+  REQUIRE(ex.varied.size() == 3);
+  CHECK(ex.varied[0].dataset == "activation");
+  CHECK(ex.varied[1].dataset == "alpha");
+  CHECK(ex.varied[2].dataset == "lambda");
+  CHECK(ex.points[0].varied_values[1].is_null());  // relu has no alpha
+  CHECK(ex.points[1].varied_values[1].get<double>() == 0.5);
+  CHECK(ex.grid_shape == std::vector<std::int64_t>{3});
+}
+
+TEST_CASE("the config hash covers what changes results and nothing else", "[config]") {
+  const Experiment a = parse(R"({"name": "a", "seed": 1, "network": {"depth": 2, "width": 8}})");
+  const Experiment b = parse(R"({"name": "b", "seed": 1, "network": {"depth": 2, "width": 8},
+                                 "output": {"per_trial": true}})");
+  const Experiment c = parse(R"({"name": "a", "seed": 2, "network": {"depth": 2, "width": 8}})");
+  const Experiment d = parse(R"({"name": "a", "seed": 1, "network": {"depth": 2, "width": 8},
+                                 "activation": {"name": "selu"}})");
+  CHECK(a.hash == b.hash);  // name and output do not change the statistics
+  CHECK(a.hash != c.hash);
+  CHECK(a.hash == d.hash);  // selu's defaults written out or not: the same experiment
+  CHECK(with_seed(a, 2).hash == c.hash);
+  CHECK(a.hash.size() == 16);
+}
+
+TEST_CASE("config errors: every problem at once, with its path and a remedy", "[config][errors]") {
+  const auto p = problems(R"({"netwrok": {}, "precision": "float16",
+      "activation": {"name": "celu", "alpha": 0},
+      "init": {"name": "lecun_normall", "weight_variance": -1},
+      "monte_carlo": {"trials": 0, "batch": "many"}, "input": {"variance": -1}})");
+  const std::vector<std::string> expected = {
+      "netwrok: unknown key; did you mean 'network'? (valid keys: name, description, seed, precision, network, "
+      "activation, init, input, alpha_dropout, monte_carlo, output, sweep)",
+      "precision: unknown value 'float16'; did you mean 'float32'? (valid: float32, float64)",
+      "activation.alpha: must be > 0 (celu computes exp(x / alpha); as alpha -> 0 it tends to relu, so use \"relu\" "
+      "for that limit), got 0",
+      "init.name: unknown value 'lecun_normall'; did you mean 'lecun_normal'? (valid: lecun_normal, lecun_uniform, "
+      "he_normal, glorot_normal, orthogonal, truncated_normal)",
+      "init.weight_variance: must be > 0, got -1",
+      "input.variance: must be >= 0, got -1",
+      "monte_carlo.trials: must be an integer >= 1, got 0",
+      "monte_carlo.batch: must be an integer >= 1, got a string \"many\"",
+  };
+  CHECK(p == expected);
+}
+
+TEST_CASE("config errors: sizes, widths and the activation list", "[config][errors]") {
+  CHECK(problems(R"({"network": {"depth": 0, "width": -3, "widht": 4}})") ==
+        std::vector<std::string>{"network.widht: unknown key; did you mean 'width'? (valid keys: depth, width, widths)",
+                                 "network.depth: must be an integer >= 1, got 0",
+                                 "network.width: must be an integer >= 1, got -3"});
+  CHECK(problems(R"({"network": {"depth": 3, "widths": [4, 5]}})") ==
+        std::vector<std::string>{"network.widths: has 2 entries but depth is 3; widths lists the input width and then "
+                                 "one width per layer, so it needs depth + 1 = 4 entries"});
+  CHECK(problems(R"({"network": {"width": 64.5}})") ==
+        std::vector<std::string>{"network.width: must be an integer >= 1, got 64.5"});
+  CHECK(problems(R"({"activation": [{"name": "selu", "alfa": 1}, {"name": "relu", "alpha": 2}, "sofplus"]})") ==
+        std::vector<std::string>{
+            "activation[0].alfa: is not a parameter of selu; did you mean 'alpha'? (its parameters: alpha, lambda)",
+            "activation[1].alpha: is not a parameter of relu, which has none",
+            "activation[2].name: unknown value 'sofplus'; did you mean 'softplus'? (valid: relu, relu6, leaky_relu, "
+            "softplus, elu, selu, celu, tanh, sigmoid, gelu, silu, swish, identity)"});
+  CHECK(problems(R"({"activation": []})") ==
+        std::vector<std::string>{"activation: empty list; give at least one activation"});
+  CHECK(problems(R"({"activation": {"alpha": 1}})") ==
+        std::vector<std::string>{"activation.name: missing; choose one of relu, relu6, leaky_relu, softplus, elu, selu, "
+                                 "celu, tanh, sigmoid, gelu, silu, swish, identity"});
+}
+
+TEST_CASE("config errors: malformed JSON, duplicates, types", "[config][errors]") {
+  CHECK(problems("{\"network\": {\"depth\": 3,\n  \"width\": 4,,}}") ==
+        std::vector<std::string>{"malformed JSON at line 2, column 14: syntax error while parsing object key - "
+                                 "unexpected ','; expected string literal"});
+  CHECK(problems(R"({"seed": 1, "network": {"depth": 2, "depth": 3}})") ==
+        std::vector<std::string>{"network.depth: duplicate key: it appears twice in the same object, and only the "
+                                 "last value would count; remove one"});
+  CHECK(problems("[1, 2]") == std::vector<std::string>{"must be an object {...}, got a list [1,2]"});
+  CHECK(problems(R"({"network": 5})") ==
+        std::vector<std::string>{"network: must be an object {...}, got an integer 5"});
+  CHECK(problems(R"({"monte_carlo": {"weight_gradients": "yes"}})") ==
+        std::vector<std::string>{"monte_carlo.weight_gradients: must be true or false, got a string \"yes\""});
+  CHECK(problems(R"({"seed": -1})") == std::vector<std::string>{"seed: must be an integer >= 0, got -1"});
+  CHECK(problems(R"({"init": {"weight_mean": 1e400}})") ==
+        std::vector<std::string>{"unusable JSON: number overflow parsing '1e400' (numbers must be finite and fit in "
+                                 "a double)"});
+}
+
+TEST_CASE("alpha dropout needs a saturating activation", "[config][errors]") {
+  CHECK(problems(R"({"activation": "leaky_relu", "alpha_dropout": {"keep_probability": 0.9}})") ==
+        std::vector<std::string>{"alpha_dropout.keep_probability: alpha dropout sets dropped units to f(-inf), which "
+                                 "leaky_relu (activation) does not have; use selu, elu, celu or another activation "
+                                 "that saturates"});
+  CHECK(problems(R"({"alpha_dropout": {"keep_probability": 0}})") ==
+        std::vector<std::string>{"alpha_dropout.keep_probability: must be in (0, 1] (the probability of KEEPING a "
+                                 "unit, the paper's q), got 0"});
+}
+
+TEST_CASE("nearest_key suggests only plausible keys", "[config]") {
+  const std::vector<std::string> keys = {"depth", "width", "widths"};
+  CHECK(nearest_key("widht", keys) == "width");
+  CHECK(nearest_key("dpth", keys) == "depth");
+  CHECK(nearest_key("colour", keys).empty());
+}

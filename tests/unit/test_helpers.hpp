@@ -1,0 +1,52 @@
+// Helpers shared by the unit tests: floating-point distance in ulps, k-sigma checks, small
+// engine specs.
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "core/engine.hpp"
+#include "core/moments.hpp"
+
+namespace selfnorm::test {
+
+// Statistical tests accept a deviation of up to kSigma standard errors (seeded, so a pass or a
+// failure replays exactly).
+inline constexpr double kSigma = 4.0;
+
+// Distance between a and b in units in the last place of b (the reference).
+template <class T>
+double ulp_error(T a, long double reference) {
+  const T b = static_cast<T>(reference);
+  if (std::isnan(a) && std::isnan(b)) return 0;
+  if (std::isinf(reference) || std::isinf(a)) return a == b ? 0 : std::numeric_limits<double>::infinity();
+  const long double ulp = std::nextafter(std::abs(b), std::numeric_limits<T>::infinity()) - std::abs(b);
+  const long double tiny = std::numeric_limits<T>::denorm_min();
+  return static_cast<double>(std::abs(static_cast<long double>(a) - reference) / std::max(ulp, tiny));
+}
+
+// Moments of one layer's statistic over the trials of a result.
+inline Moments over_trials(const PointResult& r, Stat s, int layer) {
+  Moments m;
+  for (std::int64_t t = 0; t < r.trials; ++t) {
+    m.push(r.per_trial[static_cast<int>(s)][static_cast<std::size_t>(t * r.depth + layer - 1)]);
+  }
+  return m;
+}
+
+// A uniform-width spec.
+inline PointSpec make_spec(Activation act, int depth, std::int64_t width, std::int64_t trials, std::int64_t batch,
+                           Precision precision = Precision::float64) {
+  PointSpec s;
+  s.activation = act;
+  s.network.widths.assign(static_cast<std::size_t>(depth + 1), width);
+  s.monte_carlo.trials = trials;
+  s.monte_carlo.batch = batch;
+  s.precision = precision;
+  return s;
+}
+
+}  // namespace selfnorm::test

@@ -1,0 +1,162 @@
+// Counter-based streams: reproducible, sliceable, and with the right distribution.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/init.hpp"
+#include "core/moments.hpp"
+#include "core/random.hpp"
+#include "test_helpers.hpp"
+
+using namespace selfnorm;
+using selfnorm::test::kSigma;
+
+TEMPLATE_TEST_CASE("a stream's values do not depend on how it is sliced", "[random]", float, double) {
+  using T = TestType;
+  const std::uint64_t key = stream_key(7, 3, StreamKind::weights, 2, 5);
+  std::vector<T> whole(1000);
+  fill_normal<T>(key, 0, whole.size(), whole.data(), T(0), T(1));
+  std::vector<T> pieces(1000);
+  // Odd offsets and lengths cut through the 32-element groups.
+  std::size_t at = 0;
+  for (std::size_t len : {1u, 31u, 33u, 2u, 100u, 64u, 769u}) {
+    fill_normal<T>(key, at, len, pieces.data() + at, T(0), T(1));
+    at += len;
+  }
+  REQUIRE(at == whole.size());
+  CHECK(std::equal(whole.begin(), whole.end(), pieces.begin()));
+}
+
+TEST_CASE("streams are keyed by seed, point, kind, trial and layer", "[random]") {
+  const std::uint64_t base = stream_key(1, 2, StreamKind::inputs, 3, 4);
+  CHECK(base != stream_key(2, 2, StreamKind::inputs, 3, 4));
+  CHECK(base != stream_key(1, 3, StreamKind::inputs, 3, 4));
+  CHECK(base != stream_key(1, 2, StreamKind::weights, 3, 4));
+  CHECK(base != stream_key(1, 2, StreamKind::inputs, 4, 4));
+  CHECK(base != stream_key(1, 2, StreamKind::inputs, 3, 5));
+  CHECK(base == stream_key(1, 2, StreamKind::inputs, 3, 4));
+  // Swapped arguments give different keys.
+  CHECK(stream_key(1, 2, StreamKind::inputs, 3, 4) != stream_key(1, 2, StreamKind::inputs, 4, 3));
+}
+
+TEMPLATE_TEST_CASE("normal streams have the moments of N(0, 1)", "[random]", float, double) {
+  using T = TestType;
+  const std::size_t n = 1 << 21;
+  std::vector<T> z(n);
+  fill_normal<T>(stream_key(11, 0, StreamKind::weights, 0, 1), 0, n, z.data(), T(0), T(1));
+  Moments m1, m2, m3, m4, lag;
+  std::size_t beyond3 = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double v = z[i];
+    m1.push(v);
+    m2.push(v * v);
+    m3.push(v * v * v);
+    m4.push(v * v * v * v);
+    if (i + 1 < n) lag.push(v * static_cast<double>(z[i + 1]));
+    beyond3 += std::abs(v) > 3.0;
+  }
+  // Standard errors from the exact moments of N(0, 1): Var z = 1, Var z^2 = 2, Var z^3 = 15,
+  // Var z^4 = 96, Var z_i z_{i+1} = 1.
+  const double rn = std::sqrt(static_cast<double>(n));
+  CHECK(std::abs(m1.mean) < kSigma * 1.0 / rn);
+  CHECK(std::abs(m2.mean - 1.0) < kSigma * std::sqrt(2.0) / rn);
+  CHECK(std::abs(m3.mean) < kSigma * std::sqrt(15.0) / rn);
+  CHECK(std::abs(m4.mean - 3.0) < kSigma * std::sqrt(96.0) / rn);
+  CHECK(std::abs(lag.mean) < kSigma * 1.0 / rn);
+  // Tail: P(|z| > 3) = 0.0026998.
+  const double p = 0.0026997960632601866;
+  CHECK(std::abs(static_cast<double>(beyond3) / n - p) < kSigma * std::sqrt(p * (1 - p) / n));
+}
+
+TEST_CASE("normal streams pass a Kolmogorov-Smirnov test", "[random]") {
+  const std::size_t n = 100000;
+  std::vector<double> z(n);
+  fill_normal<double>(stream_key(5, 1, StreamKind::upstream, 0, 0), 0, n, z.data(), 0.0, 1.0);
+  std::sort(z.begin(), z.end());
+  double d = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double cdf = 0.5 * std::erfc(-z[i] / std::sqrt(2.0));
+    d = std::max({d, std::abs(cdf - static_cast<double>(i) / n), std::abs(cdf - static_cast<double>(i + 1) / n)});
+  }
+  // Critical value at significance 0.001: 1.95 / sqrt(n).
+  CHECK(d < 1.95 / std::sqrt(static_cast<double>(n)));
+}
+
+TEMPLATE_TEST_CASE("uniform streams stay inside the open interval with the right moments", "[random]", float,
+                   double) {
+  using T = TestType;
+  const std::size_t n = 1 << 20;
+  std::vector<T> u(n);
+  fill_uniform<T>(stream_key(3, 0, StreamKind::dropout, 0, 1), 0, n, u.data(), T(0), T(1));
+  Moments m;
+  for (T v : u) {
+    REQUIRE(v > T(0));
+    REQUIRE(v < T(1));
+    m.push(v);
+  }
+  const double rn = std::sqrt(static_cast<double>(n));
+  CHECK(std::abs(m.mean - 0.5) < kSigma * std::sqrt(1.0 / 12.0) / rn);
+  // Var of (u - 1/2)^2 is 1/180.
+  CHECK(std::abs(m.variance() - 1.0 / 12.0) < kSigma * std::sqrt(1.0 / 180.0) / rn);
+}
+
+TEST_CASE("weight initialisers have their documented mean and variance", "[random][init]") {
+  const std::int64_t fan_in = 300, fan_out = 200;
+  struct Case {
+    InitKind kind;
+    double variance;  // per weight, before weight_variance
+  };
+  for (const Case c : {Case{InitKind::lecun_normal, 1.0 / fan_in}, Case{InitKind::lecun_uniform, 1.0 / fan_in},
+                       Case{InitKind::he_normal, 2.0 / fan_in}, Case{InitKind::glorot_normal, 2.0 / (fan_in + fan_out)},
+                       Case{InitKind::truncated_normal, 1.0 / fan_in}, Case{InitKind::orthogonal, 1.0 / fan_in}}) {
+    InitSpec init;
+    init.kind = c.kind;
+    init.weight_variance = 1.7;
+    init.weight_mean = 0.3;  // omega: the expected sum of a unit's incoming weights
+    std::vector<double> w(static_cast<std::size_t>(fan_in * fan_out));
+    Moments all;
+    // Several matrices, so the check covers more than one draw of an orthogonal matrix.
+    for (std::uint64_t layer = 1; layer <= 8; ++layer) {
+      generate_weights<double>(init, stream_key(9, 0, StreamKind::weights, 0, layer), fan_in, fan_out, w.data(),
+                               fan_out);
+      for (double v : w) all.push(v);
+    }
+    INFO(to_string(c.kind));
+    const double expected_var = 1.7 * c.variance;
+    const double n = static_cast<double>(all.count);
+    // Standard errors: Var w = v and Var (w - mu)^2 <= 2 v^2 (normal); orthogonal entries are
+    // weakly dependent, which these bounds absorb at 4 sigma with room to spare.
+    CHECK(std::abs(all.mean - 0.3 / fan_in) < kSigma * std::sqrt(expected_var / n));
+    CHECK(std::abs(all.variance() - expected_var) < kSigma * std::sqrt(2.0 / n) * expected_var);
+  }
+}
+
+TEST_CASE("orthogonal weights are orthogonal", "[init]") {
+  InitSpec init;
+  init.kind = InitKind::orthogonal;
+  for (auto [fan_in, fan_out] : {std::pair<std::int64_t, std::int64_t>{64, 64}, {80, 48}, {48, 80}}) {
+    std::vector<double> w(static_cast<std::size_t>(fan_in * fan_out));
+    generate_weights<double>(init, stream_key(1, 0, StreamKind::weights, 0, 1), fan_in, fan_out, w.data(), fan_out);
+    // W^T W (tall) or W W^T (wide) is (mean square * larger side) times the identity.
+    const std::int64_t small = std::min(fan_in, fan_out);
+    const double expected = static_cast<double>(std::max(fan_in, fan_out)) / static_cast<double>(fan_in);
+    for (std::int64_t a = 0; a < small; ++a) {
+      for (std::int64_t b = 0; b < small; ++b) {
+        double dot = 0;
+        const std::int64_t large = std::max(fan_in, fan_out);
+        for (std::int64_t k = 0; k < large; ++k) {
+          dot += fan_in >= fan_out ? w[k * fan_out + a] * w[k * fan_out + b] : w[a * fan_out + k] * w[b * fan_out + k];
+        }
+        CHECK(dot == Approx(a == b ? expected : 0.0).margin(1e-12));
+      }
+    }
+  }
+}
+
+TEST_CASE("the truncated normal's variance constant is exact", "[init]") {
+  const double phi2 = std::exp(-2.0) / std::sqrt(2.0 * M_PI);
+  const double mass = std::erf(std::sqrt(2.0));
+  CHECK(kTruncatedNormalVariance == Approx(1.0 - 4.0 * phi2 / mass).epsilon(1e-15));
+}

@@ -1,0 +1,180 @@
+// Result files: the schema of a tiny golden run, and exact round trips.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "core/engine.hpp"
+#include "io/config.hpp"
+#include "io/hdf5.hpp"
+#include "io/results.hpp"
+
+using namespace selfnorm;
+using namespace selfnorm::io;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh temporary folder, removed at the end of the test.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::random_device rd;
+    path = fs::temp_directory_path() / ("selfnorm-test-" + std::to_string(rd()));
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+Provenance test_provenance() {
+  Provenance p;
+  p.program_version = "0.0.0";
+  p.git_commit = "test";
+  p.created_utc = "2026-01-01T00:00:00Z";
+  p.threads = 1;
+  return p;
+}
+
+std::vector<PointRecord> run_all(const Experiment& ex) {
+  std::vector<PointRecord> records;
+  for (const auto& point : ex.points) {
+    const PointResult r = simulate_point(point.spec, {ex.seed, static_cast<std::uint64_t>(point.index)}, {1});
+    records.push_back(make_record(point.index, r, ex.output.per_trial));
+  }
+  return records;
+}
+
+const char* kGoldenConfig = R"({
+  "name": "golden", "seed": 3,
+  "network": {"depth": 3, "width": 8},
+  "activation": ["selu", {"name": "elu", "alpha": 0.5}],
+  "monte_carlo": {"trials": 2, "batch": 5, "weight_gradients": true},
+  "output": {"per_trial": true}
+})";
+
+}  // namespace
+
+TEST_CASE("a tiny golden run has the documented schema", "[results]") {
+  TempDir dir;
+  const Experiment ex = parse_experiment(kGoldenConfig, "golden.json", "golden");
+  const auto records = run_all(ex);
+  const fs::path file = dir.path / "golden.h5";
+  write_results(file, ex, records, test_provenance());
+
+  h5::Id f = h5::open_file(file);
+  CHECK(h5::read_string_attribute(f, "schema") == "selfnorm.results");
+  CHECK(h5::read_int_attribute(f, "schema_version") == kSchemaVersion);
+  CHECK(h5::read_string_attribute(f, "config_hash") == ex.hash);
+  CHECK(h5::read_int_attribute(f, "seed") == 3);
+  CHECK(h5::read_int_attribute(f, "point_total") == 2);
+  CHECK(h5::read_string_attribute(f, "git_commit") == "test");
+  CHECK(h5::read_string_array_attribute(f, "varied_keys") ==
+        std::vector<std::string>{"activation.name", "activation.alpha", "activation.lambda"});
+  CHECK(h5::read_int_array_attribute(f, "grid_shape") == std::vector<std::int64_t>{2});
+  for (const char* attr : {"program_version", "compiler", "build_type", "host", "created_utc", "threads", "config",
+                           "gemm_backend", "command_line", "title"}) {
+    INFO(attr);
+    CHECK(h5::has_attribute(f, attr));
+  }
+  // Coordinates and descriptors.
+  CHECK(h5::read_ints(f, "point") == std::vector<std::int64_t>{0, 1});
+  CHECK(h5::read_ints(f, "layer") == std::vector<std::int64_t>{1, 2, 3});
+  CHECK(h5::read_ints(f, "trial") == std::vector<std::int64_t>{0, 1});
+  CHECK(h5::read_strings(f, "activation") == std::vector<std::string>{"selu", "elu"});
+  const auto alpha = h5::read_doubles(f, "alpha");
+  CHECK(alpha[0] == kSeluAlpha01);
+  CHECK(alpha[1] == 0.5);
+  CHECK(std::isnan(h5::read_doubles(f, "lambda")[1]));  // elu has no lambda
+  CHECK(h5::read_ints(f, "point_depth") == std::vector<std::int64_t>{3, 3});
+  CHECK(h5::read_ints(f, "point_trials") == std::vector<std::int64_t>{2, 2});
+  CHECK(h5::read_strings(f, "point_config").size() == 2);
+  // Every statistic, its standard error and its per-trial values, with their attributes.
+  for (const auto& info : stat_catalog()) {
+    const std::string name(info.name);
+    INFO(name);
+    h5::Id ds = h5::open_dataset(f, name);
+    CHECK(h5::dataset_shape(ds) == std::vector<hsize_t>{2, 3});
+    CHECK(h5::read_string_attribute(ds, "long_name") == std::string(info.long_name));
+    CHECK(h5::read_string_attribute(ds, "units") == "1");
+    CHECK(h5::has_attribute(ds, "definition"));
+    CHECK(h5::has_attribute(ds, "DIMENSION_LIST"));
+    CHECK(h5::dataset_shape(h5::open_dataset(f, name + "_sem")) == std::vector<hsize_t>{2, 3});
+    CHECK(h5::dataset_shape(h5::open_dataset(f, name + "_per_trial")) == std::vector<hsize_t>{2, 2, 3});
+  }
+  CHECK(h5::read_ints(f, "nonfinite_count") == std::vector<std::int64_t>(6, 0));
+  CHECK(h5::read_ints(f, "first_nonfinite_layer") == std::vector<std::int64_t>{0, 0});
+  // The file holds exactly what the engine computed.
+  const auto back = read_records(file);
+  REQUIRE(back.size() == records.size());
+  for (std::size_t p = 0; p < back.size(); ++p) {
+    for (int s = 0; s < kStatCount; ++s) {
+      CHECK(std::memcmp(back[p].mean[s].data(), records[p].mean[s].data(), 3 * sizeof(double)) == 0);
+      CHECK(std::memcmp(back[p].sem[s].data(), records[p].sem[s].data(), 3 * sizeof(double)) == 0);
+      CHECK(back[p].per_trial[s] == records[p].per_trial[s]);
+    }
+  }
+  // Nothing but the result is left in the folder.
+  CHECK(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()) == 1);
+}
+
+TEST_CASE("points of different depths are padded with NaN and -1", "[results]") {
+  TempDir dir;
+  Experiment ex = parse_experiment(R"({"network": {"depth": 4, "width": 4}, "monte_carlo": {"trials": 1, "batch": 3}})",
+                                   "x.json", "x");
+  auto records = run_all(ex);
+  // A second point of depth 2, as a depth sweep would produce.
+  PointRecord shallow = records[0];
+  shallow.index = 0;
+  shallow.depth = 2;
+  for (auto& v : shallow.mean) v.resize(2);
+  for (auto& v : shallow.sem) v.resize(2);
+  shallow.nonfinite_count.resize(2);
+  shallow.grad_nonfinite_count.resize(2);
+  records[0].index = 0;
+  ex.points.push_back(ex.points[0]);
+  ex.points[1].index = 1;
+  records.push_back(records[0]);
+  records[1].index = 1;
+  records[0] = shallow;
+  write_results(dir.path / "x.h5", ex, records, test_provenance());
+  h5::Id f = h5::open_file(dir.path / "x.h5");
+  const auto var = h5::read_doubles(f, "activation_var");
+  REQUIRE(var.size() == 8);
+  CHECK(std::isnan(var[2]));
+  CHECK(std::isnan(var[3]));
+  CHECK(!std::isnan(var[4 + 3]));
+  const auto counts = h5::read_ints(f, "nonfinite_count");
+  CHECK(counts[2] == -1);
+  CHECK(counts[4 + 3] == 0);
+}
+
+TEST_CASE("a failed write leaves an existing result intact", "[results]") {
+  TempDir dir;
+  const Experiment ex = parse_experiment(R"({"network": {"depth": 2, "width": 4}, "monte_carlo": {"trials": 1,
+                                           "batch": 3}})", "x.json", "x");
+  const auto records = run_all(ex);
+  const fs::path file = dir.path / "x.h5";
+  write_results(file, ex, records, test_provenance());
+  const auto size = fs::file_size(file);
+  // Records that point outside the experiment make the writer fail after it created its file.
+  auto bad = records;
+  bad[0].index = 7;
+  CHECK_THROWS(write_results(file, ex, bad, test_provenance()));
+  CHECK(fs::file_size(file) == size);
+  CHECK(read_records(file).size() == 1);
+  CHECK(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()) == 1);
+}
+
+TEST_CASE("reading a file that is not a selfnorm result says so", "[results]") {
+  TempDir dir;
+  {
+    h5::Id f = h5::create_file(dir.path / "other.h5");
+    h5::write_attribute(f, "something", std::string("else"));
+  }
+  CHECK_THROWS_WITH(read_header(dir.path / "other.h5"), Catch::Contains("not a selfnorm result"));
+  CHECK_THROWS_WITH(read_header(dir.path / "missing.h5"), Catch::Contains("cannot open"));
+}

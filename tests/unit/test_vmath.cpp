@@ -1,0 +1,83 @@
+// Accuracy of the vectorisable elementary functions against long double references.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+
+#include "core/vmath.hpp"
+#include "test_helpers.hpp"
+
+using namespace selfnorm;
+using selfnorm::test::ulp_error;
+
+namespace {
+
+// Largest ulp error of f against ref over a geometric and a linear sweep of [lo, hi].
+template <class T, class F, class R>
+double max_ulp(F f, R ref, double lo, double hi, int steps = 200001) {
+  double worst = 0;
+  for (int i = 0; i < steps; ++i) {
+    const double t = static_cast<double>(i) / (steps - 1);
+    const T x = static_cast<T>(lo + (hi - lo) * t);
+    worst = std::max(worst, ulp_error<T>(f(x), ref(static_cast<long double>(x))));
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("exp, expm1, log and log1p are accurate to a few ulp", "[vmath]", float, double) {
+  using T = TestType;
+  const double bound = 4.0;
+  SECTION("exp over its finite range") {
+    const double hi = std::is_same_v<T, float> ? 88.0 : 709.0;
+    const double lo = std::is_same_v<T, float> ? -87.0 : -708.0;
+    CHECK(max_ulp<T>([](T x) { return vmath::exp(x); }, [](long double x) { return std::exp(x); }, lo, hi) <= bound);
+  }
+  SECTION("expm1 near zero and on the negative axis") {
+    CHECK(max_ulp<T>([](T x) { return vmath::expm1(x); }, [](long double x) { return std::expm1(x); }, -1, 1) <=
+          bound);
+    CHECK(max_ulp<T>([](T x) { return vmath::expm1(x); }, [](long double x) { return std::expm1(x); }, -40, 0) <=
+          bound);
+    CHECK(max_ulp<T>([](T x) { return vmath::expm1(x); }, [](long double x) { return std::expm1(x); }, -1e-6,
+                     1e-6) <= bound);
+  }
+  SECTION("log on (0, 10] and on large values") {
+    CHECK(max_ulp<T>([](T x) { return vmath::log(x); }, [](long double x) { return std::log(x); }, 1e-6, 10) <=
+          bound);
+    CHECK(max_ulp<T>([](T x) { return vmath::log(x); }, [](long double x) { return std::log(x); }, 0.5, 2) <= bound);
+    CHECK(max_ulp<T>([](T x) { return vmath::log(x); }, [](long double x) { return std::log(x); }, 1, 1e30) <= bound);
+  }
+  SECTION("log of subnormal numbers") {
+    const T x = std::numeric_limits<T>::denorm_min() * 12345;
+    CHECK(ulp_error<T>(vmath::log(x), std::log(static_cast<long double>(x))) <= bound);
+  }
+  SECTION("log1p on (0, 1] and for tiny arguments") {
+    CHECK(max_ulp<T>([](T x) { return vmath::log1p(x); }, [](long double x) { return std::log1p(x); }, 0, 1) <=
+          bound);
+    CHECK(max_ulp<T>([](T x) { return vmath::log1p(x); }, [](long double x) { return std::log1p(x); }, -1e-7,
+                     1e-7) <= bound);
+  }
+}
+
+TEMPLATE_TEST_CASE("elementary functions handle special values like the C library", "[vmath]", float, double) {
+  using T = TestType;
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  constexpr T nan = std::numeric_limits<T>::quiet_NaN();
+  CHECK(vmath::exp(T(-1000)) == 0);
+  CHECK(vmath::exp(T(1000)) == inf);
+  CHECK(vmath::exp(-inf) == 0);
+  CHECK(vmath::exp(inf) == inf);
+  CHECK(std::isnan(vmath::exp(nan)));
+  CHECK(vmath::expm1(T(-1000)) == -1);
+  CHECK(vmath::expm1(T(0)) == 0);
+  CHECK(vmath::expm1(T(1000)) == inf);
+  CHECK(std::isnan(vmath::expm1(nan)));
+  CHECK(vmath::log(T(0)) == -inf);
+  CHECK(vmath::log(inf) == inf);
+  CHECK(vmath::log(T(1)) == 0);
+  CHECK(std::isnan(vmath::log(T(-1))));
+  CHECK(std::isnan(vmath::log(nan)));
+  CHECK(vmath::log1p(T(0)) == 0);
+  CHECK(vmath::log1p(inf) == inf);
+}
