@@ -37,18 +37,21 @@ std::string with_error(double mean, double sem) {
   const double mag = std::abs(mean);
   const bool known = sem > 0 && std::isfinite(sem);
   char buf[64];
-  if (mag >= 1e5 || (mag > 0 && mag < 1e-3) || (known && sem < 1e-6)) {
-    if (known) {
-      std::snprintf(buf, sizeof buf, "%.3e±%.1e", mean, sem);
+  if (known) {
+    const int decimals = 1 - static_cast<int>(std::floor(std::log10(sem)));
+    // Fixed notation while it stays short: moderate values, or small ones consistent with 0.
+    if (decimals <= 8 && mag < 1e5 && (mag >= 1e-3 || mag < 10 * sem)) {
+      std::snprintf(buf, sizeof buf, "%.*f±%.*f", std::max(decimals, 0), mean, std::max(decimals, 0), sem);
     } else {
-      std::snprintf(buf, sizeof buf, "%.3e", mean);
+      std::snprintf(buf, sizeof buf, "%.3e±%.1e", mean, sem);
     }
     return buf;
   }
-  if (!known) return fmt("%.4g", mean);
-  const int decimals = std::clamp(1 - static_cast<int>(std::floor(std::log10(sem))), 0, 8);
-  std::snprintf(buf, sizeof buf, "%.*f±%.*f", decimals, mean, decimals, sem);
-  return buf;
+  if (mag >= 1e5 || mag < 1e-3) {
+    std::snprintf(buf, sizeof buf, "%.3e", mean);
+    return buf;
+  }
+  return fmt("%.4g", mean);
 }
 
 // Display width of a UTF-8 string (the ± sign is two bytes, one column).
@@ -73,6 +76,17 @@ std::vector<int> summary_layers(int depth) {
   for (int l = 1; l < depth; l *= 2) layers.push_back(l);
   layers.push_back(depth);
   return layers;
+}
+
+// True if `value` is the default of parameter `key` ("activation.alpha") for the point's activation.
+bool is_default_parameter(const json& resolved, const std::string& key, const json& value) {
+  const ActivationInfo* info = find_activation(resolved.at("activation").at("name").get<std::string>());
+  if (!info || !value.is_number()) return false;
+  const std::string param = key.substr(std::string("activation.").size());
+  for (const auto& p : info->params) {
+    if (p.name == param) return value.get<double>() == p.default_value;
+  }
+  return false;
 }
 
 }  // namespace
@@ -146,8 +160,12 @@ std::string point_label(const io::Experiment& experiment, std::int64_t p) {
     const json& v = point.varied_values[k];
     if (v.is_null()) continue;
     if (!label.empty()) label += ", ";
-    if (experiment.varied[k].key == "activation.name") {
+    const std::string& key = experiment.varied[k].key;
+    if (key == "activation.name") {
       label += v.get<std::string>();
+    } else if (key.rfind("activation.", 0) == 0 && is_default_parameter(point.resolved, key, v)) {
+      if (!label.empty() && label.size() >= 2) label.resize(label.size() - 2);
+      continue;
     } else {
       label += experiment.varied[k].dataset + "=" + format_value(v);
     }
