@@ -3,7 +3,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -14,6 +17,7 @@
 #include "core/engine.hpp"
 #include "io/config.hpp"
 #include "io/results.hpp"
+#include "io/shards.hpp"
 
 namespace selfnorm::cli {
 
@@ -22,6 +26,36 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
+// The signal that asked the run to stop (SIGINT or SIGTERM), 0 if none.
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal.store(sig);
+  // A second signal ends the process at once (the finished points are already on disk).
+  std::signal(sig, SIG_DFL);
+}
+
+// Catches SIGINT and SIGTERM for the lifetime of a run, so that it stops at a point boundary.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal.store(0);
+    previous_int_ = std::signal(SIGINT, on_stop_signal);
+    previous_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, previous_int_);
+    std::signal(SIGTERM, previous_term_);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  int received() const { return g_stop_signal.load(); }
+
+ private:
+  void (*previous_int_)(int) = SIG_DFL;
+  void (*previous_term_)(int) = SIG_DFL;
+};
+
 ParallelMode parse_parallel(const std::string& s) {
   if (s == "auto") return ParallelMode::automatic;
   if (s == "trials") return ParallelMode::trials;
@@ -29,21 +63,74 @@ ParallelMode parse_parallel(const std::string& s) {
   throw UsageError("--parallel " + s + " is not valid; use auto, trials or samples");
 }
 
+std::int64_t parse_count(const std::string& text, const std::string& what) {
+  std::size_t used = 0;
+  long long v = -1;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || v < 0) throw UsageError(what + " '" + text + "' is not a non-negative integer");
+  return v;
+}
+
+// "K/N" or "slurm/N" (K from SLURM_ARRAY_TASK_ID).
+std::optional<io::ShardInfo> parse_shard(const std::string& spec) {
+  if (spec.empty()) return std::nullopt;
+  const auto slash = spec.find('/');
+  if (slash == std::string::npos) {
+    throw UsageError("--shard " + spec + " is not valid; use K/N (shard K of N, 0-based) or slurm/N");
+  }
+  const std::string k_text = spec.substr(0, slash);
+  const std::int64_t n = parse_count(spec.substr(slash + 1), "--shard count");
+  if (n < 1) throw UsageError("--shard " + spec + ": the number of shards must be >= 1");
+  std::int64_t k;
+  if (k_text == "slurm") {
+    const char* id = std::getenv("SLURM_ARRAY_TASK_ID");
+    if (!id || !*id) {
+      throw UsageError("--shard slurm/" + std::to_string(n) + " needs SLURM_ARRAY_TASK_ID, which is set only inside "
+                       "a Slurm array task; outside Slurm give the shard as K/" + std::to_string(n));
+    }
+    k = parse_count(id, "SLURM_ARRAY_TASK_ID");
+  } else {
+    k = parse_count(k_text, "--shard index");
+  }
+  if (k >= n) {
+    throw UsageError("--shard " + spec + ": shard index " + std::to_string(k) + " is out of range; shards of " +
+                     std::to_string(n) + " are numbered 0 to " + std::to_string(n - 1));
+  }
+  return io::ShardInfo{k, n};
+}
+
 // Checks before any work that results can be written into `path`'s folder.
-void check_output_path(const fs::path& path, bool overwrite) {
+void check_output_folder(const fs::path& path) {
   const fs::path folder = path.parent_path().empty() ? fs::path(".") : path.parent_path();
   std::error_code ec;
   if (!fs::is_directory(folder, ec)) {
     throw UsageError("output folder " + folder.string() + " does not exist; create it or choose another path with -o");
   }
-  if (fs::exists(path, ec) && !overwrite) {
-    throw UsageError(path.string() + " already exists; pass --overwrite to replace it (the old file stays intact "
-                     "until the new one is complete) or choose another path with -o");
-  }
   if (fs::is_directory(path, ec)) throw UsageError(path.string() + " is a folder; -o needs a file name ending in .h5");
   if (::access(folder.c_str(), W_OK) != 0) {
     throw UsageError("output folder " + folder.string() + " is not writable; choose another path with -o");
   }
+}
+
+std::string plural(std::int64_t n, const std::string& word) {
+  return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
+}
+
+// True if `path` is a complete result of this experiment and shard.
+bool already_complete(const fs::path& path, const io::Experiment& ex, const std::optional<io::ShardInfo>& shard) {
+  io::FileHeader h;
+  try {
+    h = io::read_header(path);
+  } catch (const std::exception&) {
+    return false;
+  }
+  const bool same_shard = (!h.shard && !shard) ||
+                          (h.shard && shard && h.shard->index == shard->index && h.shard->count == shard->count);
+  return h.config_hash == ex.hash && same_shard;
 }
 
 }  // namespace
@@ -55,60 +142,208 @@ int run_command(const RunArgs& args) {
   RunOptions options;
   options.threads = threads.threads;
   options.parallel = parse_parallel(args.parallel);
-  const fs::path out = args.output.empty() ? fs::path("results") / (ex.name + ".h5") : fs::path(args.output);
-  check_output_path(out, args.overwrite);
+  const std::optional<io::ShardInfo> shard = parse_shard(args.shard);
+
+  fs::path out = args.output;
+  if (out.empty()) {
+    if (shard) {
+      out = io::shard_path(fs::path("results") / ex.name, shard->index, shard->count);
+      std::error_code ec;
+      fs::create_directories(out.parent_path(), ec);
+    } else {
+      out = fs::path("results") / (ex.name + ".h5");
+    }
+  }
+  check_output_folder(out);
+  std::error_code ec;
+  if (fs::exists(out, ec) && !args.overwrite) {
+    if (already_complete(out, ex, shard)) {
+      if (!args.quiet) std::cerr << out.string() << " is already complete for this config; nothing to do" << std::endl;
+      return 0;
+    }
+    throw UsageError(out.string() + " already exists and holds other results; pass --overwrite to replace it (the "
+                     "old file stays intact until the new one is complete) or choose another path with -o");
+  }
+
+  // Points of this shard; those finished by an earlier, interrupted run are read back.
+  const io::Checkpoint checkpoint(out);
+  std::vector<io::PointRecord> records = checkpoint.load(ex, shard);
+  const auto mine = io::shard_points(static_cast<std::int64_t>(ex.points.size()), shard);
+  std::vector<std::int64_t> todo;
+  for (std::int64_t p : mine) {
+    const bool done = std::any_of(records.begin(), records.end(), [&](const io::PointRecord& r) { return r.index == p; });
+    if (!done) todo.push_back(p);
+  }
 
   double total_flop = 0.0;
   std::size_t peak_bytes = 0;
-  std::vector<double> point_flop;
-  for (const auto& point : ex.points) {
-    const WorkEstimate e = estimate_work(point.spec, options);
-    point_flop.push_back(e.gemm_flop);
+  for (std::int64_t p : todo) {
+    const WorkEstimate e = estimate_work(ex.points[static_cast<std::size_t>(p)].spec, options);
     total_flop += e.gemm_flop;
     peak_bytes = std::max(peak_bytes, e.buffer_bytes);
   }
   if (!args.quiet) {
-    std::cerr << "selfnorm: " << ex.name << ": " << ex.points.size() << " point" << (ex.points.size() == 1 ? "" : "s")
-              << ", " << total_flop * 1e-9 << " GFLOP, buffers " << format_bytes(static_cast<double>(peak_bytes))
-              << ", " << threads.threads << " thread" << (threads.threads == 1 ? "" : "s") << " ("
-              << threads.source << ")" << std::endl;
+    std::cerr << "selfnorm: " << ex.name;
+    if (shard) std::cerr << " shard " << shard->index << "/" << shard->count;
+    std::cerr << ": " << plural(static_cast<std::int64_t>(mine.size()), "point");
+    if (!records.empty()) {
+      std::cerr << " (" << records.size() << " already done in " << checkpoint.folder().string() << ", resuming)";
+    }
+    std::cerr << ", " << total_flop * 1e-9 << " GFLOP to do, buffers " << format_bytes(static_cast<double>(peak_bytes))
+              << ", " << plural(threads.threads, "thread") << " (" << threads.source << ")" << std::endl;
   }
 
-  ProgressDisplay progress(!args.quiet, static_cast<std::int64_t>(ex.points.size()), total_flop);
-  std::vector<io::PointRecord> records;
-  for (const auto& point : ex.points) {
-    progress.start_point(point.index, point_label(ex, point.index), point.spec.monte_carlo.trials,
-                         point_flop[static_cast<std::size_t>(point.index)]);
-    const PointResult result = simulate_point(
-        point.spec, StreamSeed{ex.seed, static_cast<std::uint64_t>(point.index)}, options,
-        [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
+  const io::Provenance provenance = current_provenance(threads.threads, args.command_line);
+  StopSignals signals;
+  ProgressDisplay progress(!args.quiet, static_cast<std::int64_t>(todo.size()), total_flop);
+  std::int64_t ordinal = 0;
+  for (std::int64_t p : todo) {
+    const auto& point = ex.points[static_cast<std::size_t>(p)];
+    const double flop = estimate_work(point.spec, options).gemm_flop;
+    progress.start_point(ordinal++, point_label(ex, p), point.spec.monte_carlo.trials, flop);
+    const PointResult result =
+        simulate_point(point.spec, StreamSeed{ex.seed, static_cast<std::uint64_t>(p)}, options,
+                       [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
     progress.finish_point();
-    records.push_back(io::make_record(point.index, result, ex.output.per_trial));
+    records.push_back(io::make_record(p, result, ex.output.per_trial));
+    checkpoint.save(ex, records.back(), provenance, shard);
+    if (signals.received() && ordinal < static_cast<std::int64_t>(todo.size())) {
+      progress.finish();
+      const int sig = signals.received();
+      std::cerr << "stopped by " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << " after finishing a point: "
+                << records.size() << " of " << mine.size() << " points are saved in " << checkpoint.folder().string()
+                << "; run the same command again to resume" << std::endl;
+      return 128 + sig;
+    }
   }
   progress.finish();
   const double seconds = progress.elapsed_seconds();
-  io::write_results(out, ex, records, current_provenance(threads.threads, args.command_line));
+  std::sort(records.begin(), records.end(),
+            [](const io::PointRecord& a, const io::PointRecord& b) { return a.index < b.index; });
+  io::write_results(out, ex, records, provenance, shard);
+  checkpoint.remove();
   if (!args.quiet) {
     print_summary(std::cout, ex, records);
-    std::cout << "\nwrote " << out.string() << " (" << records.size() << " point" << (records.size() == 1 ? "" : "s")
-              << ", " << format_duration(seconds) << " on " << threads.threads << " thread"
-              << (threads.threads == 1 ? "" : "s") << ", " << total_flop * 1e-9 / std::max(seconds, 1e-9)
-              << " GFLOP/s)" << std::endl;
+    std::cout << "\nwrote " << out.string() << " (" << plural(static_cast<std::int64_t>(records.size()), "point")
+              << ", " << format_duration(seconds) << " on " << plural(threads.threads, "thread");
+    if (total_flop > 0) std::cout << ", " << total_flop * 1e-9 / std::max(seconds, 1e-9) << " GFLOP/s";
+    std::cout << ")" << std::endl;
   }
   return 0;
 }
 
-int validate_command(const std::string& config, std::optional<int> requested_threads) {
+int merge_command(const std::vector<std::string>& shards, const std::string& output, bool overwrite,
+                  const std::string& command_line) {
+  const fs::path out(output);
+  check_output_folder(out);
+  std::error_code ec;
+  if (fs::exists(out, ec) && !overwrite) {
+    throw UsageError(out.string() + " already exists; pass --overwrite to replace it or choose another path with -o");
+  }
+  std::vector<fs::path> paths(shards.begin(), shards.end());
+  for (const auto& p : paths) {
+    if (!fs::exists(p, ec)) throw UsageError("shard file " + p.string() + " does not exist");
+  }
+  try {
+    io::merge_shards(paths, out, current_provenance(1, command_line));
+  } catch (const io::ConfigError&) {
+    throw;
+  } catch (const std::runtime_error& e) {
+    throw UsageError(e.what());  // a problem with the files given: the user's to fix
+  }
+  std::cout << "merged " << plural(static_cast<std::int64_t>(paths.size()), "shard") << " into " << out.string()
+            << std::endl;
+  return 0;
+}
+
+int status_command(const std::string& config, std::int64_t shards, const std::string& folder_arg, bool missing_only) {
+  const io::Experiment ex = io::load_experiment(config);
+  if (shards < 1) throw UsageError("--shards must be >= 1");
+  const fs::path folder = folder_arg.empty() ? fs::path("results") / ex.name : fs::path(folder_arg);
+  std::vector<std::int64_t> missing;
+  std::int64_t complete = 0;
+  std::vector<std::string> lines;
+  for (std::int64_t k = 0; k < shards; ++k) {
+    const io::ShardInfo shard{k, shards};
+    const fs::path path = io::shard_path(folder, k, shards);
+    const std::int64_t points = static_cast<std::int64_t>(io::shard_points(static_cast<std::int64_t>(ex.points.size()),
+                                                                           shard).size());
+    std::string state;
+    std::error_code ec;
+    if (fs::exists(path, ec) && already_complete(path, ex, shard)) {
+      state = "complete";
+      ++complete;
+    } else {
+      missing.push_back(k);
+      const io::Checkpoint checkpoint(path);
+      std::int64_t done = 0;
+      if (checkpoint.exists()) {
+        try {
+          done = static_cast<std::int64_t>(checkpoint.load(ex, shard).size());
+        } catch (const std::exception&) {
+          done = -1;
+        }
+      }
+      if (fs::exists(path, ec)) {
+        state = "foreign file (another config); rerun with --overwrite";
+      } else if (done < 0) {
+        state = "checkpoint of another config";
+      } else if (done > 0) {
+        state = "partial: " + std::to_string(done) + " of " + std::to_string(points) + " points";
+      } else {
+        state = "missing";
+      }
+    }
+    lines.push_back("  shard " + std::to_string(k) + "  " + plural(points, "point") + "  " + state);
+  }
+  if (missing_only) {
+    std::cout << io::array_spec(missing) << std::endl;
+    return 0;
+  }
+  std::cout << ex.name << " (config hash " << ex.hash << "): " << ex.points.size() << " points in " << shards
+            << " shards under " << folder.string() << "\n";
+  for (const auto& l : lines) std::cout << l << "\n";
+  std::cout << complete << " of " << shards << " shards complete\n";
+  if (!missing.empty()) {
+    std::cout << "not complete: " << io::array_spec(missing) << "  (sbatch --array=" << io::array_spec(missing)
+              << ")\n";
+  } else {
+    std::cout << "all shards complete; merge them with: selfnorm merge -o " << (fs::path("results") / (ex.name + ".h5")).string()
+              << " " << (folder / ("shard-*-of-" + std::to_string(shards) + ".h5")).string() << "\n";
+  }
+  return 0;
+}
+
+int validate_command(const std::string& config, std::optional<int> requested_threads, bool as_json) {
   const io::Experiment ex = io::load_experiment(config);
   const ThreadChoice threads = choose_threads(requested_threads);
   RunOptions options;
   options.threads = threads.threads;
   double total_flop = 0.0;
+  double max_point_flop = 0.0;
   std::size_t peak_bytes = 0;
   for (const auto& point : ex.points) {
     const WorkEstimate e = estimate_work(point.spec, options);
     total_flop += e.gemm_flop;
+    max_point_flop = std::max(max_point_flop, e.gemm_flop);
     peak_bytes = std::max(peak_bytes, e.buffer_bytes);
+  }
+  if (as_json) {
+    json varied = json::array();
+    for (const auto& v : ex.varied) varied.push_back(v.key);
+    std::cout << json{{"name", ex.name},
+                      {"config_hash", ex.hash},
+                      {"seed", ex.seed},
+                      {"points", ex.points.size()},
+                      {"grid_shape", ex.grid_shape},
+                      {"varied", varied},
+                      {"gemm_gflop", total_flop * 1e-9},
+                      {"max_point_gflop", max_point_flop * 1e-9},
+                      {"buffer_bytes", peak_bytes},
+                      {"threads", threads.threads}}
+                     .dump(2)
+              << std::endl;
+    return 0;
   }
   std::cout << config << ": valid\n";
   std::cout << "  experiment   " << ex.name << " (config hash " << ex.hash << ", seed " << ex.seed << ")\n";
@@ -126,7 +361,7 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
   }
   std::cout << "  work         " << total_flop * 1e-9 << " GFLOP of matrix products\n";
   std::cout << "  memory       " << format_bytes(static_cast<double>(peak_bytes)) << " of engine buffers at the "
-            << "largest point with " << threads.threads << " thread" << (threads.threads == 1 ? "" : "s") << "\n";
+            << "largest point with " << plural(threads.threads, "thread") << "\n";
   return 0;
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace selfnorm::cli {
 
@@ -13,13 +14,17 @@ struct RunArgs {
   std::optional<int> threads;
   std::optional<std::uint64_t> seed;
   std::string parallel = "auto";      // auto | trials | samples
+  std::string shard;                  // "K/N", "slurm/N" or empty
   bool quiet = false;
   bool overwrite = false;
   std::string command_line;
 };
 
 int run_command(const RunArgs& args);
-int validate_command(const std::string& config, std::optional<int> threads);
+int validate_command(const std::string& config, std::optional<int> threads, bool json);
+int merge_command(const std::vector<std::string>& shards, const std::string& output, bool overwrite,
+                  const std::string& command_line);
+int status_command(const std::string& config, std::int64_t shards, const std::string& folder, bool missing_only);
 int print_config_command(const std::string& config);
 int activations_command(bool json);
 

@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--threads", run.threads, "threads (default: OMP_NUM_THREADS, SLURM_CPUS_PER_TASK or all)");
   run_cmd->add_option("--seed", run.seed, "override the config's seed");
   run_cmd->add_option("--parallel", run.parallel, "how threads share work: auto, trials or samples (same results)");
+  run_cmd->add_option("--shard", run.shard,
+                      "run shard K of N only (K/N, 0-based), or slurm/N to take K from SLURM_ARRAY_TASK_ID");
   run_cmd->add_flag("--quiet", run.quiet, "no progress and no summary");
   run_cmd->add_flag("--overwrite", run.overwrite, "replace an existing result file");
 
@@ -34,6 +36,25 @@ int main(int argc, char** argv) {
   auto* validate_cmd = app.add_subcommand("validate", "Check a config and print its work and memory estimate");
   validate_cmd->add_option("config", config, "experiment config (JSON)")->required();
   validate_cmd->add_option("--threads", threads, "threads the estimate assumes");
+  bool validate_json = false;
+  validate_cmd->add_flag("--json", validate_json, "print the summary as JSON");
+
+  std::vector<std::string> shard_files;
+  std::string merge_output;
+  bool merge_overwrite = false;
+  auto* merge_cmd = app.add_subcommand("merge", "Merge the shard files of a sharded run into one result file");
+  merge_cmd->add_option("-o,--output", merge_output, "merged result file")->required();
+  merge_cmd->add_option("shards", shard_files, "shard files (results/<name>/shard-K-of-N.h5)")->required();
+  merge_cmd->add_flag("--overwrite", merge_overwrite, "replace an existing result file");
+
+  std::int64_t shard_count = 1;
+  std::string status_folder;
+  bool missing_only = false;
+  auto* status_cmd = app.add_subcommand("status", "List the complete, partial and missing shards of a sharded run");
+  status_cmd->add_option("config", config, "experiment config (JSON)")->required();
+  status_cmd->add_option("--shards", shard_count, "number of shards N the run was split into")->required();
+  status_cmd->add_option("--dir", status_folder, "folder of the shard files (default results/<name>)");
+  status_cmd->add_flag("--missing", missing_only, "print only the incomplete shards, in sbatch --array= form");
 
   auto* print_cmd = app.add_subcommand("print-config", "Print a config with every default filled in");
   print_cmd->add_option("config", config, "experiment config (JSON)")->required();
@@ -50,7 +71,9 @@ int main(int argc, char** argv) {
 
   try {
     if (*run_cmd) return run_command(run);
-    if (*validate_cmd) return validate_command(config, threads);
+    if (*validate_cmd) return validate_command(config, threads, validate_json);
+    if (*merge_cmd) return merge_command(shard_files, merge_output, merge_overwrite, command_line);
+    if (*status_cmd) return status_command(config, shard_count, status_folder, missing_only);
     if (*print_cmd) return print_config_command(config);
     if (*act_cmd) return activations_command(as_json);
   } catch (const selfnorm::io::ConfigError& e) {

@@ -488,6 +488,14 @@ std::string nearest_key(std::string_view word, const std::vector<std::string>& c
   return (best_d <= limit || contained) ? best : std::string();
 }
 
+json activation_json(const Activation& activation) {
+  json act{{"name", std::string(activation_name(activation))}};
+  const ActivationInfo* info = find_activation(activation_name(activation));
+  const auto values = activation_values(activation);
+  for (std::size_t i = 0; i < values.size(); ++i) act[std::string(info->params[i].name)] = values[i];
+  return act;
+}
+
 json to_json(const PointSpec& spec) {
   json j;
   j["precision"] = std::string(to_string(spec.precision));
@@ -495,11 +503,7 @@ json to_json(const PointSpec& spec) {
   const bool uniform = std::all_of(w.begin(), w.end(), [&](std::int64_t v) { return v == w.front(); });
   j["network"] = uniform ? json{{"depth", spec.network.depth()}, {"width", w.front()}}
                          : json{{"depth", spec.network.depth()}, {"widths", w}};
-  json act{{"name", std::string(activation_name(spec.activation))}};
-  const ActivationInfo* info = find_activation(activation_name(spec.activation));
-  const auto values = activation_values(spec.activation);
-  for (std::size_t i = 0; i < values.size(); ++i) act[std::string(info->params[i].name)] = values[i];
-  j["activation"] = act;
+  j["activation"] = activation_json(spec.activation);
   j["init"] = {{"name", std::string(to_string(spec.init.kind))},
                {"weight_mean", spec.init.weight_mean},
                {"weight_variance", spec.init.weight_variance},
@@ -548,6 +552,8 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
   // The points: the sweep section (or a list of activations) varies keys of the base config.
   json base = root;
   for (const char* k : {"name", "description", "seed", "output", "sweep"}) base.erase(k);
+  // A sweep of activation.alpha with no activation given sweeps the default activation.
+  if (!base.contains("activation")) base["activation"] = "selu";
   const std::size_t before_sweep = c.issues.size();
   const SweepPlan plan = plan_sweep(root, c.issues);
   if (c.issues.size() != before_sweep || plan.points.empty()) throw ConfigError(source, c.issues);
@@ -611,8 +617,12 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
   ex.resolved["output"] = {{"per_trial", ex.output.per_trial}};
   if (!plan.resolved_sweep.is_null()) ex.resolved["sweep"] = plan.resolved_sweep;
   if (plan.activation_list) {
+    // Each entry of the list with its defaults filled in (entries are valid: every point parsed).
     json list = json::array();
-    for (const auto& rp : resolved_points) list.push_back(rp.at("activation"));
+    for (const auto& entry : root.at("activation")) {
+      Checker ignored;
+      list.push_back(activation_json(parse_activation(entry, "activation", ignored)));
+    }
     ex.resolved["activation"] = list;
   }
   json hashed = ex.resolved;

@@ -86,6 +86,9 @@ Experiment with_seed(const Experiment& experiment, std::uint64_t seed);
 // The nearest of `candidates` to `word` by edit distance, or "" if none is plausibly meant.
 std::string nearest_key(std::string_view word, const std::vector<std::string>& candidates);
 
+// The JSON of an activation with all its parameters.
+nlohmann::ordered_json activation_json(const Activation& activation);
+
 // The JSON of one point's spec, with every default filled in (the inverse of parsing).
 nlohmann::ordered_json to_json(const PointSpec& spec);
 

@@ -45,15 +45,21 @@ def test_run_writes_a_result_file_and_prints_a_summary(run, write_config, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "tiny.h5"]
 
 
-def test_run_refuses_to_overwrite_without_the_flag(run, write_config, tmp_path):
+def test_run_never_replaces_other_results_without_the_flag(run, write_config, tmp_path):
     out = tmp_path / "tiny.h5"
     assert run("run", write_config(TINY), "-o", out, "--quiet").returncode == 0
     before = out.read_bytes()
+    # The same command again: the file is already complete for this config.
     r = run("run", write_config(TINY), "-o", out)
+    assert r.returncode == 0
+    assert "is already complete for this config; nothing to do" in r.stderr
+    # Another experiment aimed at the same file is refused.
+    r = run("run", write_config(TINY), "-o", out, "--seed", "99")
     assert r.returncode == 2
-    assert "already exists; pass --overwrite" in r.stderr
+    assert "already exists and holds other results; pass --overwrite" in r.stderr
     assert out.read_bytes() == before
-    assert run("run", write_config(TINY), "-o", out, "--overwrite", "--quiet").returncode == 0
+    assert run("run", write_config(TINY), "-o", out, "--seed", "99", "--overwrite", "--quiet").returncode == 0
+    assert out.read_bytes() != before
 
 
 def test_an_invalid_config_fails_before_any_file_exists(run, write_config, tmp_path):

@@ -1,0 +1,167 @@
+#include "io/shards.hpp"
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+#include "io/hdf5.hpp"
+
+namespace selfnorm::io {
+
+namespace fs = std::filesystem;
+
+std::vector<std::int64_t> shard_points(std::int64_t point_count, const std::optional<ShardInfo>& shard) {
+  std::vector<std::int64_t> points;
+  const std::int64_t k = shard ? shard->index : 0;
+  const std::int64_t n = shard ? shard->count : 1;
+  for (std::int64_t p = k; p < point_count; p += n) points.push_back(p);
+  return points;
+}
+
+std::string array_spec(const std::vector<std::int64_t>& indices) {
+  std::vector<std::int64_t> v = indices;
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  std::string out;
+  for (std::size_t i = 0; i < v.size();) {
+    std::size_t j = i;
+    while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
+    if (!out.empty()) out += ",";
+    out += std::to_string(v[i]);
+    if (j > i) out += "-" + std::to_string(v[j]);
+    i = j + 1;
+  }
+  return out;
+}
+
+fs::path shard_path(const fs::path& folder, std::int64_t k, std::int64_t n) {
+  return folder / ("shard-" + std::to_string(k) + "-of-" + std::to_string(n) + ".h5");
+}
+
+Checkpoint::Checkpoint(const fs::path& output) : folder_(output.string() + ".partial") {}
+
+bool Checkpoint::exists() const {
+  std::error_code ec;
+  return fs::is_directory(folder_, ec);
+}
+
+std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const std::optional<ShardInfo>& shard) const {
+  std::vector<PointRecord> records;
+  if (!exists()) return records;
+  const auto mine = shard_points(static_cast<std::int64_t>(experiment.points.size()), shard);
+  for (const auto& entry : fs::directory_iterator(folder_)) {
+    const std::string name = entry.path().filename().string();
+    // Temporary files of a write that was interrupted are incomplete by construction.
+    if (name.rfind("point-", 0) != 0 || entry.path().extension() != ".h5") continue;
+    FileHeader header;
+    std::vector<PointRecord> found;
+    try {
+      header = read_header(entry.path());
+      found = read_records(entry.path());
+    } catch (const std::exception& e) {
+      throw std::runtime_error("checkpoint " + entry.path().string() + " cannot be read (" + e.what() +
+                               "); remove it and run again to recompute that point");
+    }
+    if (header.config_hash != experiment.hash) {
+      throw std::runtime_error("the checkpoint folder " + folder_.string() + " holds points of another experiment "
+                               "(config hash " + header.config_hash + ", this config " + experiment.hash +
+                               "); remove the folder or choose another output path with -o");
+    }
+    for (auto& r : found) {
+      if (!std::binary_search(mine.begin(), mine.end(), r.index)) {
+        throw std::runtime_error("the checkpoint folder " + folder_.string() + " holds point " +
+                                 std::to_string(r.index) + ", which is not in this shard; remove the folder or "
+                                 "choose another output path with -o");
+      }
+      records.push_back(std::move(r));
+    }
+  }
+  std::sort(records.begin(), records.end(), [](const PointRecord& a, const PointRecord& b) { return a.index < b.index; });
+  return records;
+}
+
+void Checkpoint::save(const Experiment& experiment, const PointRecord& record, const Provenance& provenance,
+                      const std::optional<ShardInfo>& shard) const {
+  fs::create_directories(folder_);
+  write_results(folder_ / ("point-" + std::to_string(record.index) + ".h5"), experiment, {record}, provenance, shard);
+}
+
+void Checkpoint::remove() const {
+  std::error_code ec;
+  fs::remove_all(folder_, ec);
+}
+
+void merge_shards(const std::vector<fs::path>& shards, const fs::path& output, const Provenance& provenance) {
+  if (shards.empty()) throw std::runtime_error("merge needs at least one shard file");
+  struct Shard {
+    fs::path path;
+    FileHeader header;
+  };
+  std::vector<Shard> files;
+  for (const auto& path : shards) {
+    FileHeader h;
+    try {
+      h = read_header(path);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string(e.what()) + "; merge takes the shard files written by "
+                               "'selfnorm run CONFIG --shard K/N'");
+    }
+    if (!h.shard) {
+      throw std::runtime_error(path.string() + " is a complete result, not a shard (it has no shard_index); merge "
+                               "takes the files of 'selfnorm run CONFIG --shard K/N'");
+    }
+    files.push_back({path, h});
+  }
+  const FileHeader& first = files.front().header;
+  std::map<std::int64_t, fs::path> by_index;
+  for (const auto& f : files) {
+    if (f.header.config_hash != first.config_hash) {
+      throw std::runtime_error("foreign shard: " + f.path.string() + " has config hash " + f.header.config_hash +
+                               " but " + files.front().path.string() + " has " + first.config_hash +
+                               "; all shards must come from the same config and seed");
+    }
+    if (f.header.shard->count != first.shard->count) {
+      throw std::runtime_error("shard counts differ: " + f.path.string() + " is one of " +
+                               std::to_string(f.header.shard->count) + " shards, " + files.front().path.string() +
+                               " one of " + std::to_string(first.shard->count));
+    }
+    const auto [it, inserted] = by_index.emplace(f.header.shard->index, f.path);
+    if (!inserted) {
+      throw std::runtime_error("duplicate shard " + std::to_string(f.header.shard->index) + ": " + it->second.string() +
+                               " and " + f.path.string() + "; give each shard once");
+    }
+  }
+  const std::int64_t n = first.shard->count;
+  std::vector<std::int64_t> missing;
+  for (std::int64_t k = 0; k < n; ++k) {
+    if (!by_index.count(k)) missing.push_back(k);
+  }
+  if (!missing.empty()) {
+    throw std::runtime_error("missing " + std::to_string(missing.size()) + " of " + std::to_string(n) +
+                             " shards: " + array_spec(missing) + " (resubmit them with sbatch --array=" +
+                             array_spec(missing) + ")");
+  }
+
+  const Experiment experiment = parse_experiment(first.config, files.front().path.string(), "merged");
+  if (experiment.hash != first.config_hash) {
+    throw std::runtime_error(files.front().path.string() + ": its config does not reproduce its config hash (" +
+                             first.config_hash + " vs " + experiment.hash + "); was the file edited?");
+  }
+  std::vector<PointRecord> records;
+  for (const auto& [k, path] : by_index) {
+    auto part = read_records(path);
+    const auto expected = shard_points(static_cast<std::int64_t>(experiment.points.size()), ShardInfo{k, n});
+    std::vector<std::int64_t> got;
+    for (const auto& r : part) got.push_back(r.index);
+    if (got != expected) {
+      throw std::runtime_error(path.string() + " does not hold the points of shard " + std::to_string(k) + " of " +
+                               std::to_string(n) + " (an incomplete or altered file)");
+    }
+    for (auto& r : part) records.push_back(std::move(r));
+  }
+  std::sort(records.begin(), records.end(), [](const PointRecord& a, const PointRecord& b) { return a.index < b.index; });
+  write_results(output, experiment, records, provenance);
+}
+
+}  // namespace selfnorm::io
