@@ -1,0 +1,144 @@
+#!/usr/bin/python3
+"""Submit a selfnorm experiment to Slurm as a job array, one task per shard, plus a merge job.
+
+    scripts/slurm/submit.py configs/selu_alpha_lambda_sweep.json --shards 16 --cpus-per-task 4
+
+Each array task runs `selfnorm run CONFIG --shard slurm/N`, which takes its shard index from
+SLURM_ARRAY_TASK_ID and its thread count from SLURM_CPUS_PER_TASK, and writes
+results/<name>/shard-K-of-N.h5. A merge job, held until every task has succeeded
+(--dependency=afterok with --kill-on-invalid-dep=yes, so a failed task cancels it instead of
+leaving it pending forever), writes results/<name>.h5.
+
+A task that is killed resumes from its checkpoints when it runs again: resubmit the incomplete
+shards with --only, e.g. --only "$(selfnorm status CONFIG --shards N --missing)".
+"""
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", type=Path, help="experiment config (JSON)")
+    p.add_argument("--shards", type=int, help="number of shards N (default: one per point, at most 32)")
+    p.add_argument("--cpus-per-task", type=int, default=2, help="CPUs (threads) per task (default 2)")
+    p.add_argument("--mem", help="memory per task, e.g. 4G (default: the engine's estimate plus 1 GiB)")
+    p.add_argument("--time", default="04:00:00", help="time limit per task (default 04:00:00)")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--account", help="Slurm account")
+    p.add_argument("--only", help="submit only these shards, in sbatch --array form (e.g. 2,5-7)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results/)")
+    p.add_argument("--selfnorm", type=Path, default=ROOT / "build" / "selfnorm", help="selfnorm binary")
+    p.add_argument("--sbatch-arg", action="append", default=[], help="extra sbatch argument (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="write the job scripts and print the commands only")
+    return p.parse_args(argv)
+
+
+def fail(message):
+    print(f"submit.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def describe(selfnorm, config, threads):
+    r = subprocess.run([str(selfnorm), "validate", str(config), "--json", "--threads", str(threads)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        fail(r.stderr.strip() or f"selfnorm validate failed with status {r.returncode}")
+    return json.loads(r.stdout)
+
+
+def sbatch_header(args, name, extra_lines):
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}"]
+    lines += [f"#SBATCH {line}" for line in extra_lines]
+    if args.partition:
+        lines.append(f"#SBATCH --partition={args.partition}")
+    if args.account:
+        lines.append(f"#SBATCH --account={args.account}")
+    return lines
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    selfnorm = args.selfnorm.resolve()
+    if not selfnorm.exists():
+        fail(f"{selfnorm} not found; build selfnorm first (scripts/quickstart.sh) or pass --selfnorm")
+    if args.cpus_per_task < 1:
+        fail("--cpus-per-task must be >= 1")
+    config = args.config.resolve()
+    info = describe(selfnorm, config, args.cpus_per_task)
+    points = info["points"]
+    shards = args.shards if args.shards else min(points, 32)
+    if shards < 1:
+        fail("--shards must be >= 1")
+    if shards > points:
+        fail(f"--shards {shards} is more than the {points} points of the experiment; use at most {points}")
+    mem = args.mem or f"{math.ceil(info['buffer_bytes'] / 2**20) + 1024}M"
+    array = args.only if args.only else f"0-{shards - 1}"
+
+    workdir = Path.cwd().resolve()
+    results = (workdir / args.results).resolve()
+    run_dir = results / info["name"]
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    shard_files = [run_dir / f"shard-{k}-of-{shards}.h5" for k in range(shards)]
+    merged = results / f"{info['name']}.h5"
+
+    run_cmd = [str(selfnorm), "run", str(config), "--shard", f"slurm/{shards}", "--quiet"]
+    array_script = run_dir / "array.sbatch"
+    array_script.write_text("\n".join(sbatch_header(args, f"selfnorm-{info['name']}", [
+        f"--array={array}",
+        f"--cpus-per-task={args.cpus_per_task}",
+        f"--mem={mem}",
+        f"--time={args.time}",
+        f"--chdir={workdir}",
+        f"--output={logs}/shard-%a.out",
+    ]) + [
+        "set -euo pipefail",
+        "# selfnorm takes its shard from SLURM_ARRAY_TASK_ID and its threads from SLURM_CPUS_PER_TASK.",
+        "exec " + shlex.join(run_cmd) + " -o " + shlex.quote(str(run_dir)) +
+        f'/shard-"$SLURM_ARRAY_TASK_ID"-of-{shards}.h5',
+        "",
+    ]))
+    merge_cmd = [str(selfnorm), "merge", "--overwrite", "-o", str(merged)] + [str(f) for f in shard_files]
+    merge_script = run_dir / "merge.sbatch"
+    merge_script.write_text("\n".join(sbatch_header(args, f"selfnorm-{info['name']}-merge", [
+        "--cpus-per-task=1",
+        "--mem=1G",
+        "--time=00:30:00",
+        f"--chdir={workdir}",
+        f"--output={logs}/merge.out",
+    ]) + ["set -euo pipefail", "exec " + shlex.join(merge_cmd), ""]))
+
+    sbatch_array = ["sbatch", "--parsable", *args.sbatch_arg, str(array_script)]
+    if args.dry_run:
+        print(shlex.join(sbatch_array))
+        print(shlex.join(["sbatch", "--parsable", "--dependency=afterok:<array job id>", "--kill-on-invalid-dep=yes",
+                          *args.sbatch_arg, str(merge_script)]))
+        return 0
+    r = subprocess.run(sbatch_array, capture_output=True, text=True)
+    if r.returncode != 0:
+        fail(f"sbatch failed: {r.stderr.strip()}")
+    array_id = r.stdout.strip().split(";")[0]
+    sbatch_merge = ["sbatch", "--parsable", f"--dependency=afterok:{array_id}", "--kill-on-invalid-dep=yes",
+                    *args.sbatch_arg, str(merge_script)]
+    r = subprocess.run(sbatch_merge, capture_output=True, text=True)
+    if r.returncode != 0:
+        fail(f"sbatch (merge job) failed: {r.stderr.strip()}; the array job {array_id} is queued")
+    merge_id = r.stdout.strip().split(";")[0]
+    print(json.dumps({"array_job": array_id, "merge_job": merge_id, "shards": shards, "array": array,
+                      "run_dir": str(run_dir), "merged": str(merged)}))
+    print(f"submitted array job {array_id} ({array}) and merge job {merge_id}; progress: "
+          f"{selfnorm} status {config} --shards {shards} --dir {run_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
