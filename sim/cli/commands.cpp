@@ -206,6 +206,7 @@ int run_command(const RunArgs& args) {
                        [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
     progress.finish_point();
     records.push_back(io::make_record(p, result, ex.output.per_trial));
+    io::add_predictions(records.back(), point.spec);
     checkpoint.save(ex, records.back(), provenance, shard);
     if (signals.received() && ordinal < static_cast<std::int64_t>(todo.size())) {
       progress.finish();

@@ -6,6 +6,7 @@
 #include "cli/commands.hpp"
 #include "cli/environment.hpp"
 #include "cli/errors.hpp"
+#include "cli/theory_command.hpp"
 #include "io/config.hpp"
 #include "io/hdf5.hpp"
 
@@ -63,6 +64,53 @@ int main(int argc, char** argv) {
   auto* act_cmd = app.add_subcommand("activations", "List the activations, their parameters and defaults");
   act_cmd->add_flag("--json", as_json, "as JSON");
 
+  TheoryArgs theory;
+  auto* theory_cmd = app.add_subcommand("theory", "Mean-field theory: map, jacobian, fixed-point, solve, dropout, "
+                                                  "depth-scales");
+  theory_cmd->require_subcommand(1);
+  auto activation_options = [&](CLI::App* c) {
+    c->add_option("--activation", theory.activation, "activation (default selu)");
+    c->add_option("--alpha", theory.alpha, "the activation's alpha");
+    c->add_option("--lambda", theory.lambda, "selu's lambda");
+    c->add_option("--param", theory.params, "any parameter as NAME=VALUE (repeatable)");
+    c->add_flag("--json", theory.json, "print JSON");
+  };
+  auto map_options = [&](CLI::App* c) {
+    c->add_option("--mu", theory.mu, "mean of the lower layer (default 0)");
+    c->add_option("--omega", theory.omega, "sum of the incoming weights (default 0)");
+    c->add_option("--nu", theory.nu, "variance of the lower layer (default 1)");
+    c->add_option("--tau", theory.tau, "sum of the squared incoming weights (default 1)");
+  };
+  std::vector<CLI::App*> theory_verbs;
+  auto* t_map = theory_cmd->add_subcommand("map", "(mu, nu) -> (mu~, nu~) of the SNN paper's map");
+  activation_options(t_map);
+  map_options(t_map);
+  auto* t_jac = theory_cmd->add_subcommand("jacobian", "the map's Jacobian, eigenvalues and spectral norm");
+  activation_options(t_jac);
+  map_options(t_jac);
+  auto* t_fp = theory_cmd->add_subcommand("fixed-point", "the map's fixed point and its stability");
+  activation_options(t_fp);
+  t_fp->add_option("--omega", theory.omega, "sum of the incoming weights (default 0)");
+  t_fp->add_option("--tau", theory.tau, "sum of the squared incoming weights (default 1)");
+  t_fp->add_option("--mu", theory.mu, "starting mean (default 0)");
+  t_fp->add_option("--nu", theory.nu, "starting variance (default 1)");
+  auto* t_solve = theory_cmd->add_subcommand("solve", "selu's alpha and lambda for a chosen fixed point");
+  t_solve->add_option("--mean", theory.mean, "fixed-point mean (default 0)");
+  t_solve->add_option("--var", theory.var, "fixed-point variance (default 1)");
+  t_solve->add_option("--omega", theory.omega, "weights' sum; 0 with tau 1 is the paper's convention (default 0)");
+  t_solve->add_option("--tau", theory.tau, "weights' sum of squares (default 1)");
+  t_solve->add_flag("--json", theory.json, "print JSON");
+  auto* t_drop = theory_cmd->add_subcommand("dropout", "alpha dropout's (a, b) for a keep probability");
+  activation_options(t_drop);
+  t_drop->add_option("--keep", theory.keep, "probability of keeping a unit, the paper's q (default 0.95)");
+  t_drop->add_option("--mean", theory.mean, "fixed-point mean to keep (default 0)");
+  t_drop->add_option("--var", theory.var, "fixed-point variance to keep (default 1)");
+  auto* t_depth = theory_cmd->add_subcommand("depth-scales", "q*, chi and the depth scales xi_q, xi_c");
+  activation_options(t_depth);
+  t_depth->add_option("--weight-variance", theory.weight_variance, "sigma_w^2: weights ~ N(0, sigma_w^2/n)");
+  t_depth->add_option("--bias-variance", theory.bias_variance, "sigma_b^2 (default 0)");
+  theory_verbs = {t_map, t_jac, t_fp, t_solve, t_drop, t_depth};
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -76,6 +124,12 @@ int main(int argc, char** argv) {
     if (*status_cmd) return status_command(config, shard_count, status_folder, missing_only);
     if (*print_cmd) return print_config_command(config);
     if (*act_cmd) return activations_command(as_json);
+    for (auto* verb : theory_verbs) {
+      if (*verb) {
+        theory.verb = verb->get_name();
+        return theory_command(theory);
+      }
+    }
   } catch (const selfnorm::io::ConfigError& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 2;

@@ -132,6 +132,17 @@ bool exists(hid_t loc, const std::string& name) {
   return H5Lexists(loc, name.c_str(), H5P_DEFAULT) > 0;
 }
 
+std::vector<std::string> list_names(hid_t loc) {
+  silence_library();
+  std::vector<std::string> names;
+  auto collect = [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {
+    static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+    return 0;
+  };
+  check_status(H5Literate(loc, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect, &names), "list datasets");
+  return names;
+}
+
 bool has_attribute(hid_t obj, const std::string& name) { return H5Aexists(obj, name.c_str()) > 0; }
 
 void write_attribute(hid_t obj, const std::string& name, const std::string& value) {

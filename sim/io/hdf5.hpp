@@ -56,6 +56,8 @@ Id create_file(const std::filesystem::path& path);
 Id open_file(const std::filesystem::path& path);
 
 bool exists(hid_t loc, const std::string& name);
+// Names of the links (datasets, groups) directly under `loc`, in name order.
+std::vector<std::string> list_names(hid_t loc);
 bool has_attribute(hid_t obj, const std::string& name);
 
 void write_attribute(hid_t obj, const std::string& name, const std::string& value);

@@ -11,6 +11,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "core/theory.hpp"
 #include "io/hdf5.hpp"
 
 namespace selfnorm::io {
@@ -233,6 +234,50 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
   write_counts("nonfinite_count", &PointRecord::nonfinite_count,
                "entries of h_l or x_l that are inf or NaN");
   write_counts("grad_nonfinite_count", &PointRecord::grad_nonfinite_count, "entries of dL/dh_l that are inf or NaN");
+
+  // Mean-field predictions, beside the statistics they predict.
+  std::vector<std::string> layer_names, point_names;
+  for (const auto& r : records) {
+    for (const auto& [name, v] : r.theory_layers) {
+      if (std::find(layer_names.begin(), layer_names.end(), name) == layer_names.end()) layer_names.push_back(name);
+    }
+    for (const auto& [name, v] : r.theory_point) {
+      if (std::find(point_names.begin(), point_names.end(), name) == point_names.end()) point_names.push_back(name);
+    }
+  }
+  for (const auto& name : layer_names) {
+    std::vector<double> data(P * L, kNaN);
+    for (hsize_t p = 0; p < P; ++p) {
+      for (const auto& [n, v] : records[p].theory_layers) {
+        if (n != name) continue;
+        for (std::size_t l = 0; l < v.size(); ++l) data[p * L + l] = v[l];
+      }
+    }
+    h5::Id ds = h5::write_dataset(file, name, data, {P, L});
+    const std::string stat = name.substr(std::string("theory_").size());
+    h5::write_attribute(ds, "long_name", "mean-field prediction of " + stat);
+    h5::write_attribute(ds, "units", std::string(stat == "chi" ? "1" : "1"));
+    h5::write_attribute(ds, "definition",
+                        stat == "chi" ? std::string("s_w^2 (n_l / n_{l-1}) E[f'(z_l)^2]: predicted growth of "
+                                                    "grad_activation_msq from layer l to layer l-1")
+                                      : "infinite-width recursion (core/theory.hpp) for " + stat);
+    h5::attach_dimension_scale(ds, point, 0);
+    h5::attach_dimension_scale(ds, layer, 1);
+  }
+  for (const auto& name : point_names) {
+    std::vector<double> data(P, kNaN);
+    for (hsize_t p = 0; p < P; ++p) {
+      for (const auto& [n, v] : records[p].theory_point) {
+        if (n == name) data[p] = v;
+      }
+    }
+    h5::Id ds = h5::write_dataset(file, name, data, {P});
+    h5::write_attribute(ds, "long_name", "mean-field " + name.substr(std::string("theory_").size()));
+    h5::write_attribute(ds, "units", std::string("1"));
+    h5::write_attribute(ds, "definition", std::string("depth scales of Schoenholz et al. 2017 for the point's "
+                                                      "activation and weight and bias variances; NaN where undefined"));
+    h5::attach_dimension_scale(ds, point, 0);
+  }
   trial.reset();
   layer.reset();
   point.reset();
@@ -240,6 +285,36 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
 }
 
 }  // namespace
+
+void add_predictions(PointRecord& record, const PointSpec& spec) {
+  const theory::LayerPrediction p = theory::predict_layers(spec);
+  record.theory_layers = {
+      {"theory_preactivation_mean", p.preactivation_mean},
+      {"theory_preactivation_var", p.preactivation_var},
+      {"theory_activation_mean", p.activation_mean},
+      {"theory_activation_var", p.activation_var},
+      {"theory_activation_msq", p.activation_msq},
+      {"theory_grad_activation_msq", p.grad_activation_msq},
+      {"theory_grad_preactivation_msq", p.grad_preactivation_msq},
+      {"theory_chi", p.chi},
+  };
+  if (spec.monte_carlo.weight_gradients) record.theory_layers.emplace_back("theory_grad_weight_msq", p.grad_weight_msq);
+  double q_star = kNaN, chi = kNaN, xi_q = kNaN, xi_c = kNaN;
+  const auto& w = spec.network.widths;
+  const bool uniform = std::all_of(w.begin(), w.end(), [&](std::int64_t n) { return n == w.front(); });
+  if (uniform && spec.init.weight_mean == 0.0 && !spec.alpha_dropout.enabled()) {
+    const theory::DepthScales d = theory::depth_scales(
+        spec.activation, theory::sigma_w2(spec.init, w.front(), w.front()), spec.init.bias_variance);
+    if (d.found) {
+      q_star = d.q_star;
+      chi = d.chi;
+      xi_q = d.xi_q;
+      xi_c = d.xi_c;
+    }
+  }
+  record.theory_point = {{"theory_q_star", q_star}, {"theory_chi_star", chi}, {"theory_xi_q", xi_q},
+                         {"theory_xi_c", xi_c}};
+}
 
 PointRecord make_record(std::int64_t index, const PointResult& result, bool keep_per_trial) {
   PointRecord r;
@@ -355,6 +430,25 @@ std::vector<PointRecord> read_records(const fs::path& path) {
             r.per_trial[s].push_back(pt[(p * T + t) * L + l]);
           }
         }
+      }
+    }
+  }
+  // Mean-field predictions: every theory_* dataset, per layer or per point.
+  std::vector<std::string> names;
+  for (const auto& n : h5::list_names(file)) {
+    if (n.rfind("theory_", 0) == 0) names.push_back(n);
+  }
+  for (const auto& name : names) {
+    const auto values = h5::read_doubles(file, name);
+    const auto shape = h5::dataset_shape(h5::open_dataset(file, name));
+    for (std::size_t p = 0; p < records.size(); ++p) {
+      PointRecord& r = records[p];
+      if (shape.size() == 2) {
+        std::vector<double> v(values.begin() + static_cast<std::ptrdiff_t>(p * L),
+                              values.begin() + static_cast<std::ptrdiff_t>(p * L + static_cast<std::size_t>(r.depth)));
+        r.theory_layers.emplace_back(name, std::move(v));
+      } else {
+        r.theory_point.emplace_back(name, values[p]);
       }
     }
   }

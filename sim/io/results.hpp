@@ -57,10 +57,19 @@ struct PointRecord {
   std::vector<std::int64_t> nonfinite_count;              // [layer - 1], summed over trials
   std::vector<std::int64_t> grad_nonfinite_count;
   int first_nonfinite_layer = 0;
+  // Mean-field predictions by dataset name: per layer ("theory_activation_var", [layer - 1]) and
+  // per point ("theory_xi_q").
+  std::vector<std::pair<std::string, std::vector<double>>> theory_layers;
+  std::vector<std::pair<std::string, double>> theory_point;
 };
 
 // The record of point `index` from its engine result; per-trial values are kept if asked for.
 PointRecord make_record(std::int64_t index, const PointResult& result, bool keep_per_trial);
+
+// Adds the infinite-width predictions for `spec` to `record`: theory_<statistic> per layer, and
+// the depth scales theory_q_star, theory_chi_star, theory_xi_q, theory_xi_c per point (NaN where
+// undefined: non-uniform widths, weight means, alpha dropout, or no fixed point).
+void add_predictions(PointRecord& record, const PointSpec& spec);
 
 // Writes `records` (any subset of the experiment's points, in increasing index order) to `path`
 // atomically: to a temporary name in the same folder, flushed to disk, then renamed. An existing

@@ -1,0 +1,651 @@
+#include "core/theory.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <cmath>
+#include <limits>
+#include <queue>
+#include <type_traits>
+
+#include "core/engine.hpp"
+
+namespace selfnorm::theory {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kSqrt2 = 1.41421356237309504880;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+// The Gaussian weight beyond |t| = 40 is below 1e-348: the integration range in standard units.
+constexpr double kTailT = 40.0;
+
+double phi(double t) { return std::isinf(t) ? 0.0 : kInvSqrt2Pi * std::exp(-0.5 * t * t); }
+double Phi(double t) { return 0.5 * std::erfc(-t / kSqrt2); }
+double Q(double t) { return 0.5 * std::erfc(t / kSqrt2); }  // 1 - Phi(t), accurate in the upper tail
+double t_phi(double t) { return std::isinf(t) ? 0.0 : t * phi(t); }
+
+// log Phi(y), accurate far into the lower tail.
+double log_Phi(double y) {
+  if (y > -30.0) return std::log(Phi(y));
+  // Asymptotic series of the Mills ratio (Abramowitz & Stegun 26.2.12).
+  const double y2 = y * y;
+  const double series = 1.0 - 1.0 / y2 + 3.0 / (y2 * y2) - 15.0 / (y2 * y2 * y2) + 105.0 / (y2 * y2 * y2 * y2);
+  return -0.5 * y2 - std::log(-y) - 0.5 * std::log(2.0 * M_PI) + std::log(series);
+}
+
+// exp(a) Phi(y) without overflow or underflow in between.
+double exp_Phi(double a, double y) {
+  const double p = Phi(y);
+  if (a < 700.0 && p > 1e-290) return std::exp(a) * p;
+  return std::exp(a + log_Phi(y));
+}
+
+// Probability mass and the first two moments of z ~ N(m, v) over [a, b] (a < b, infinite ends
+// allowed): M0 = P(a < z < b), M1 = E[z; a < z < b], M2 = E[z^2; a < z < b].
+struct Truncated {
+  double m0, m1, m2;
+};
+Truncated truncated(double m, double v, double a, double b) {
+  const double s = std::sqrt(v);
+  const double alpha = (a - m) / s;
+  const double beta = (b - m) / s;
+  double m0;
+  if (alpha > 0) {
+    m0 = Q(alpha) - Q(beta);
+  } else if (beta < 0) {
+    m0 = Phi(beta) - Phi(alpha);
+  } else {
+    m0 = 1.0 - Q(beta) - Phi(alpha);
+  }
+  const double dphi = phi(alpha) - phi(beta);
+  const double m1 = m * m0 + s * dphi;
+  const double m2 = (m * m + v) * m0 + 2.0 * m * s * dphi + v * (t_phi(alpha) - t_phi(beta));
+  return {m0, m1, m2};
+}
+
+// Moments of lambda * (z for z > 0, amp (e^{c z} - 1) for z <= 0): elu, selu and celu.
+GaussianMoments exponential_linear(double lambda, double amp, double c, double m, double v) {
+  const double s = std::sqrt(v);
+  const Truncated pos = truncated(m, v, 0.0, kInf);
+  const double p_neg = Phi(-m / s);
+  const double e1 = exp_Phi(c * m + 0.5 * c * c * v, -(m + c * v) / s);                // E[e^{cz}; z < 0]
+  const double e2 = exp_Phi(2.0 * c * m + 2.0 * c * c * v, -(m + 2.0 * c * v) / s);    // E[e^{2cz}; z < 0]
+  GaussianMoments g;
+  g.mean = lambda * (pos.m1 + amp * (e1 - p_neg));
+  g.second = lambda * lambda * (pos.m2 + amp * amp * (e2 - 2.0 * e1 + p_neg));
+  g.deriv_sq = lambda * lambda * (pos.m0 + amp * amp * c * c * e2);
+  return g;
+}
+
+// ---- adaptive Gauss-Kronrod (7, 15) on [a, b] ------------------------------------------------
+// Nodes and weights of QUADPACK's qk15 (Piessens et al. 1983).
+constexpr double kXgk[8] = {0.991455371120812639206854697526329, 0.949107912342758524526189684047851,
+                            0.864864423359769072789712788640926, 0.741531185599394439863864773280788,
+                            0.586087235467691130294144845693013, 0.405845151377397166906606412076961,
+                            0.207784955007898467600689403773245, 0.000000000000000000000000000000000};
+constexpr double kWgk[8] = {0.022935322010529224963732008058970, 0.063092092629978553290700663189204,
+                            0.104790010322250183839876322541518, 0.140653259715525918745189590510238,
+                            0.169004726639267902826583426598550, 0.190350578064785409913256402421014,
+                            0.204432940075298892414161999234649, 0.209482141084727828012999174891714};
+constexpr double kWg[4] = {0.129484966168869693270611432679082, 0.279705391489276667901467771423780,
+                           0.381830050505118944950369775488975, 0.417959183673469387755102040816327};
+
+template <class F>
+void kronrod(const F& f, double a, double b, double& result, double& error, double& abs_result) {
+  const double center = 0.5 * (a + b);
+  const double half = 0.5 * (b - a);
+  const double fc = f(center);
+  double resk = fc * kWgk[7];
+  double resg = fc * kWg[3];
+  double resabs = std::abs(fc) * kWgk[7];
+  for (int j = 0; j < 7; ++j) {
+    const double dx = half * kXgk[j];
+    const double f1 = f(center - dx), f2 = f(center + dx);
+    resk += kWgk[j] * (f1 + f2);
+    resabs += kWgk[j] * (std::abs(f1) + std::abs(f2));
+    if (j % 2 == 1) resg += kWg[j / 2] * (f1 + f2);
+  }
+  result = resk * half;
+  error = std::abs((resk - resg) * half);
+  abs_result = resabs * std::abs(half);
+}
+
+// Integral of g(t) phi(t) over the real line, split at `breaks` (in t units): globally adaptive
+// like QUADPACK's qag, always refining the piece with the largest error estimate, until the total
+// estimate is below 1e-14 of the integral of |g| phi or 4000 pieces are in use.
+template <class G>
+double integrate_standard(const G& g, std::vector<double> breaks) {
+  breaks.erase(std::remove_if(breaks.begin(), breaks.end(), [](double t) { return !(std::abs(t) < kTailT); }),
+               breaks.end());
+  breaks.push_back(-kTailT);
+  breaks.push_back(kTailT);
+  // The bulk of the Gaussian weight gets its own pieces, so the rule sees its scale at once.
+  for (double t : {-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0}) breaks.push_back(t);
+  std::sort(breaks.begin(), breaks.end());
+  breaks.erase(std::unique(breaks.begin(), breaks.end()), breaks.end());
+  auto integrand = [&](double t) { return g(t) * phi(t); };
+  struct Piece {
+    double a, b, value, error, abs_value;
+    bool operator<(const Piece& o) const { return error < o.error; }
+  };
+  std::priority_queue<Piece> pieces;
+  double total = 0.0, error = 0.0, scale = 0.0;
+  auto add = [&](double a, double b) {
+    Piece p{a, b, 0.0, 0.0, 0.0};
+    kronrod(integrand, a, b, p.value, p.error, p.abs_value);
+    total += p.value;
+    error += p.error;
+    scale += p.abs_value;
+    pieces.push(p);
+  };
+  for (std::size_t i = 0; i + 1 < breaks.size(); ++i) add(breaks[i], breaks[i + 1]);
+  while (error > 1e-14 * scale && pieces.size() < 4000) {
+    const Piece worst = pieces.top();
+    pieces.pop();
+    total -= worst.value;
+    error -= worst.error;
+    scale -= worst.abs_value;
+    const double mid = 0.5 * (worst.a + worst.b);
+    add(worst.a, mid);
+    add(mid, worst.b);
+    if (!std::isfinite(total)) break;
+  }
+  return total;
+}
+
+double value(const Activation& f, double x) {
+  double y, dy;
+  evaluate(f, x, y, dy);
+  return y;
+}
+
+double slope(const Activation& f, double x) {
+  double y, dy;
+  evaluate(f, x, y, dy);
+  return dy;
+}
+
+std::vector<double> kink_breaks(const Activation& f, double m, double s) {
+  std::vector<double> out;
+  for (double k : kinks(f)) out.push_back((k - m) / s);
+  return out;
+}
+
+// d/dm and d/dv of E[h(z)], z ~ N(m, v), by Stein's identities: E[h t] / s and E[h (t^2 - 1)] / (2 v).
+void gaussian_derivatives(const std::function<double(double)>& h, double m, double v, const std::vector<double>& k,
+                          double& d_m, double& d_v) {
+  const double s = std::sqrt(v);
+  std::vector<double> breaks;
+  for (double x : k) breaks.push_back((x - m) / s);
+  d_m = integrate_standard([&](double t) { return h(m + s * t) * t; }, breaks) / s;
+  d_v = integrate_standard([&](double t) { return h(m + s * t) * (t * t - 1.0); }, breaks) / (2.0 * v);
+}
+
+}  // namespace
+
+// E[h(u1) h(u2)] for (u1, u2) ~ N(0, q) with correlation c, integrating over u2 given u1 inside.
+// The inner expectation smooths a kink of h over a width r sqrt(q), r = sqrt(1 - c^2): the outer
+// integral gets break points across that width so that near c = 1 it needs few refinements.
+double bivariate_expectation(const std::function<double(double)>& h, const std::vector<double>& k, double q,
+                             double c) {
+  if (std::abs(c) < 1e-12) {  // independent: the product of the expectations
+    const double e = gaussian_expectation(h, 0.0, q, k);
+    return e * e;
+  }
+  const double r = std::sqrt(std::max(0.0, 1.0 - c * c));
+  const double width = r * std::sqrt(q);
+  std::vector<double> outer;
+  for (double x : k) {
+    outer.push_back(x);
+    for (double w : {0.25, 1.0, 3.0, 10.0}) {
+      outer.push_back(x + w * width / c);
+      outer.push_back(x - w * width / c);
+    }
+  }
+  return gaussian_expectation(
+      [&](double u1) { return h(u1) * gaussian_expectation(h, c * u1, q * r * r, k); }, 0.0, q, outer);
+}
+
+std::vector<double> kinks(const Activation& f) {
+  return std::visit(
+      [](const auto& a) -> std::vector<double> {
+        using A = std::decay_t<decltype(a)>;
+        if constexpr (std::is_same_v<A, Relu6>) return {0.0, 6.0};
+        if constexpr (std::is_same_v<A, Softplus>) return {a.threshold / a.beta};
+        if constexpr (std::is_same_v<A, Relu> || std::is_same_v<A, LeakyRelu> || std::is_same_v<A, Elu> ||
+                      std::is_same_v<A, Selu> || std::is_same_v<A, Celu>) {
+          return {0.0};
+        }
+        return {};
+      },
+      f);
+}
+
+double gaussian_expectation(const std::function<double(double)>& h, double m, double v,
+                            std::span<const double> kink_points) {
+  if (!(v > 0)) return h(m);
+  const double s = std::sqrt(v);
+  std::vector<double> breaks;
+  for (double k : kink_points) breaks.push_back((k - m) / s);
+  return integrate_standard([&](double t) { return h(m + s * t); }, breaks);
+}
+
+bool has_closed_form(const Activation& f) {
+  return std::visit(
+      [](const auto& a) {
+        using A = std::decay_t<decltype(a)>;
+        return std::is_same_v<A, Relu> || std::is_same_v<A, Relu6> || std::is_same_v<A, LeakyRelu> ||
+               std::is_same_v<A, Elu> || std::is_same_v<A, Selu> || std::is_same_v<A, Celu> ||
+               std::is_same_v<A, Identity>;
+      },
+      f);
+}
+
+GaussianMoments gaussian_moments_quadrature(const Activation& f, double m, double v) {
+  if (!(v > 0)) {
+    const double y = value(f, m), d = slope(f, m);
+    return {y, y * y, d * d};
+  }
+  const double s = std::sqrt(v);
+  const auto breaks = kink_breaks(f, m, s);
+  GaussianMoments g;
+  g.mean = integrate_standard([&](double t) { return value(f, m + s * t); }, breaks);
+  g.second = integrate_standard(
+      [&](double t) {
+        const double y = value(f, m + s * t);
+        return y * y;
+      },
+      breaks);
+  g.deriv_sq = integrate_standard(
+      [&](double t) {
+        const double d = slope(f, m + s * t);
+        return d * d;
+      },
+      breaks);
+  return g;
+}
+
+GaussianMoments gaussian_moments(const Activation& f, double m, double v) {
+  if (!(v > 0) || !has_closed_form(f)) return gaussian_moments_quadrature(f, m, v);
+  // Beyond 8 standard deviations from a kink the truncated moments cancel catastrophically; the
+  // quadrature stays accurate there.
+  for (double k : kinks(f)) {
+    if (std::abs(k - m) > kClosedFormRange * std::sqrt(v)) return gaussian_moments_quadrature(f, m, v);
+  }
+  return gaussian_moments_closed(f, m, v);
+}
+
+GaussianMoments gaussian_moments_closed(const Activation& f, double m, double v) {
+  if (!(v > 0) || !has_closed_form(f)) return gaussian_moments_quadrature(f, m, v);
+  return std::visit(
+      [&](const auto& a) -> GaussianMoments {
+        using A = std::decay_t<decltype(a)>;
+        const double s = std::sqrt(v);
+        if constexpr (std::is_same_v<A, Relu>) {
+          const Truncated p = truncated(m, v, 0.0, kInf);
+          return {p.m1, p.m2, p.m0};
+        } else if constexpr (std::is_same_v<A, LeakyRelu>) {
+          // f = a z + (1 - a) relu(z), and z relu(z) = relu(z)^2.
+          const double k = a.negative_slope;
+          const Truncated p = truncated(m, v, 0.0, kInf);
+          return {k * m + (1.0 - k) * p.m1, k * k * (m * m + v) + (1.0 - k * k) * p.m2, p.m0 + k * k * Phi(-m / s)};
+        } else if constexpr (std::is_same_v<A, Relu6>) {
+          const Truncated mid = truncated(m, v, 0.0, 6.0);
+          const double above = Q((6.0 - m) / s);
+          return {mid.m1 + 6.0 * above, mid.m2 + 36.0 * above, mid.m0};
+        } else if constexpr (std::is_same_v<A, Elu>) {
+          return exponential_linear(1.0, a.alpha, 1.0, m, v);
+        } else if constexpr (std::is_same_v<A, Selu>) {
+          return exponential_linear(a.lambda, a.alpha, 1.0, m, v);
+        } else if constexpr (std::is_same_v<A, Celu>) {
+          return exponential_linear(1.0, a.alpha, 1.0 / a.alpha, m, v);
+        } else {  // Identity
+          return {m, m * m + v, 1.0};
+        }
+      },
+      f);
+}
+
+MapValue snn_map(const Activation& f, double mu, double omega, double nu, double tau) {
+  const GaussianMoments g = gaussian_moments(f, mu * omega, nu * tau);
+  return {g.mean, g.second - g.mean * g.mean};
+}
+
+Jacobian snn_jacobian(const Activation& f, double mu, double omega, double nu, double tau) {
+  const double m = mu * omega;
+  const double v = nu * tau;
+  const auto k = kinks(f);
+  auto fv = [&](double x) { return value(f, x); };
+  auto fv2 = [&](double x) {
+    const double y = value(f, x);
+    return y * y;
+  };
+  double dmean_dm, dmean_dv, dsecond_dm, dsecond_dv;
+  gaussian_derivatives(fv, m, v, k, dmean_dm, dmean_dv);
+  gaussian_derivatives(fv2, m, v, k, dsecond_dm, dsecond_dv);
+  const double mean = gaussian_moments(f, m, v).mean;
+  Jacobian jac;
+  jac.j[0][0] = omega * dmean_dm;
+  jac.j[0][1] = tau * dmean_dv;
+  jac.j[1][0] = omega * (dsecond_dm - 2.0 * mean * dmean_dm);
+  jac.j[1][1] = tau * (dsecond_dv - 2.0 * mean * dmean_dv);
+  const double tr = jac.j[0][0] + jac.j[1][1];
+  const double det = jac.j[0][0] * jac.j[1][1] - jac.j[0][1] * jac.j[1][0];
+  const std::complex<double> root = std::sqrt(std::complex<double>(0.25 * tr * tr - det, 0.0));
+  jac.eigenvalues = {0.5 * tr + root, 0.5 * tr - root};
+  if (std::abs(jac.eigenvalues[0]) < std::abs(jac.eigenvalues[1])) std::swap(jac.eigenvalues[0], jac.eigenvalues[1]);
+  jac.spectral_radius = std::abs(jac.eigenvalues[0]);
+  // Largest singular value of a 2x2 matrix: sqrt((S + sqrt(S^2 - 4 det^2)) / 2), S the squared
+  // Frobenius norm.
+  double S = 0.0;
+  for (const auto& row : jac.j) {
+    for (double x : row) S += x * x;
+  }
+  jac.spectral_norm = std::sqrt(0.5 * (S + std::sqrt(std::max(0.0, S * S - 4.0 * det * det))));
+  return jac;
+}
+
+FixedPoint snn_fixed_point(const Activation& f, double omega, double tau, double mu_start, double nu_start) {
+  FixedPoint fp;
+  auto newton = [&](double mu, double nu, int max_iter, double& mu_out, double& nu_out) {
+    for (int it = 0; it < max_iter; ++it) {
+      ++fp.iterations;
+      const MapValue g = snn_map(f, mu, omega, nu, tau);
+      const double r0 = g.mu - mu, r1 = g.nu - nu;
+      if (std::abs(r0) + std::abs(r1) < 1e-14 * (std::abs(mu) + nu)) {
+        mu_out = mu;
+        nu_out = nu;
+        return true;
+      }
+      const Jacobian jac = snn_jacobian(f, mu, omega, nu, tau);
+      const double a = jac.j[0][0] - 1.0, b = jac.j[0][1], c = jac.j[1][0], d = jac.j[1][1] - 1.0;
+      const double det = a * d - b * c;
+      if (!std::isfinite(det) || std::abs(det) < 1e-300) return false;
+      double dmu = -(d * r0 - b * r1) / det;
+      double dnu = -(-c * r0 + a * r1) / det;
+      // Keep nu positive: damp a step that would cross zero.
+      while (nu + dnu <= 0.0) {
+        dmu *= 0.5;
+        dnu *= 0.5;
+      }
+      mu += dmu;
+      nu += dnu;
+      if (!std::isfinite(mu) || !std::isfinite(nu) || nu > 1e12) return false;
+    }
+    return false;
+  };
+  double mu, nu;
+  // Newton's method may also land on the trivial point nu = 0; then the map's own iteration
+  // tells whether the variance vanishes or grows.
+  bool ok = newton(mu_start, nu_start, 60, mu, nu) && nu > 1e-10;
+  if (!ok) {
+    // Iterating the map follows the network itself: to a stable fixed point, to 0 or to infinity.
+    mu = mu_start;
+    nu = nu_start;
+    for (int it = 0; it < 5000; ++it) {
+      ++fp.iterations;
+      const MapValue g = snn_map(f, mu, omega, nu, tau);
+      const bool settled = std::abs(g.mu - mu) + std::abs(g.nu - nu) < 1e-12 * (1.0 + std::abs(mu) + nu);
+      mu = g.mu;
+      nu = g.nu;
+      if (!std::isfinite(nu) || nu > 1e12) {
+        fp.note = "no fixed point: iterating the map, the variance grows without bound";
+        return fp;
+      }
+      if (nu < 1e-12) {
+        fp.note = "no fixed point with variance > 0: iterating the map, the variance vanishes";
+        return fp;
+      }
+      if (settled) break;
+    }
+    const double nu_iterated = nu;
+    ok = newton(mu, nu, 60, mu, nu) && nu > 1e-10;
+    if (!ok) {
+      char buf[160];
+      if (nu_iterated < 1e-2 * nu_start) {
+        std::snprintf(buf, sizeof buf, "no fixed point with variance > 0: iterating the map, the variance decays "
+                      "slowly towards 0 (%.3g after 5000 steps)", nu_iterated);
+      } else if (nu_iterated > 1e2 * nu_start) {
+        std::snprintf(buf, sizeof buf, "no fixed point: iterating the map, the variance grows (%.3g after 5000 "
+                      "steps)", nu_iterated);
+      } else {
+        std::snprintf(buf, sizeof buf, "no fixed point found: neither Newton's method nor iterating the map "
+                      "converged");
+      }
+      fp.note = buf;
+      return fp;
+    }
+  }
+  if (!(nu > 1e-12)) {
+    fp.note = "only the trivial fixed point with variance 0";
+    return fp;
+  }
+  fp.found = true;
+  fp.mu = mu;
+  fp.nu = nu;
+  fp.jacobian = snn_jacobian(f, mu, omega, nu, tau);
+  fp.stable = fp.jacobian.spectral_radius < 1.0;
+  fp.note = fp.stable ? "stable: the Jacobian's spectral radius is below 1"
+                      : "unstable: the Jacobian's spectral radius is at least 1";
+  return fp;
+}
+
+SeluSolution solve_selu(double mean, double variance, double omega, double tau) {
+  SeluSolution sol;
+  if (!(variance > 0)) {
+    sol.note = "the target variance must be > 0";
+    return sol;
+  }
+  const double m = mean * omega;
+  const double v = variance * tau;
+  const double s = std::sqrt(v);
+  // elu_alpha(z) = z (z > 0), alpha (e^z - 1) (z <= 0): E elu = P + alpha Qn, E elu^2 = B0 + alpha^2 B2.
+  const Truncated pos = truncated(m, v, 0.0, kInf);
+  const double p_neg = Phi(-m / s);
+  const double e1 = exp_Phi(m + 0.5 * v, -(m + v) / s);
+  const double e2 = exp_Phi(2.0 * m + 2.0 * v, -(m + 2.0 * v) / s);
+  const double P = pos.m1, Qn = e1 - p_neg, B0 = pos.m2, B2 = e2 - 2.0 * e1 + p_neg;
+  // selu = lambda elu: lambda (P + alpha Qn) = mean, lambda^2 (B0 + alpha^2 B2 - (P + alpha Qn)^2) = variance.
+  std::vector<double> candidates;
+  if (mean == 0.0) {
+    candidates.push_back(-P / Qn);
+  } else {
+    const double C = 1.0 + variance / (mean * mean);  // E elu^2 / (E elu)^2
+    const double qa = B2 - C * Qn * Qn, qb = -2.0 * C * P * Qn, qc = B0 - C * P * P;
+    const double disc = qb * qb - 4.0 * qa * qc;
+    if (disc >= 0.0) {
+      const double sq = std::sqrt(disc);
+      // Numerically stable roots of qa x^2 + qb x + qc.
+      const double qq = -0.5 * (qb + std::copysign(sq, qb));
+      if (qa != 0.0) candidates.push_back(qq / qa);
+      if (qq != 0.0) candidates.push_back(qc / qq);
+    }
+  }
+  double best_distance = kInf;
+  for (double alpha : candidates) {
+    const double a = P + alpha * Qn;
+    const double b = B0 + alpha * alpha * B2;
+    if (!(alpha > 0) || !std::isfinite(alpha)) continue;
+    double lambda;
+    if (mean == 0.0) {
+      lambda = std::sqrt(variance / b);
+    } else {
+      lambda = mean / a;
+    }
+    if (!(lambda > 0) || !std::isfinite(lambda)) continue;
+    const double distance = std::abs(alpha - kSeluAlpha01);
+    if (distance < best_distance) {
+      if (sol.found) sol.note = "two solutions; this one is nearer alpha01, the other has alpha = " + std::to_string(sol.alpha);
+      best_distance = distance;
+      sol.found = true;
+      sol.alpha = alpha;
+      sol.lambda = lambda;
+    } else if (sol.found) {
+      sol.note = "two solutions; this one is nearer alpha01, the other has alpha = " + std::to_string(alpha);
+    }
+  }
+  if (!sol.found) {
+    sol.note = "no alpha > 0, lambda > 0 gives this fixed point for these (omega, tau)";
+  } else if (sol.note.empty()) {
+    sol.note = "unique solution with alpha > 0, lambda > 0";
+  }
+  return sol;
+}
+
+DropoutAffine alpha_dropout(double keep, double alpha_prime, double mean, double variance) {
+  DropoutAffine d;
+  d.alpha_prime = alpha_prime;
+  alpha_dropout_affine(keep, alpha_prime, mean, variance, d.a, d.b);
+  return d;
+}
+
+double sigma_w2(const InitSpec& init, std::int64_t fan_in, std::int64_t fan_out) {
+  double base = 1.0;
+  if (init.kind == InitKind::he_normal) base = 2.0;
+  if (init.kind == InitKind::glorot_normal) {
+    base = 2.0 * static_cast<double>(fan_in) / static_cast<double>(fan_in + fan_out);
+  }
+  return init.weight_variance * base;
+}
+
+LayerPrediction predict_layers(const PointSpec& spec) {
+  const int L = spec.network.depth();
+  const auto& n = spec.network.widths;
+  LayerPrediction p;
+  for (auto* v : {&p.preactivation_mean, &p.preactivation_var, &p.activation_mean, &p.activation_var,
+                  &p.activation_msq, &p.grad_activation_msq, &p.grad_preactivation_msq, &p.grad_weight_msq,
+                  &p.chi}) {
+    v->assign(static_cast<std::size_t>(L), kNaN);
+  }
+  double mu = spec.input.mean;
+  double q = spec.input.mean * spec.input.mean + spec.input.variance;
+  std::vector<double> q_in(static_cast<std::size_t>(L)), dsq(static_cast<std::size_t>(L)), sw2(static_cast<std::size_t>(L));
+  double keep = 1.0, a = 1.0, b = 0.0, alpha_prime = 0.0;
+  if (spec.alpha_dropout.enabled()) {
+    keep = spec.alpha_dropout.keep_probability;
+    dropout_saturation(spec.activation, alpha_prime);
+    alpha_dropout_affine(keep, alpha_prime, spec.alpha_dropout.fixed_point_mean,
+                         spec.alpha_dropout.fixed_point_variance, a, b);
+  }
+  for (int l = 1; l <= L; ++l) {
+    const auto i = static_cast<std::size_t>(l - 1);
+    sw2[i] = sigma_w2(spec.init, n[i], n[i + 1]);
+    q_in[i] = q;
+    // h = x W + b at infinite width: N(omega mu + b_mean, s_w^2 q + s_b^2).
+    const double m = spec.init.weight_mean * mu + spec.init.bias_mean;
+    const double v = sw2[i] * q + spec.init.bias_variance;
+    const GaussianMoments g = gaussian_moments(spec.activation, m, v);
+    mu = g.mean;
+    q = g.second;
+    dsq[i] = g.deriv_sq;
+    if (spec.alpha_dropout.enabled()) {
+      // x' = a (x if kept, alpha' if dropped) + b.
+      const double d_mean = keep * mu + (1.0 - keep) * alpha_prime;
+      const double d_second = keep * q + (1.0 - keep) * alpha_prime * alpha_prime;
+      mu = a * d_mean + b;
+      q = a * a * d_second + 2.0 * a * b * d_mean + b * b;
+      dsq[i] = a * a * keep * g.deriv_sq;
+    }
+    p.preactivation_mean[i] = m;
+    p.preactivation_var[i] = v;
+    p.activation_mean[i] = mu;
+    p.activation_msq[i] = q;
+    p.activation_var[i] = q - mu * mu;
+  }
+  // Backward, under the gradient-independence assumption: E[g^2] = 1 at the output;
+  // E[dL/dh_l^2] = E[dL/dx_l^2] E[f'^2]; E[dL/dx_{l-1}^2] = s_w^2 (n_l / n_{l-1}) E[dL/dh_l^2].
+  double g2 = 1.0;
+  for (int l = L; l >= 1; --l) {
+    const auto i = static_cast<std::size_t>(l - 1);
+    p.grad_activation_msq[i] = g2;
+    p.grad_preactivation_msq[i] = g2 * dsq[i];
+    const double ratio = static_cast<double>(n[i + 1]) / static_cast<double>(n[i]);
+    p.chi[i] = sw2[i] * ratio * dsq[i];
+    if (spec.monte_carlo.weight_gradients) {
+      // dL/dW_l = x_{l-1}^T dL/dh_l summed over the batch; samples are uncorrelated in dL/dh.
+      p.grad_weight_msq[i] = static_cast<double>(spec.monte_carlo.batch) * q_in[i] * p.grad_preactivation_msq[i];
+    }
+    g2 = p.chi[i] * g2;
+  }
+  return p;
+}
+
+double correlation_map(const Activation& f, double q, double c, double sigma_w2_value, double sigma_b2) {
+  const double cross = bivariate_expectation([&](double x) { return value(f, x); }, kinks(f), q, c);
+  const double second = gaussian_moments(f, 0.0, q).second;
+  return (sigma_w2_value * cross + sigma_b2) / (sigma_w2_value * second + sigma_b2);
+}
+
+DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigma_b2) {
+  DepthScales d;
+  d.xi_q = kNaN;
+  d.xi_c = kNaN;
+  auto qmap = [&](double q) { return sigma_w2_value * gaussian_moments(f, 0.0, q).second + sigma_b2; };
+  auto second_slope = [&](double q) {
+    double d_m, d_v;
+    gaussian_derivatives(
+        [&](double x) {
+          const double y = value(f, x);
+          return y * y;
+        },
+        0.0, q, kinks(f), d_m, d_v);
+    return sigma_w2_value * d_v;
+  };
+  // Iterate the q-map (it follows the network to a stable fixed point), then polish by Newton.
+  double q = 1.0;
+  for (int it = 0; it < 300; ++it) {
+    q = qmap(q);
+    if (!std::isfinite(q) || q > 1e12) {
+      d.note = "no fixed point q*: the second moment grows without bound";
+      return d;
+    }
+    if (q < 1e-12) {
+      d.note = "no fixed point q* > 0: the second moment vanishes";
+      return d;
+    }
+  }
+  bool settled = false;
+  for (int it = 0; it < 60 && !settled; ++it) {
+    const double r = qmap(q) - q;
+    const double dq = -r / (second_slope(q) - 1.0);
+    if (!std::isfinite(dq)) break;
+    settled = std::abs(dq) < 1e-13 * q;
+    q = std::max(q + dq, 0.5 * q);
+  }
+  if (!settled || q < 1e-10) {
+    d.note = "no fixed point q* > 0 (the q-map approaches 0 or a marginal fixed point)";
+    return d;
+  }
+  d.found = true;
+  d.q_star = q;
+  d.slope_q = second_slope(q);
+  d.chi = sigma_w2_value * gaussian_moments(f, 0.0, q).deriv_sq;
+  // A slope within rounding of 1 is marginal (the linear network): no finite depth scale.
+  if (std::abs(d.slope_q) < 1.0 - 1e-9 && d.slope_q != 0.0) d.xi_q = -1.0 / std::log(std::abs(d.slope_q));
+  // The stable correlation fixed point c*: 1 when chi <= 1 (ordered phase), below 1 otherwise.
+  double c = 1.0;
+  if (d.chi > 1.0) {
+    // c -> cmap(c) - c is >= 0 at c = 0 and < 0 just below 1 (slope chi > 1 there): bisect to
+    // 1e-9. A root within 1e-6 of 0 (odd activations, and selu whose mean is 0) is taken as 0.
+    double lo = 1e-6, hi = 1.0 - 1e-6;
+    if (correlation_map(f, q, lo, sigma_w2_value, sigma_b2) - lo <= 0.0) {
+      c = 0.0;
+    } else {
+      while (hi - lo > 1e-9) {
+        const double mid = 0.5 * (lo + hi);
+        (correlation_map(f, q, mid, sigma_w2_value, sigma_b2) - mid > 0.0 ? lo : hi) = mid;
+      }
+      c = 0.5 * (lo + hi);
+    }
+  }
+  // Slope of the correlation map at c*: s_w^2 E[f'(u1) f'(u2)] (Poole et al. 2016).
+  const double chi_c = sigma_w2_value * bivariate_expectation([&](double x) { return slope(f, x); }, kinks(f), q, c);
+  if (chi_c > 0.0 && chi_c < 1.0 - 1e-9) d.xi_c = -1.0 / std::log(chi_c);
+  d.c_star = c;
+  d.chi_c = chi_c;
+  d.note = d.chi > 1.0 ? "chaotic phase (chi > 1): xi_c at the correlation fixed point c* < 1"
+                       : "ordered phase (chi <= 1): xi_c at c* = 1";
+  return d;
+}
+
+}  // namespace selfnorm::theory

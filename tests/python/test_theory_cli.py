@@ -1,0 +1,69 @@
+"""selfnorm theory: readable tables and JSON with the documented keys; predictions in result files."""
+import json
+
+import h5py
+import numpy as np
+
+from conftest import TINY
+
+ALPHA01 = 1.6732632423543772848170429916717
+LAMBDA01 = 1.0507009873554804934193349852946
+
+
+def theory(run, *args):
+    r = run("theory", *args, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_solve_prints_alpha01_and_lambda01(run):
+    out = theory(run, "solve", "--mean", "0", "--var", "1")
+    assert abs(out["alpha"] - ALPHA01) < 1e-12 * ALPHA01
+    assert abs(out["lambda"] - LAMBDA01) < 1e-12 * LAMBDA01
+    other = theory(run, "solve", "--mean", "0", "--var", "2")
+    assert other["alpha"] > ALPHA01
+
+
+def test_map_jacobian_fixed_point_and_dropout_keys(run):
+    m = theory(run, "map", "--mu", "0", "--nu", "1")
+    assert abs(m["mu"]) < 1e-12 and abs(m["nu"] - 1) < 1e-12
+    j = theory(run, "jacobian")
+    assert abs(j["eigenvalues"][0] - 0.7826) < 5e-5 and j["eigenvalues"][1] == 0.0
+    assert abs(j["spectral_norm"] - 0.7877) < 5e-5
+    fp = theory(run, "fixed-point", "--mu", "0.2", "--nu", "1.4")
+    assert fp["found"] and fp["stable"] and abs(fp["nu"] - 1) < 1e-10
+    assert "eigenvalues" in fp and "spectral_norm" in fp
+    d = theory(run, "dropout", "--keep", "0.95")
+    q, ap = 0.95, -ALPHA01 * LAMBDA01
+    a = (q + ap * ap * q * (1 - q)) ** -0.5
+    assert abs(d["a"] - a) < 1e-12 and abs(d["b"] + a * (1 - q) * ap) < 1e-12
+    none = theory(run, "fixed-point", "--activation", "tanh")
+    assert not none["found"] and "variance" in none["note"]
+
+
+def test_readable_tables_and_bad_values(run):
+    r = run("theory", "jacobian")
+    assert r.returncode == 0
+    assert "spectral_norm  0.7876" in r.stdout
+    r = run("theory", "dropout", "--keep", "1.5")
+    assert r.returncode == 2 and "probability of KEEPING" in r.stderr
+    r = run("theory", "map", "--activation", "relu", "--alpha", "2")
+    assert r.returncode == 2 and "relu has no parameter 'alpha'" in r.stderr
+    r = run("theory", "map", "--activation", "celu", "--alpha", "0")
+    assert r.returncode == 2 and "alpha must be > 0" in r.stderr
+
+
+def test_runs_write_theory_beside_the_statistics(run, write_config, tmp_path):
+    out = tmp_path / "t.h5"
+    assert run("run", write_config(TINY), "-o", out, "--quiet").returncode == 0
+    with h5py.File(out, "r") as f:
+        for name in ("activation_mean", "activation_var", "activation_msq", "grad_activation_msq",
+                     "grad_preactivation_msq", "preactivation_var"):
+            assert f["theory_" + name].shape == f[name].shape
+        assert f["theory_chi"].shape == (2, 4)
+        # selu at its fixed point, relu halving.
+        assert np.allclose(f["theory_activation_var"][0], 1.0, rtol=1e-12)
+        assert np.allclose(f["theory_activation_msq"][1], 0.5 ** np.arange(1, 5), rtol=1e-12)
+        assert abs(f["theory_xi_q"][0] - 4.0804) < 1e-3
+        assert np.isnan(f["theory_xi_q"][1])  # relu: q -> 0, no fixed point
+        assert f["theory_activation_var"].attrs["long_name"] == "mean-field prediction of activation_var"

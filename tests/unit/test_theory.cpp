@@ -1,0 +1,259 @@
+// Mean-field theory: closed forms against quadrature, the SNN paper's constants, Jacobian and
+// contraction, fixed points, alpha dropout, depth scales, and Monte Carlo against the theory.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <vector>
+
+#include "core/engine.hpp"
+#include "core/theory.hpp"
+#include "test_helpers.hpp"
+
+using namespace selfnorm;
+using namespace selfnorm::theory;
+using selfnorm::test::kSigma;
+using selfnorm::test::make_spec;
+using selfnorm::test::over_trials;
+
+TEST_CASE("closed forms agree with quadrature to 1e-10 relative", "[theory]") {
+  const std::vector<Activation> acts = {Relu{},      LeakyRelu{},  LeakyRelu{0.3}, Relu6{},     Elu{},
+                                        Elu{0.7},    Elu{1.5},     Selu{},         Selu{1.2, 0.9}, Celu{0.5},
+                                        Celu{2.0},   Identity{}};
+  int compared = 0;
+  for (const auto& a : acts) {
+    REQUIRE(has_closed_form(a));
+    for (double m : {-3.0, -1.0, 0.0, 0.5, 2.0, 7.0}) {
+      for (double v : {0.01, 0.3, 1.0, 4.0, 25.0}) {
+        // The closed forms are used within kClosedFormRange standard deviations of the kinks.
+        bool in_range = true;
+        for (double k : kinks(a)) in_range = in_range && std::abs(k - m) <= kClosedFormRange * std::sqrt(v);
+        if (!in_range) continue;
+        const GaussianMoments c = gaussian_moments_closed(a, m, v);
+        const GaussianMoments q = gaussian_moments_quadrature(a, m, v);
+        INFO(activation_name(a) << " m=" << m << " v=" << v);
+        // The mean can be 0 exactly (selu at (0, 1)): measure it against its natural scale.
+        const double scale = std::sqrt(c.second);
+        CHECK(std::abs(c.mean - q.mean) <= 1e-10 * scale);
+        CHECK(c.second == Approx(q.second).epsilon(1e-10));
+        CHECK(c.deriv_sq == Approx(q.deriv_sq).epsilon(1e-10).margin(1e-300));
+        ++compared;
+      }
+    }
+  }
+  CHECK(compared > 250);
+  // Far in a tail, gaussian_moments switches to quadrature and stays accurate.
+  CHECK(gaussian_moments(Relu{}, -3.0, 0.01).second ==
+        Approx(gaussian_moments_quadrature(Relu{}, -3.0, 0.01).second).epsilon(1e-12));
+  CHECK(gaussian_moments(Relu{}, -3.0, 0.01).second > 0.0);
+}
+
+TEST_CASE("quadrature reproduces known Gaussian integrals", "[theory]") {
+  // E[z^2], E[exp z] and gelu's mean E[z Phi(z)] = m Phi(m/r) + v phi(m/r)/r, r = sqrt(1 + v).
+  for (double m : {-1.0, 0.0, 0.8}) {
+    for (double v : {0.2, 1.0, 3.0}) {
+      CHECK(gaussian_expectation([](double z) { return z * z; }, m, v) == Approx(m * m + v).epsilon(1e-13));
+      CHECK(gaussian_expectation([](double z) { return std::exp(z); }, m, v) ==
+            Approx(std::exp(m + 0.5 * v)).epsilon(1e-13));
+      const double r = std::sqrt(1 + v);
+      const double gelu_mean = m * 0.5 * std::erfc(-m / r / std::sqrt(2.0)) +
+                               v * std::exp(-0.5 * m * m / (r * r)) / std::sqrt(2 * M_PI) / r;
+      CHECK(gaussian_moments(Gelu{}, m, v).mean == Approx(gelu_mean).epsilon(1e-12));
+    }
+  }
+}
+
+TEST_CASE("solve reproduces alpha01 and lambda01 and other fixed points", "[theory]") {
+  const SeluSolution s = solve_selu(0.0, 1.0);
+  REQUIRE(s.found);
+  CHECK(std::abs(s.alpha - kSeluAlpha01) <= 1e-12 * kSeluAlpha01);
+  CHECK(std::abs(s.lambda - kSeluLambda01) <= 1e-12 * kSeluLambda01);
+  // Other targets: the map of the solution has the target as its fixed point.
+  struct Target {
+    double mean, var;
+  };
+  for (const Target t : {Target{0.0, 0.5}, Target{0.0, 2.0}, Target{0.1, 0.5}, Target{-0.05, 1.2}}) {
+    const SeluSolution sol = solve_selu(t.mean, t.var);
+    INFO("target mean " << t.mean << " var " << t.var << ": " << sol.note);
+    REQUIRE(sol.found);
+    const Selu act{sol.alpha, sol.lambda};
+    const MapValue g = snn_map(act, t.mean, 0.0, t.var, 1.0);
+    CHECK(g.mu == Approx(t.mean).margin(1e-12));
+    CHECK(g.nu == Approx(t.var).epsilon(1e-12));
+    const FixedPoint fp = snn_fixed_point(act, 0.0, 1.0);
+    REQUIRE(fp.found);
+    CHECK(fp.nu == Approx(t.var).epsilon(1e-10));
+  }
+  // The notebook's convention z ~ N(mean, var) (omega = tau = 1) differs for mean != 0.
+  const SeluSolution notebook = solve_selu(0.1, 0.5, 1.0, 1.0);
+  REQUIRE(notebook.found);
+  CHECK(std::abs(notebook.alpha - solve_selu(0.1, 0.5).alpha) > 1e-3);
+  CHECK(snn_map(Selu{notebook.alpha, notebook.lambda}, 0.1, 1.0, 0.5, 1.0).nu == Approx(0.5).epsilon(1e-12));
+}
+
+TEST_CASE("the Jacobian at (0, 1) has eigenvalues 0 and 0.7826 and spectral norm 0.7877", "[theory]") {
+  const Jacobian j = snn_jacobian(Selu{}, 0.0, 0.0, 1.0, 1.0);
+  // Triangular with a zero first column (omega = 0), as in Klambauer et al. 2017.
+  CHECK(j.j[0][0] == 0.0);
+  CHECK(j.j[1][0] == 0.0);
+  CHECK(j.eigenvalues[1].real() == 0.0);
+  CHECK(j.eigenvalues[0].real() == Approx(0.7826).margin(5e-5));
+  CHECK(j.spectral_norm == Approx(0.7877).margin(5e-5));
+  CHECK(j.j[0][1] == Approx(0.0888).margin(5e-5));
+  // Against central differences of the map, at a point off the axis.
+  const double mu = 0.05, omega = 0.07, nu = 1.1, tau = 0.98, h = 1e-6;
+  const Jacobian k = snn_jacobian(Selu{}, mu, omega, nu, tau);
+  const MapValue mp = snn_map(Selu{}, mu + h, omega, nu, tau), mm = snn_map(Selu{}, mu - h, omega, nu, tau);
+  const MapValue np = snn_map(Selu{}, mu, omega, nu + h, tau), nm = snn_map(Selu{}, mu, omega, nu - h, tau);
+  CHECK(k.j[0][0] == Approx((mp.mu - mm.mu) / (2 * h)).margin(1e-8));
+  CHECK(k.j[1][0] == Approx((mp.nu - mm.nu) / (2 * h)).margin(1e-8));
+  CHECK(k.j[0][1] == Approx((np.mu - nm.mu) / (2 * h)).margin(1e-8));
+  CHECK(k.j[1][1] == Approx((np.nu - nm.nu) / (2 * h)).margin(1e-8));
+}
+
+TEST_CASE("the map is a contraction over Theorem 1's domain", "[theory]") {
+  // mu, omega in [-0.1, 0.1], nu in [0.8, 1.5], tau in [0.95, 1.1] (Klambauer et al. 2017, Theorem 1).
+  double worst = 0.0;
+  int points = 0;
+  for (int a = 0; a <= 4; ++a) {
+    for (int b = 0; b <= 4; ++b) {
+      for (int c = 0; c <= 7; ++c) {
+        for (int d = 0; d <= 3; ++d) {
+          const double mu = -0.1 + 0.05 * a, omega = -0.1 + 0.05 * b;
+          const double nu = 0.8 + 0.1 * c, tau = 0.95 + 0.05 * d;
+          worst = std::max(worst, snn_jacobian(Selu{}, mu, omega, nu, tau).spectral_norm);
+          ++points;
+        }
+      }
+    }
+  }
+  INFO("largest spectral norm " << worst << " over " << points << " grid points");
+  CHECK(points == 800);
+  CHECK(worst < 1.0);
+}
+
+TEST_CASE("fixed points, and plain answers where there is none", "[theory]") {
+  const FixedPoint selu = snn_fixed_point(Selu{}, 0.0, 1.0, 0.3, 1.5);
+  REQUIRE(selu.found);
+  CHECK(selu.mu == Approx(0.0).margin(1e-12));
+  CHECK(selu.nu == Approx(1.0).epsilon(1e-12));
+  CHECK(selu.stable);
+  // Var relu(z) = (1/2 - 1/(2 pi)) v: the variance shrinks for tau = 2 and grows for tau = 3.
+  const FixedPoint shrink = snn_fixed_point(Relu{}, 0.0, 2.0);
+  CHECK(!shrink.found);
+  CHECK(shrink.note.find("vanishes") != std::string::npos);
+  const FixedPoint grow = snn_fixed_point(Relu{}, 0.0, 3.0);
+  CHECK(!grow.found);
+  CHECK(grow.note.find("grows without bound") != std::string::npos);
+  CHECK(!snn_fixed_point(Tanh{}, 0.0, 1.0).found);
+}
+
+TEST_CASE("alpha dropout's affine correction", "[theory]") {
+  const double ap = -kSeluLambda01 * kSeluAlpha01;
+  for (double q : {0.5, 0.9, 0.95}) {
+    const DropoutAffine d = alpha_dropout(q, ap, 0.0, 1.0);
+    // The paper's (0, 1) form.
+    const double a = 1.0 / std::sqrt(q + ap * ap * q * (1 - q));
+    CHECK(d.a == Approx(a).epsilon(1e-15));
+    CHECK(d.b == Approx(-a * (1 - q) * ap).epsilon(1e-15));
+  }
+  // The general form keeps any fixed point: a x + b of the dropped-out variable has mean 0.3, var 2.
+  const double q = 0.8, mu = 0.3, nu = 2.0;
+  const DropoutAffine d = alpha_dropout(q, ap, mu, nu);
+  const double mean_d = q * mu + (1 - q) * ap;
+  const double var_d = q * (nu + mu * mu) + (1 - q) * ap * ap - mean_d * mean_d;
+  CHECK(d.a * mean_d + d.b == Approx(mu).epsilon(1e-14));
+  CHECK(d.a * d.a * var_d == Approx(nu).epsilon(1e-14));
+}
+
+TEST_CASE("layer predictions: relu halves exactly, selu stays at (0, 1), dropout keeps it", "[theory]") {
+  const LayerPrediction relu = predict_layers(make_spec(Relu{}, 30, 100, 1, 1));
+  for (int l = 1; l <= 30; ++l) CHECK(relu.activation_msq[l - 1] == Approx(std::ldexp(1.0, -l)).epsilon(1e-14));
+  for (int l = 1; l <= 30; ++l) CHECK(relu.chi[l - 1] == Approx(0.5).epsilon(1e-14));
+  PointSpec spec = make_spec(Selu{}, 20, 100, 1, 1);
+  const LayerPrediction selu = predict_layers(spec);
+  spec.alpha_dropout.keep_probability = 0.9;
+  const LayerPrediction dropped = predict_layers(spec);
+  for (int l = 1; l <= 20; ++l) {
+    CHECK(selu.activation_mean[l - 1] == Approx(0.0).margin(1e-12));
+    CHECK(selu.activation_var[l - 1] == Approx(1.0).epsilon(1e-12));
+    CHECK(dropped.activation_mean[l - 1] == Approx(0.0).margin(1e-12));
+    CHECK(dropped.activation_var[l - 1] == Approx(1.0).epsilon(1e-12));
+  }
+  // The gradient grows by chi = E[selu'(z)^2] = 1.0716 per layer backwards.
+  CHECK(selu.grad_activation_msq[0] == Approx(std::pow(selu.chi[0], 19)).epsilon(1e-12));
+}
+
+TEST_CASE("depth scales and the correlation map", "[theory]") {
+  const DepthScales selu = depth_scales(Selu{}, 1.0, 0.0);
+  REQUIRE(selu.found);
+  CHECK(selu.q_star == Approx(1.0).epsilon(1e-12));
+  CHECK(selu.slope_q == Approx(snn_jacobian(Selu{}, 0, 0, 1, 1).j[1][1]).epsilon(1e-10));
+  CHECK(selu.xi_q == Approx(-1.0 / std::log(selu.slope_q)).epsilon(1e-12));
+  CHECK(selu.chi > 1.0);  // selu normalises the forward pass only (SCIENCE.md)
+  CHECK(!depth_scales(Tanh{}, 1.0, 0.0).found);  // q -> 0 at weight variance 1
+  CHECK(std::isnan(depth_scales(Identity{}, 1.0, 0.0).xi_q));  // marginal
+  // relu with weight variance 2: the arc-cosine kernel (Cho & Saul 2009).
+  for (double c : {0.0, 0.3, 0.9, 1.0}) {
+    const double expected = (std::sqrt(1 - c * c) + (M_PI - std::acos(c)) * c) / M_PI;
+    CHECK(correlation_map(Relu{}, 1.3, c, 2.0, 0.0) == Approx(expected).epsilon(1e-10));
+  }
+  CHECK(correlation_map(Tanh{}, 0.7, 1.0, 1.5, 0.1) == Approx(1.0).epsilon(1e-12));
+}
+
+TEST_CASE("Monte Carlo at width 1024 agrees with the mean-field prediction", "[theory][statistics]") {
+  // Finite-width corrections to the infinite-width recursion grow like depth / width (Hanin,
+  // Nica 2019): the allowance is 2 l / n relative to the predicted value (plus k standard errors).
+  const std::int64_t n = 1024;
+  const int L = 16;
+  for (const Activation act : std::vector<Activation>{Selu{}, Relu{}, Elu{}, Tanh{}, Sigmoid{}, Softplus{}}) {
+    const PointSpec spec = make_spec(act, L, n, 16, 128, Precision::float32);
+    const PointResult r = simulate_point(spec, {64, 1}, {2});
+    const LayerPrediction p = predict_layers(spec);
+    for (int l = 1; l <= L; l += 5) {
+      const double allowance = 2.0 * l / static_cast<double>(n);
+      auto check = [&](Stat s, double predicted, const char* what) {
+        const Moments m = over_trials(r, s, l);
+        INFO(activation_name(act) << " layer " << l << " " << what << ": MC " << m.mean << " +- "
+                                  << m.standard_error() << ", theory " << predicted);
+        CHECK(std::abs(m.mean - predicted) <= kSigma * m.standard_error() + allowance * std::abs(predicted));
+      };
+      check(Stat::activation_msq, p.activation_msq[l - 1], "activation_msq");
+      check(Stat::activation_var, p.activation_var[l - 1], "activation_var");
+      check(Stat::grad_activation_msq, p.grad_activation_msq[l - 1], "grad_activation_msq");
+      const Moments mean = over_trials(r, Stat::activation_mean, l);
+      CHECK(std::abs(mean.mean - p.activation_mean[l - 1]) <=
+            kSigma * mean.standard_error() + allowance * std::sqrt(p.activation_msq[l - 1]));
+    }
+  }
+}
+
+TEST_CASE("tanh at weight variance 1: Monte Carlo follows the slow decay of q", "[theory][statistics]") {
+  // q_{l+1} = E tanh(z)^2, z ~ N(0, q_l): q_l ~ 1 / (2 l) for large l, no fixed point above 0.
+  const std::int64_t n = 1024;
+  const int L = 40;
+  const PointSpec spec = make_spec(Tanh{}, L, n, 8, 128, Precision::float32);
+  const PointResult r = simulate_point(spec, {7, 0}, {2});
+  const LayerPrediction p = predict_layers(spec);
+  for (int l : {1, 10, 20, 40}) {
+    const Moments m = over_trials(r, Stat::activation_msq, l);
+    INFO("layer " << l << ": MC " << m.mean << " +- " << m.standard_error() << ", theory " << p.activation_msq[l - 1]);
+    CHECK(std::abs(m.mean - p.activation_msq[l - 1]) <=
+          kSigma * m.standard_error() + 2.0 * l / static_cast<double>(n) * p.activation_msq[l - 1]);
+  }
+  CHECK(p.activation_msq[L - 1] * 2.0 * L == Approx(1.0).margin(0.2));
+}
+
+TEST_CASE("alpha dropout in the Monte Carlo forward pass keeps the fixed point", "[theory][statistics]") {
+  PointSpec spec = make_spec(Selu{}, 16, 1024, 16, 128, Precision::float32);
+  spec.alpha_dropout.keep_probability = 0.9;
+  const PointResult r = simulate_point(spec, {99, 0}, {2});
+  for (int l : {1, 8, 16}) {
+    const Moments mean = over_trials(r, Stat::activation_mean, l);
+    const Moments var = over_trials(r, Stat::activation_var, l);
+    const double allowance = 2.0 * l / 1024.0;
+    INFO("layer " << l << ": mean " << mean.mean << " +- " << mean.standard_error() << ", var " << var.mean
+                  << " +- " << var.standard_error());
+    CHECK(std::abs(mean.mean) <= kSigma * mean.standard_error() + allowance);
+    CHECK(std::abs(var.mean - 1.0) <= kSigma * var.standard_error() + allowance);
+  }
+}
