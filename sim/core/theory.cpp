@@ -625,13 +625,21 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
   // The stable correlation fixed point c*: 1 when chi <= 1 (ordered phase), below 1 otherwise.
   double c = 1.0;
   if (d.chi > 1.0) {
-    // c -> cmap(c) - c is >= 0 at c = 0 and < 0 just below 1 (slope chi > 1 there): bisect to
-    // 1e-9. A root within 1e-6 of 0 (odd activations, and selu whose mean is 0) is taken as 0.
-    double lo = 1e-6, hi = 1.0 - 1e-6;
-    if (correlation_map(f, q, lo, sigma_w2_value, sigma_b2) - lo <= 0.0) {
-      c = 0.0;
+    // Near c = 0 the map is linear to O(c^2): cmap(c) = cmap(0) + c chi_c(0), with cmap(0) =
+    // (s_w^2 (E f)^2 + s_b^2) / q* and chi_c(0) = s_w^2 (E f')^2. A root below 1e-3 (odd
+    // activations, and selu whose mean is 0) is that line's; otherwise bisect
+    // cmap(c) - c, which is > 0 below c* and < 0 just below 1 (slope chi > 1 there).
+    const GaussianMoments g = gaussian_moments(f, 0.0, q);
+    const double mean_slope =
+        gaussian_expectation([&](double x) { return slope(f, x); }, 0.0, q, kinks(f));
+    const double c0 = (sigma_w2_value * g.mean * g.mean + sigma_b2) / (sigma_w2_value * g.second + sigma_b2);
+    const double slope0 = sigma_w2_value * mean_slope * mean_slope;
+    const double linear_root = slope0 < 1.0 ? c0 / (1.0 - slope0) : kInf;
+    if (linear_root < 1e-3) {
+      c = linear_root;
     } else {
-      while (hi - lo > 1e-9) {
+      double lo = 1e-3, hi = 1.0 - 1e-6;
+      while (hi - lo > 1e-8) {
         const double mid = 0.5 * (lo + hi);
         (correlation_map(f, q, mid, sigma_w2_value, sigma_b2) - mid > 0.0 ? lo : hi) = mid;
       }
