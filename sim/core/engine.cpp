@@ -283,6 +283,17 @@ inline bool finite(T v) {
   return std::isfinite(v);
 }
 
+// Moments of n values from their sums of deviations from `shift`, and of squared deviations.
+inline Moments moments_from_sums(std::int64_t n, double shift, double sum, double sum_sq) {
+  const double nd = static_cast<double>(n);
+  Moments m;
+  m.count = n;
+  m.mean = shift + sum / nd;
+  m.m2 = std::max(0.0, sum_sq - sum * sum / nd);
+  if (!std::isfinite(sum_sq)) m.m2 = sum_sq;  // keep inf/NaN visible
+  return m;
+}
+
 // Moments of x[0..n) with one pass of shifted sums around x[0]: stable when the values are
 // within a few standard deviations of x[0] (Chan, Golub, LeVeque 1983, "shifted data").
 template <class T>
@@ -303,15 +314,7 @@ Moments row_moments(const T* x, std::int64_t n) {
     s1[k] += d;
     s2[k] += d * d;
   }
-  const double sum = combine_lanes(s1);
-  const double sum_sq = combine_lanes(s2);
-  const double nd = static_cast<double>(n);
-  Moments m;
-  m.count = n;
-  m.mean = shift + sum / nd;
-  m.m2 = std::max(0.0, sum_sq - sum * sum / nd);
-  if (!std::isfinite(sum_sq)) m.m2 = sum_sq;  // keep inf/NaN visible
-  return m;
+  return moments_from_sums(n, shift, combine_lanes(s1), combine_lanes(s2));
 }
 
 // Sum of squares of x[0..n) in double, in lanes.
@@ -444,10 +447,14 @@ class TrialRunner {
             for (std::int64_t j = 0; j < n_out; ++j) hr[j] += bias[j];
           }
           st.pre.merge(row_moments(hr, n_out));
-          st.nonfinite += activate_row(hr, dr, n_out);
-          if (g_.dropout) apply_dropout_row(dropout_key, b * kRowBlock + r, hr, dr, n_out);
-          st.act.merge(row_moments(hr, n_out));
-          for (std::int64_t j = 0; j < n_out; ++j) colsum[j] += static_cast<double>(hr[j]);
+          if (g_.dropout) {
+            st.nonfinite += activate_row(hr, dr, n_out);
+            apply_dropout_row(dropout_key, b * kRowBlock + r, hr, dr, n_out);
+            st.act.merge(row_moments(hr, n_out));
+            for (std::int64_t j = 0; j < n_out; ++j) colsum[j] += static_cast<double>(hr[j]);
+          } else {
+            st.nonfinite += activate_row_with_stats(hr, dr, n_out, colsum, st.act);
+          }
         }
         transpose(scratch, g_.ld_max, rows, n_out, ws.deriv_t[l - 1].data() + b * kRowBlock, g_.ld_batch);
       }
@@ -466,6 +473,37 @@ class TrialRunner {
       h[j] = y;
       d[j] = dy;
     }
+    return bad;
+  }
+
+  // activate_row, the moments of x merged into `act` and x added to `colsum`, in one pass over
+  // the row (the same shifted sums as row_moments).
+  std::int64_t activate_row_with_stats(T* h, T* d, std::int64_t n, double* colsum, Moments& act) const {
+    T y0, d0;
+    act_.eval(h[0], y0, d0);
+    const double shift = static_cast<double>(y0);
+    double s1[kLanes] = {};
+    double s2[kLanes] = {};
+    std::int64_t bad = 0;
+    auto step = [&](std::int64_t j, int k) {
+      const T v = h[j];
+      T y, dy;
+      act_.eval(v, y, dy);
+      bad += static_cast<std::int64_t>(!(finite(v) & finite(y)));
+      h[j] = y;
+      d[j] = dy;
+      const double yd = static_cast<double>(y);
+      const double dev = yd - shift;
+      s1[k] += dev;
+      s2[k] += dev * dev;
+      colsum[j] += yd;
+    };
+    std::int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+      for (int k = 0; k < kLanes; ++k) step(j + k, k);
+    }
+    for (int k = 0; j < n; ++j, ++k) step(j, k);
+    act.merge(moments_from_sums(n, shift, combine_lanes(s1), combine_lanes(s2)));
     return bad;
   }
 
@@ -521,15 +559,27 @@ class TrialRunner {
         for (std::int64_t j = 0; j < n_out; ++j) {
           T* dr = delta + j * ldb + c0;
           const T* fr = deriv + j * ldb + c0;
-          st.grad_act_sq += row_sum_sq(dr, rows);
+          // dL/dh = dL/dx * f'(h) in place, with both sums of squares, in one pass.
+          double sx[kLanes] = {};
+          double sh[kLanes] = {};
           std::int64_t bad = 0;
-          for (std::int64_t i = 0; i < rows; ++i) {
-            const T v = dr[i] * fr[i];
-            bad += static_cast<std::int64_t>(!finite(v));
-            dr[i] = v;
+          auto step = [&](std::int64_t i, int k) {
+            const T gx = dr[i];
+            const T gh = gx * fr[i];
+            bad += static_cast<std::int64_t>(!finite(gh));
+            dr[i] = gh;
+            const double a = static_cast<double>(gx), c = static_cast<double>(gh);
+            sx[k] += a * a;
+            sh[k] += c * c;
+          };
+          std::int64_t i = 0;
+          for (; i + kLanes <= rows; i += kLanes) {
+            for (int k = 0; k < kLanes; ++k) step(i + k, k);
           }
+          for (int k = 0; i < rows; ++i, ++k) step(i, k);
+          st.grad_act_sq += combine_lanes(sx);
+          st.grad_pre_sq += combine_lanes(sh);
           st.grad_nonfinite += bad;
-          st.grad_pre_sq += row_sum_sq(dr, rows);
         }
         if (l > 1) {
           gemm<T>(n_in, rows, n_out, ws.weights[l - 1].data(), g_.ld[l], delta + c0, ldb, next + c0, ldb,
