@@ -134,12 +134,14 @@ void fill_grouped(std::uint64_t key, std::uint64_t first, std::size_t count, T* 
 
 template <class T>
 void fill_normal(std::uint64_t key, std::uint64_t first, std::size_t count, T* out, T mean, T stddev) {
-  fill_grouped(key, first, count, out, mean, stddev, normal_group<T>);
+  fill_grouped(key, first, count, out, mean, stddev,
+               [](std::uint64_t k, std::uint64_t g, T* o) { normal_group<T>(k, g, o); });
 }
 
 template <class T>
 void fill_uniform(std::uint64_t key, std::uint64_t first, std::size_t count, T* out, T lo, T hi) {
-  fill_grouped(key, first, count, out, lo, hi - lo, uniform_group<T>);
+  fill_grouped(key, first, count, out, lo, hi - lo,
+               [](std::uint64_t k, std::uint64_t g, T* o) { uniform_group<T>(k, g, o); });
 }
 
 template void fill_normal<float>(std::uint64_t, std::uint64_t, std::size_t, float*, float, float);
