@@ -224,16 +224,18 @@ def point_labels(ds: xr.Dataset, exclude: Iterable[str] = ()) -> list:
 
 
 def at_layer(ds: xr.Dataset, name: str, layers: Union[str, Sequence[int], np.ndarray] = "last") -> xr.DataArray:
-    """Variable `name` [point, layer] at one layer per point: "last" (each point's own depth),
-    "middle" (depth // 2, at least 1), or a layer number per point."""
+    """Variable `name` [point, layer] at one layer per point: "first" (layer 1), "middle"
+    (depth // 2, at least 1), "last" (each point's own depth), or a layer number per point."""
     depth = ds["point_depth"].values.astype(int)
     if isinstance(layers, str):
         if layers == "last":
             chosen = depth
         elif layers == "middle":
             chosen = np.maximum(depth // 2, 1)
+        elif layers == "first":
+            chosen = np.ones_like(depth)
         else:
-            raise ValueError(f"layers must be 'last', 'middle' or layer numbers, got {layers!r}")
+            raise ValueError(f"layers must be 'first', 'middle', 'last' or layer numbers, got {layers!r}")
     else:
         chosen = np.broadcast_to(np.asarray(layers, dtype=int), depth.shape)
     return ds[name].sel(layer=xr.DataArray(chosen, dims="point"))
