@@ -102,10 +102,6 @@ def _complete(ds: xr.Dataset) -> bool:
     return ds.sizes["point"] == total and np.array_equal(ds["point"].values, np.arange(total))
 
 
-def _fmt(v) -> str:
-    return f"{float(v):.4g}" if _is_numeric([v]) else str(v)
-
-
 def _trials_text(ds: xr.Dataset) -> str:
     trials = np.unique(ds["point_trials"].values)
     if trials.size > 1:
