@@ -59,6 +59,7 @@ struct ConfigPoint {
 struct VariedKey {
   std::string key;      // dotted config path, e.g. "activation.alpha"
   std::string dataset;  // root dataset name in the result file, e.g. "alpha"
+  std::int64_t axis = -1;  // the sweep axis it varies along (index into Experiment::grid_shape)
 };
 
 // A validated experiment: its points in order.

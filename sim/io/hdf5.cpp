@@ -69,13 +69,17 @@ void write_numeric_attribute(hid_t obj, const std::string& name, hid_t type, con
 
 template <class T>
 Id write_numeric_dataset(hid_t loc, const std::string& name, hid_t file_type, hid_t mem_type,
-                         const std::vector<T>& data, const std::vector<hsize_t>& dims) {
+                         const std::vector<T>& data, const std::vector<hsize_t>& dims,
+                         const std::optional<T>& fill_value) {
   silence_library();
   Id space = simple_space(dims);
-  Id ds(check(H5Dcreate2(loc, name.c_str(), file_type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+  Id dcpl(check(H5Pcreate(H5P_DATASET_CREATE), "dataset creation properties"), H5Pclose);
+  if (fill_value) check_status(H5Pset_fill_value(dcpl, mem_type, &*fill_value), "fill value of " + name);
+  Id ds(check(H5Dcreate2(loc, name.c_str(), file_type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
               "create dataset " + name),
         H5Dclose);
   if (!data.empty()) check_status(H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), "write " + name);
+  if (fill_value) write_numeric_attribute(ds, "_FillValue", mem_type, std::vector<T>{*fill_value}, true);
   return ds;
 }
 
@@ -227,13 +231,13 @@ std::vector<std::string> read_string_array_attribute(hid_t obj, const std::strin
 }
 
 Id write_dataset(hid_t loc, const std::string& name, const std::vector<double>& data,
-                 const std::vector<hsize_t>& dims) {
-  return write_numeric_dataset(loc, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, data, dims);
+                 const std::vector<hsize_t>& dims, std::optional<double> fill_value) {
+  return write_numeric_dataset(loc, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, data, dims, fill_value);
 }
 
 Id write_dataset(hid_t loc, const std::string& name, const std::vector<std::int64_t>& data,
-                 const std::vector<hsize_t>& dims) {
-  return write_numeric_dataset(loc, name, H5T_STD_I64LE, H5T_NATIVE_INT64, data, dims);
+                 const std::vector<hsize_t>& dims, std::optional<std::int64_t> fill_value) {
+  return write_numeric_dataset(loc, name, H5T_STD_I64LE, H5T_NATIVE_INT64, data, dims, fill_value);
 }
 
 Id write_dataset(hid_t loc, const std::string& name, const std::vector<std::string>& data) {

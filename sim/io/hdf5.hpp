@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -73,10 +74,12 @@ std::vector<std::int64_t> read_int_array_attribute(hid_t obj, const std::string&
 std::vector<std::string> read_string_array_attribute(hid_t obj, const std::string& name);
 
 // Writes a dataset of the given shape (row-major), returning it open for attributes and scales.
+// A `fill_value` marks entries that hold no data (padding): it becomes the dataset's HDF5 fill
+// value and its `_FillValue` attribute, as netCDF-4 writes it, so that xarray masks those entries.
 Id write_dataset(hid_t loc, const std::string& name, const std::vector<double>& data,
-                 const std::vector<hsize_t>& dims);
+                 const std::vector<hsize_t>& dims, std::optional<double> fill_value = std::nullopt);
 Id write_dataset(hid_t loc, const std::string& name, const std::vector<std::int64_t>& data,
-                 const std::vector<hsize_t>& dims);
+                 const std::vector<hsize_t>& dims, std::optional<std::int64_t> fill_value = std::nullopt);
 Id write_dataset(hid_t loc, const std::string& name, const std::vector<std::string>& data);
 
 Id open_dataset(hid_t loc, const std::string& name);

@@ -10,6 +10,8 @@
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #include "core/theory.hpp"
 #include "io/hdf5.hpp"
@@ -44,7 +46,9 @@ fs::path temporary_name(const fs::path& path) {
   return path.parent_path() / ("." + path.filename().string() + ".tmp-" + tag);
 }
 
-// Writes one varied key as a [point] dataset with the narrowest type that holds its values.
+// Writes one varied key as a [point] dataset with the narrowest type that holds its values. Numbers
+// get units "1" (every config parameter is a pure number or a count), and NaN, declared as the fill
+// value, where a parameter does not apply at a point (relu has no alpha). Strings get no units.
 h5::Id write_varied(hid_t file, const std::string& name, const std::vector<json>& values) {
   bool all_int = true;
   bool all_number = true;
@@ -58,16 +62,40 @@ h5::Id write_varied(hid_t file, const std::string& name, const std::vector<json>
   if (all_int) {
     std::vector<std::int64_t> data;
     for (const auto& v : values) data.push_back(v.get<std::int64_t>());
-    return h5::write_dataset(file, name, data, {n});
+    h5::Id ds = h5::write_dataset(file, name, data, {n});
+    h5::write_attribute(ds, "units", std::string("1"));
+    return ds;
   }
   if (all_number) {
     std::vector<double> data;
     for (const auto& v : values) data.push_back(v.is_null() ? kNaN : v.get<double>());
-    return h5::write_dataset(file, name, data, {n});
+    h5::Id ds = h5::write_dataset(file, name, data, {n}, kNaN);
+    h5::write_attribute(ds, "units", std::string("1"));
+    return ds;
   }
   std::vector<std::string> data;
   for (const auto& v : values) data.push_back(all_string ? (v.is_null() ? "" : v.get<std::string>()) : v.dump());
   return h5::write_dataset(file, name, data);
+}
+
+// Long name and definition of a per-point prediction (core/theory.hpp, DepthScales).
+std::pair<std::string, std::string> describe_point_prediction(const std::string& name) {
+  if (name == "theory_q_star") {
+    return {"mean-field fixed point q* of the pre-activation variance",
+            "fixed point of q -> s_w^2 E[f(z)^2] + s_b^2, z ~ N(0, q)"};
+  }
+  if (name == "theory_chi_star") {
+    return {"mean-field gradient growth per layer chi at q*", "chi = s_w^2 E[f'(z)^2], z ~ N(0, q*)"};
+  }
+  if (name == "theory_xi_q") {
+    return {"mean-field depth scale xi_q of the approach to q*, in layers",
+            "xi_q = -1 / log|dq_{l+1}/dq_l| at q*"};
+  }
+  if (name == "theory_xi_c") {
+    return {"mean-field depth scale xi_c of input correlations, in layers",
+            "xi_c = -1 / log chi_c, chi_c the slope of the correlation map at its stable fixed point c*"};
+  }
+  return {"mean-field " + name.substr(std::string("theory_").size()), "mean-field prediction"};
 }
 
 void write_file(const fs::path& path, const Experiment& ex, const std::vector<PointRecord>& records,
@@ -97,6 +125,7 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
   // Root attributes: what this is, what produced it, from which config.
   h5::write_attribute(file, "schema", std::string(kSchemaName));
   h5::write_attribute(file, "schema_version", kSchemaVersion);
+  h5::write_attribute(file, "Conventions", std::string("CF-1.8"));
   h5::write_attribute(file, "title", "selfnorm results: " + ex.name);
   h5::write_attribute(file, "experiment", ex.name);
   h5::write_attribute(file, "config", ex.resolved.dump(2));
@@ -115,7 +144,18 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
   std::vector<std::string> varied_keys;
   for (const auto& v : ex.varied) varied_keys.push_back(v.key);
   h5::write_attribute(file, "varied_keys", varied_keys);
-  if (!ex.grid_shape.empty()) h5::write_attribute(file, "grid_shape", ex.grid_shape);
+  if (!ex.grid_shape.empty()) {
+    h5::write_attribute(file, "grid_shape", ex.grid_shape);
+    // Each axis is named by the dataset of its first key (a zip's first key, "activation" for a
+    // list of activations); the other keys on the axis say so in their grid_axis attribute.
+    std::vector<std::string> axes;
+    for (std::size_t a = 0; a < ex.grid_shape.size(); ++a) {
+      const auto it = std::find_if(ex.varied.begin(), ex.varied.end(),
+                                   [&](const VariedKey& v) { return v.axis == static_cast<std::int64_t>(a); });
+      axes.push_back(it == ex.varied.end() ? std::string() : it->dataset);
+    }
+    h5::write_attribute(file, "grid_axes", axes);
+  }
   if (shard) {
     h5::write_attribute(file, "shard_index", shard->index);
     h5::write_attribute(file, "shard_count", shard->count);
@@ -128,16 +168,27 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
   for (hsize_t t = 0; t < T; ++t) trial_index.push_back(static_cast<std::int64_t>(t));
   h5::Id point = h5::write_dataset(file, "point", point_index, {P});
   h5::write_attribute(point, "long_name", std::string("configuration point index in the experiment"));
+  h5::write_attribute(point, "units", std::string("1"));
   h5::make_dimension_scale(point, "point");
   h5::Id layer = h5::write_dataset(file, "layer", layer_index, {L});
   h5::write_attribute(layer, "long_name", std::string("layer l (1 = first hidden layer, after W_1)"));
+  h5::write_attribute(layer, "units", std::string("1"));
   h5::make_dimension_scale(layer, "layer");
   h5::Id trial;
   if (any_per_trial) {
     trial = h5::write_dataset(file, "trial", trial_index, {T});
     h5::write_attribute(trial, "long_name", std::string("independent random network"));
+    h5::write_attribute(trial, "units", std::string("1"));
     h5::make_dimension_scale(trial, "trial");
   }
+  // Every other dataset over points names the varied keys in its CF `coordinates` attribute
+  // (CF 1.8, section 5), which makes them coordinates on `point` for netCDF readers and xarray.
+  std::string coordinates;
+  for (const auto& v : ex.varied) coordinates += (coordinates.empty() ? "" : " ") + v.dataset;
+  auto over_points = [&](hid_t ds) {
+    h5::attach_dimension_scale(ds, point, 0);
+    if (!coordinates.empty()) h5::write_attribute(ds, "coordinates", coordinates);
+  };
 
   // Per-point descriptors.
   for (std::size_t k = 0; k < ex.varied.size(); ++k) {
@@ -146,6 +197,7 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
     h5::Id ds = write_varied(file, ex.varied[k].dataset, values);
     h5::write_attribute(ds, "config_key", ex.varied[k].key);
     h5::write_attribute(ds, "long_name", "config " + ex.varied[k].key);
+    if (ex.varied[k].axis >= 0) h5::write_attribute(ds, "grid_axis", ex.varied[k].axis);
     h5::attach_dimension_scale(ds, point, 0);
   }
   {
@@ -159,17 +211,20 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
     }
     h5::Id d = h5::write_dataset(file, "point_depth", depth, {P});
     h5::write_attribute(d, "long_name", std::string("depth L of the point's network"));
-    h5::attach_dimension_scale(d, point, 0);
+    h5::write_attribute(d, "units", std::string("1"));
+    over_points(d);
     h5::Id t = h5::write_dataset(file, "point_trials", trials, {P});
     h5::write_attribute(t, "long_name", std::string("trials T averaged at the point"));
-    h5::attach_dimension_scale(t, point, 0);
+    h5::write_attribute(t, "units", std::string("1"));
+    over_points(t);
     h5::Id f = h5::write_dataset(file, "first_nonfinite_layer", first, {P});
     h5::write_attribute(f, "long_name", std::string("first layer with an inf or NaN activation in any trial"));
+    h5::write_attribute(f, "units", std::string("1"));
     h5::write_attribute(f, "definition", std::string("1-based layer index; 0 when every layer stayed finite"));
-    h5::attach_dimension_scale(f, point, 0);
+    over_points(f);
     h5::Id c = h5::write_dataset(file, "point_config", configs);
     h5::write_attribute(c, "long_name", std::string("the point's resolved config (JSON)"));
-    h5::attach_dimension_scale(c, point, 0);
+    over_points(c);
   }
 
   // Statistics.
@@ -195,25 +250,25 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
       }
     }
     const std::string name(info.name);
-    h5::Id ds = h5::write_dataset(file, name, mean, {P, L});
+    h5::Id ds = h5::write_dataset(file, name, mean, {P, L}, kNaN);
     h5::write_attribute(ds, "long_name", std::string(info.long_name));
     h5::write_attribute(ds, "units", std::string(info.units));
     h5::write_attribute(ds, "definition", std::string(info.definition) + "; mean over trials");
-    h5::attach_dimension_scale(ds, point, 0);
+    over_points(ds);
     h5::attach_dimension_scale(ds, layer, 1);
-    h5::Id e = h5::write_dataset(file, name + "_sem", sem, {P, L});
+    h5::Id e = h5::write_dataset(file, name + "_sem", sem, {P, L}, kNaN);
     h5::write_attribute(e, "long_name", "standard error of " + name);
     h5::write_attribute(e, "units", std::string(info.units));
     h5::write_attribute(e, "definition",
                         "sample standard deviation over trials / sqrt(trials) of " + name + "; NaN for 1 trial");
-    h5::attach_dimension_scale(e, point, 0);
+    over_points(e);
     h5::attach_dimension_scale(e, layer, 1);
     if (any_per_trial) {
-      h5::Id pt = h5::write_dataset(file, name + "_per_trial", per_trial, {P, T, L});
+      h5::Id pt = h5::write_dataset(file, name + "_per_trial", per_trial, {P, T, L}, kNaN);
       h5::write_attribute(pt, "long_name", std::string(info.long_name) + ", each trial");
       h5::write_attribute(pt, "units", std::string(info.units));
       h5::write_attribute(pt, "definition", std::string(info.definition));
-      h5::attach_dimension_scale(pt, point, 0);
+      over_points(pt);
       h5::attach_dimension_scale(pt, trial, 1);
       h5::attach_dimension_scale(pt, layer, 2);
     }
@@ -224,11 +279,11 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
       const auto& v = records[p].*member;
       for (std::size_t l = 0; l < v.size(); ++l) data[p * L + l] = v[l];
     }
-    h5::Id ds = h5::write_dataset(file, name, data, {P, L});
+    h5::Id ds = h5::write_dataset(file, name, data, {P, L}, std::int64_t{-1});
     h5::write_attribute(ds, "long_name", long_name);
     h5::write_attribute(ds, "units", std::string("1"));
     h5::write_attribute(ds, "definition", long_name + ", summed over trials; -1 beyond the point's depth");
-    h5::attach_dimension_scale(ds, point, 0);
+    over_points(ds);
     h5::attach_dimension_scale(ds, layer, 1);
   };
   write_counts("nonfinite_count", &PointRecord::nonfinite_count,
@@ -253,15 +308,15 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
         for (std::size_t l = 0; l < v.size(); ++l) data[p * L + l] = v[l];
       }
     }
-    h5::Id ds = h5::write_dataset(file, name, data, {P, L});
+    h5::Id ds = h5::write_dataset(file, name, data, {P, L}, kNaN);
     const std::string stat = name.substr(std::string("theory_").size());
     h5::write_attribute(ds, "long_name", "mean-field prediction of " + stat);
-    h5::write_attribute(ds, "units", std::string(stat == "chi" ? "1" : "1"));
+    h5::write_attribute(ds, "units", std::string("1"));
     h5::write_attribute(ds, "definition",
                         stat == "chi" ? std::string("s_w^2 (n_l / n_{l-1}) E[f'(z_l)^2]: predicted growth of "
                                                     "grad_activation_msq from layer l to layer l-1")
                                       : "infinite-width recursion (core/theory.hpp) for " + stat);
-    h5::attach_dimension_scale(ds, point, 0);
+    over_points(ds);
     h5::attach_dimension_scale(ds, layer, 1);
   }
   for (const auto& name : point_names) {
@@ -271,12 +326,14 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
         if (n == name) data[p] = v;
       }
     }
-    h5::Id ds = h5::write_dataset(file, name, data, {P});
-    h5::write_attribute(ds, "long_name", "mean-field " + name.substr(std::string("theory_").size()));
+    const auto [long_name, definition] = describe_point_prediction(name);
+    h5::Id ds = h5::write_dataset(file, name, data, {P}, kNaN);
+    h5::write_attribute(ds, "long_name", long_name);
     h5::write_attribute(ds, "units", std::string("1"));
-    h5::write_attribute(ds, "definition", std::string("depth scales of Schoenholz et al. 2017 for the point's "
-                                                      "activation and weight and bias variances; NaN where undefined"));
-    h5::attach_dimension_scale(ds, point, 0);
+    h5::write_attribute(ds, "definition",
+                        definition + " (Poole et al. 2016; Schoenholz et al. 2017), for the point's activation, "
+                                     "s_w^2 and s_b^2; NaN where undefined");
+    over_points(ds);
   }
   trial.reset();
   layer.reset();
@@ -375,9 +432,10 @@ FileHeader read_header(const fs::path& path) {
 
 std::vector<PointRecord> read_records(const fs::path& path) {
   const FileHeader header = read_header(path);
-  if (header.schema_version != kSchemaVersion) {
+  if (header.schema_version < kOldestReadableSchemaVersion || header.schema_version > kSchemaVersion) {
     throw std::runtime_error(path.string() + " has schema version " + std::to_string(header.schema_version) +
-                             "; this selfnorm reads version " + std::to_string(kSchemaVersion));
+                             " (this selfnorm reads versions " + std::to_string(kOldestReadableSchemaVersion) +
+                             " to " + std::to_string(kSchemaVersion) + "); read it with the selfnorm that wrote it");
   }
   h5::Id file = h5::open_file(path);
   const auto index = h5::read_ints(file, "point");

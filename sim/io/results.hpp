@@ -9,6 +9,15 @@
 //   /point_config [P]                          each point's resolved config as JSON
 //   root attributes: schema, schema_version, config, config_hash, seed, provenance, grid shape
 // Layers beyond a point's depth hold NaN (statistics) or -1 (counts).
+//
+// The file follows the netCDF-4 and CF conventions, so xarray.open_dataset(path,
+// engine="h5netcdf") reads it without project code: every dataset has long_name and (unless it
+// holds strings) units; the datasets over [point] name the varied keys in a CF `coordinates`
+// attribute, so those become coordinates on `point`; padding is declared by `_FillValue`.
+//
+// Versions: 1, the first; 2 adds the netCDF/CF metadata (`Conventions`, `coordinates`,
+// `_FillValue`, units on every numeric dataset) and the sweep's axes (`grid_axes`, `grid_axis`).
+// The datasets and their values are the same in both, so this version reads both.
 #pragma once
 
 #include <array>
@@ -24,7 +33,9 @@
 namespace selfnorm::io {
 
 inline constexpr const char* kSchemaName = "selfnorm.results";
-inline constexpr std::int64_t kSchemaVersion = 1;
+inline constexpr std::int64_t kSchemaVersion = 2;
+// The oldest version read_records reads.
+inline constexpr std::int64_t kOldestReadableSchemaVersion = 1;
 
 // Where and how a result was produced.
 struct Provenance {
@@ -91,7 +102,8 @@ struct FileHeader {
 // Reads the header; throws h5::Error or std::runtime_error if `path` is not a selfnorm result.
 FileHeader read_header(const std::filesystem::path& path);
 
-// Reads every point record of a result file.
+// Reads every point record of a result file of a schema version from kOldestReadableSchemaVersion
+// to kSchemaVersion; throws std::runtime_error for another version.
 std::vector<PointRecord> read_records(const std::filesystem::path& path);
 
 }  // namespace selfnorm::io

@@ -273,7 +273,10 @@ SweepPlan plan_sweep(const json& root, std::vector<ConfigIssue>& issues) {
     total *= axis.size();
     plan.grid_shape.push_back(static_cast<std::int64_t>(axis.size()));
     plan.axis_names.push_back(axis.keys.front());
-    for (const auto& k : axis.keys) plan.swept_keys.push_back(k);
+    for (const auto& k : axis.keys) {
+      plan.swept_keys.push_back(k);
+      plan.swept_axes.push_back(static_cast<std::int64_t>(plan.grid_shape.size()) - 1);
+    }
   }
   if (total > 10'000'000) {
     issues.push_back({"sweep", "has " + std::to_string(total) + " points; at most 10000000 are supported"});
@@ -311,13 +314,22 @@ SweepPlan plan_sweep(const json& root, std::vector<ConfigIssue>& issues) {
 
 std::vector<VariedKey> varied_keys(const SweepPlan& plan, const std::vector<json>& resolved_points) {
   std::vector<std::string> keys;
+  std::vector<std::int64_t> axes;
   bool activation_swept = false;
-  for (const auto& k : plan.swept_keys) {
+  std::int64_t activation_axis = -1;
+  for (std::size_t i = 0; i < plan.swept_keys.size(); ++i) {
+    const std::string& k = plan.swept_keys[i];
+    const std::int64_t axis = plan.swept_axes[i];
     if (k == "activation" || k == "activation.name") {
       activation_swept = true;
-      if (std::find(keys.begin(), keys.end(), "activation.name") == keys.end()) keys.push_back("activation.name");
+      activation_axis = axis;
+      if (std::find(keys.begin(), keys.end(), "activation.name") == keys.end()) {
+        keys.push_back("activation.name");
+        axes.push_back(axis);
+      }
     } else if (std::find(keys.begin(), keys.end(), k) == keys.end()) {
       keys.push_back(k);
+      axes.push_back(axis);
     }
   }
   if (activation_swept) {
@@ -339,11 +351,14 @@ std::vector<VariedKey> varied_keys(const SweepPlan& plan, const std::vector<json
         present = present || !v.is_null();
         differs = differs || v != first;
       }
-      if (present && differs) keys.push_back(key);
+      if (present && differs) {
+        keys.push_back(key);
+        axes.push_back(activation_axis);
+      }
     }
   }
   std::vector<VariedKey> out;
-  for (const auto& k : keys) out.push_back({k, dataset_name(k)});
+  for (std::size_t i = 0; i < keys.size(); ++i) out.push_back({keys[i], dataset_name(keys[i]), axes[i]});
   return out;
 }
 

@@ -33,6 +33,7 @@ struct SweepPointPlan {
 struct SweepPlan {
   std::vector<SweepPointPlan> points;     // at least one (no sweep: one point, no overrides)
   std::vector<std::string> swept_keys;    // every key the plan sets, axis by axis
+  std::vector<std::int64_t> swept_axes;   // the axis (index into grid_shape) of each swept key
   std::vector<std::int64_t> grid_shape;   // one entry per axis; empty without a sweep
   std::vector<std::string> axis_names;    // the key naming each axis (the first key of a zip)
   nlohmann::ordered_json resolved_sweep;  // the sweep section with every value list expanded
@@ -49,7 +50,7 @@ void set_dotted(nlohmann::ordered_json& j, std::string_view key, const nlohmann:
 nlohmann::ordered_json get_dotted(const nlohmann::ordered_json& j, std::string_view key);
 
 // The keys that become result datasets: the swept keys, and for activation sweeps every
-// activation parameter whose value is not the same at all points.
+// activation parameter whose value is not the same at all points (on the activation's axis).
 std::vector<VariedKey> varied_keys(const SweepPlan& plan, const std::vector<nlohmann::ordered_json>& resolved_points);
 
 // Dataset name for a dotted key: "activation.name" -> "activation", "activation.alpha" -> "alpha",

@@ -51,3 +51,65 @@ TINY = {
     "activation": ["selu", "relu"],
     "monte_carlo": {"trials": 3, "batch": 20},
 }
+
+
+# Small experiments for the analysis tests (xarray, scripts/selfnorm, plot.py, the notebook).
+# An activation list with a depth axis: coordinates on two axes, padding beyond the shorter depth.
+ACTIVATIONS_BY_DEPTH = {
+    "name": "activations_by_depth",
+    "seed": 11,
+    "network": {"width": 16},
+    "activation": ["selu", "relu", {"name": "elu", "alpha": 0.5}],
+    "monte_carlo": {"trials": 3, "batch": 16},
+    "output": {"per_trial": True},
+    "sweep": {"grid": {"network.depth": [3, 5]}},
+}
+# SELU's alpha x lambda on a 3 x 2 grid, as configs/selu_alpha_lambda_sweep.json but tiny; the
+# mean-field variance at the last layer crosses 1 inside it.
+ALPHA_LAMBDA = {
+    "name": "alpha_lambda",
+    "seed": 5,
+    "network": {"depth": 6, "width": 32},
+    "activation": {"name": "selu"},
+    "monte_carlo": {"trials": 3, "batch": 32},
+    "sweep": {"grid": {"activation.alpha": [1.4, 1.67, 1.9], "activation.lambda": [0.98, 1.08]}},
+}
+# Every activation of configs/default.json, at a small size.
+SMALL_DEFAULT = {
+    "name": "small_default",
+    "seed": 3,
+    "network": {"depth": 8, "width": 32},
+    "activation": ["selu", "relu", "tanh", "elu"],
+    "monte_carlo": {"trials": 4, "batch": 32},
+}
+
+
+@pytest.fixture(scope="session")
+def results_of(selfnorm_bin, tmp_path_factory):
+    """Runs the real binary on a config dict once per session; returns the result file's path."""
+    made = {}
+
+    def _results_of(config):
+        name = config["name"]
+        if name not in made:
+            folder = tmp_path_factory.mktemp(name)
+            (folder / "config.json").write_text(json.dumps(config))
+            env = dict(os.environ, OMP_NUM_THREADS="2")
+            r = subprocess.run([str(selfnorm_bin), "run", str(folder / "config.json"), "-o", str(folder / f"{name}.h5"),
+                                "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            made[name] = folder / f"{name}.h5"
+        return made[name]
+
+    return _results_of
+
+
+@pytest.fixture(scope="session")
+def scripts_on_path():
+    """Makes scripts/selfnorm importable, as plot.py and the notebook do."""
+    import sys
+
+    path = str(ROOT / "scripts")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return ROOT / "scripts"

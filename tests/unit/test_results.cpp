@@ -48,6 +48,19 @@ std::vector<PointRecord> run_all(const Experiment& ex) {
   return records;
 }
 
+// A dataset's declared fill value: its HDF5 fill value, checked equal to its _FillValue attribute
+// (netCDF-4 keeps the two the same). NaN compares by its bits.
+double fill_value(hid_t dataset) {
+  double property = 0.0, attribute = 0.0;
+  h5::Id dcpl(H5Dget_create_plist(dataset), H5Pclose);
+  REQUIRE(H5Pget_fill_value(dcpl, H5T_NATIVE_DOUBLE, &property) >= 0);
+  REQUIRE(h5::has_attribute(dataset, "_FillValue"));
+  h5::Id attr(H5Aopen(dataset, "_FillValue", H5P_DEFAULT), H5Aclose);
+  REQUIRE(H5Aread(attr, H5T_NATIVE_DOUBLE, &attribute) >= 0);
+  CHECK(std::memcmp(&property, &attribute, sizeof(double)) == 0);
+  return attribute;
+}
+
 const char* kGoldenConfig = R"({
   "name": "golden", "seed": 3,
   "network": {"depth": 3, "width": 8},
@@ -75,6 +88,8 @@ TEST_CASE("a tiny golden run has the documented schema", "[results]") {
   CHECK(h5::read_string_array_attribute(f, "varied_keys") ==
         std::vector<std::string>{"activation.name", "activation.alpha", "activation.lambda"});
   CHECK(h5::read_int_array_attribute(f, "grid_shape") == std::vector<std::int64_t>{2});
+  CHECK(h5::read_string_array_attribute(f, "grid_axes") == std::vector<std::string>{"activation"});
+  CHECK(h5::read_string_attribute(f, "Conventions") == "CF-1.8");
   for (const char* attr : {"program_version", "compiler", "build_type", "host", "created_utc", "threads", "config",
                            "gemm_backend", "command_line", "title"}) {
     INFO(attr);
@@ -89,6 +104,30 @@ TEST_CASE("a tiny golden run has the documented schema", "[results]") {
   CHECK(alpha[0] == kSeluAlpha01);
   CHECK(alpha[1] == 0.5);
   CHECK(std::isnan(h5::read_doubles(f, "lambda")[1]));  // elu has no lambda
+  // The varied keys lie on the activation list's axis, and are the coordinates of every dataset
+  // over points (CF `coordinates`), so that netCDF readers show them as coordinates.
+  for (const char* name : {"activation", "alpha", "lambda"}) {
+    INFO(name);
+    h5::Id ds = h5::open_dataset(f, name);
+    CHECK(h5::read_int_attribute(ds, "grid_axis") == 0);
+    CHECK(h5::has_attribute(ds, "long_name"));
+    CHECK(h5::has_attribute(ds, "DIMENSION_LIST"));
+    CHECK(!h5::has_attribute(ds, "coordinates"));
+  }
+  CHECK(!h5::has_attribute(h5::open_dataset(f, "activation"), "units"));  // strings have no units
+  CHECK(h5::read_string_attribute(h5::open_dataset(f, "alpha"), "units") == "1");
+  CHECK(std::isnan(fill_value(h5::open_dataset(f, "lambda"))));
+  // Every dataset has a long name, and every numeric one its units; every dataset over points but
+  // the varied keys names them as coordinates.
+  for (const auto& name : h5::list_names(f)) {
+    INFO(name);
+    h5::Id ds = h5::open_dataset(f, name);
+    CHECK(h5::has_attribute(ds, "long_name"));
+    if (name != "activation" && name != "point_config") CHECK(h5::read_string_attribute(ds, "units") == "1");
+    const bool coordinate = name == "point" || name == "layer" || name == "trial" || name == "activation" ||
+                            name == "alpha" || name == "lambda";
+    if (!coordinate) CHECK(h5::read_string_attribute(ds, "coordinates") == "activation alpha lambda");
+  }
   CHECK(h5::read_ints(f, "point_depth") == std::vector<std::int64_t>{3, 3});
   CHECK(h5::read_ints(f, "point_trials") == std::vector<std::int64_t>{2, 2});
   CHECK(h5::read_strings(f, "point_config").size() == 2);
@@ -98,6 +137,7 @@ TEST_CASE("a tiny golden run has the documented schema", "[results]") {
     INFO(name);
     h5::Id ds = h5::open_dataset(f, name);
     CHECK(h5::dataset_shape(ds) == std::vector<hsize_t>{2, 3});
+    CHECK(std::isnan(fill_value(ds)));
     CHECK(h5::read_string_attribute(ds, "long_name") == std::string(info.long_name));
     CHECK(h5::read_string_attribute(ds, "units") == "1");
     CHECK(h5::has_attribute(ds, "definition"));
@@ -150,6 +190,10 @@ TEST_CASE("points of different depths are padded with NaN and -1", "[results]") 
   const auto counts = h5::read_ints(f, "nonfinite_count");
   CHECK(counts[2] == -1);
   CHECK(counts[4 + 3] == 0);
+  // The padding is declared, so netCDF readers (xarray) mask it.
+  CHECK(h5::read_int_attribute(h5::open_dataset(f, "nonfinite_count"), "_FillValue") == -1);
+  CHECK(fill_value(h5::open_dataset(f, "nonfinite_count")) == -1.0);
+  CHECK(std::isnan(fill_value(h5::open_dataset(f, "activation_var"))));
 }
 
 TEST_CASE("a failed write leaves an existing result intact", "[results]") {
@@ -177,4 +221,31 @@ TEST_CASE("reading a file that is not a selfnorm result says so", "[results]") {
   }
   CHECK_THROWS_WITH(read_header(dir.path / "other.h5"), Catch::Contains("not a selfnorm result"));
   CHECK_THROWS_WITH(read_header(dir.path / "missing.h5"), Catch::Contains("cannot open"));
+}
+
+TEST_CASE("the reader takes every schema version it knows and names the others", "[results]") {
+  TempDir dir;
+  const Experiment ex = parse_experiment(R"({"network": {"depth": 2, "width": 4}, "monte_carlo": {"trials": 2,
+                                           "batch": 3}})", "x.json", "x");
+  const auto records = run_all(ex);
+  const fs::path file = dir.path / "x.h5";
+  write_results(file, ex, records, test_provenance());
+  auto set_version = [&](std::int64_t version) {
+    h5::Id f(H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose);
+    REQUIRE(f.get() >= 0);
+    h5::write_attribute(f, "schema_version", version);
+  };
+  // Version 1 files hold the same datasets without the netCDF metadata: resume and merge read them.
+  for (std::int64_t v = kOldestReadableSchemaVersion; v <= kSchemaVersion; ++v) {
+    INFO(v);
+    set_version(v);
+    const auto back = read_records(file);
+    REQUIRE(back.size() == 1);
+    const int s = static_cast<int>(Stat::activation_var);
+    CHECK(back[0].mean[s] == records[0].mean[s]);
+  }
+  set_version(kSchemaVersion + 1);
+  CHECK_THROWS_WITH(read_records(file), Catch::Contains("has schema version 3 (this selfnorm reads versions 1 to 2)"));
+  set_version(0);
+  CHECK_THROWS_WITH(read_records(file), Catch::Contains("has schema version 0"));
 }

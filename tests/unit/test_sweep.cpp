@@ -47,6 +47,8 @@ TEST_CASE("a grid is the cartesian product in C order", "[sweep]") {
   CHECK(ex.varied[0].key == "activation.alpha");
   CHECK(ex.varied[0].dataset == "alpha");
   CHECK(ex.varied[1].dataset == "lambda");
+  CHECK(ex.varied[0].axis == 0);
+  CHECK(ex.varied[1].axis == 1);
   CHECK(ex.points[3].varied_values[0].get<double>() == 1.6);
 }
 
@@ -83,6 +85,11 @@ TEST_CASE("zip varies its keys together, as one more axis", "[sweep]") {
   std::vector<std::string> names;
   for (const auto& v : ex.varied) names.push_back(v.dataset);
   CHECK(names == std::vector<std::string>{"activation", "monte_carlo_trials", "depth", "width", "alpha", "lambda"});
+  // Each varied key names the axis it varies along: zipped keys share one, and the parameters
+  // that differ between the listed activations vary along the activation list's axis.
+  std::vector<std::int64_t> axes;
+  for (const auto& v : ex.varied) axes.push_back(v.axis);
+  CHECK(axes == std::vector<std::int64_t>{0, 1, 2, 2, 0, 0});
 }
 
 TEST_CASE("sweeping the activation name takes each activation's own defaults", "[sweep]") {
@@ -92,6 +99,7 @@ TEST_CASE("sweeping the activation name takes each activation's own defaults", "
   CHECK(std::get<Elu>(ex.points[1].spec.activation).alpha == 1.0);
   CHECK(std::get<Selu>(ex.points[2].spec.activation).alpha == kSeluAlpha01);
   CHECK(ex.points[0].varied_values[1].is_null());  // relu: no alpha
+  for (const auto& v : ex.varied) CHECK(v.axis == 0);
 }
 
 TEST_CASE("a resolved config reproduces its experiment and hash", "[sweep]") {

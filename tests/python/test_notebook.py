@@ -1,0 +1,67 @@
+"""scripts/notebooks/explore.ipynb, executed headlessly (nbclient) on a real small run: no cell may fail."""
+import json
+import sys
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import ROOT, SMALL_DEFAULT
+
+NOTEBOOK = ROOT / "scripts" / "notebooks" / "explore.ipynb"
+
+
+def test_the_notebook_is_committed_without_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+@pytest.fixture
+def debian_kernel(tmp_path, monkeypatch):
+    """A private Jupyter data folder whose "python3" kernel runs this interpreter (Debian's
+    /usr/bin/python3 under CTest), so the kernel sees the same packages as the tests."""
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"Python 3 ({sys.executable})",
+        "language": "python",
+    }))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "matplotlib"))
+    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    return sys.executable
+
+
+def test_the_notebook_runs_on_a_real_result(results_of, debian_kernel, monkeypatch):
+    path = results_of(SMALL_DEFAULT)
+    monkeypatch.setenv("SELFNORM_RESULTS", str(path))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()  # raises CellExecutionError if any cell fails
+
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    # The kernel is the interpreter of the kernelspec, and read the file it was given.
+    assert f"interpreter:  {debian_kernel} " in text
+    assert f"results file: {path}" in text
+    assert "not a two-axis numeric sweep: no heatmaps" in text
+    assert "grid dimensions: {'activation': 4, 'layer': 8}" in text
+    # The three profile figures, inline.
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
+    assert len(images) == 3
+    # The dataset and the Monte Carlo versus theory table, for every activation.
+    tables = [o.data["text/plain"] for o in outputs if o.output_type in ("execute_result", "display_data")
+              and "text/plain" in o.data]
+    assert any("<xarray.Dataset>" in t for t in tables)
+    comparison = next(t for t in tables if "relative_gap" in t and "middle" in t and "last" in t)
+    for activation in ("selu", "relu", "tanh", "elu"):
+        assert activation in comparison

@@ -1,0 +1,86 @@
+"""scripts/plot.py on real result files: the documented PNG files, valid and non-empty."""
+import importlib.util
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import h5py
+import matplotlib.image
+import numpy as np
+
+from conftest import ALPHA_LAMBDA, ROOT, SMALL_DEFAULT
+
+PLOT = ROOT / "scripts" / "plot.py"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def plot_in_process(*args):
+    """plot.py's main() in this process (saves starting an interpreter); returns its exit status."""
+    spec = importlib.util.spec_from_file_location("plot_script", PLOT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main([str(a) for a in args])
+
+
+def plot(*args):
+    env = dict(os.environ, MPLCONFIGDIR=os.environ.get("MPLCONFIGDIR", "/tmp/selfnorm-test-mplconfig"))
+    return subprocess.run([sys.executable, str(PLOT), *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def png_size(path):
+    """(width, height) of a PNG file, checking its signature and header chunk."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG file"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    width, height = struct.unpack(">II", data[16:24])
+    assert data[-8:-4] == b"IEND"
+    return width, height
+
+
+def assert_figures(folder, stem, names, stdout):
+    expected = [folder / f"{stem}_{n}.png" for n in names]
+    assert sorted(p.name for p in folder.glob("*.png")) == sorted(p.name for p in expected)
+    assert stdout.split() == [str(p) for p in expected]  # plot.py prints each path it wrote
+    for path in expected:
+        width, height = png_size(path)
+        assert width >= 400 and height >= 300, path
+        assert 5_000 < path.stat().st_size < 1_000_000, path
+        # Not a blank canvas: many distinct colours.
+        rgb = (matplotlib.image.imread(path)[..., :3] * 255).astype(np.uint32)
+        packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        assert len(np.unique(packed)) > 50, path
+
+
+def test_a_sweep_over_alpha_and_lambda_gets_profiles_and_heatmaps_beside_the_results(results_of, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    shutil.copy(results_of(ALPHA_LAMBDA), folder / "alpha_lambda.h5")
+    r = plot(folder / "alpha_lambda.h5")  # the command line, as scripts/quickstart.sh runs it
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no warnings
+    assert_figures(folder, "alpha_lambda", ["activation_mean", "activation_var", "grad_activation_msq",
+                                            "activation_mean_heatmap", "activation_var_heatmap"], r.stdout)
+
+
+def test_a_list_of_activations_gets_profiles_in_the_chosen_folder(results_of, tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert plot_in_process(results_of(SMALL_DEFAULT), "-o", out) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    # No heatmap: the points are a list of activations, not a two-axis numeric grid.
+    assert_figures(out, "small_default", ["activation_mean", "activation_var", "grad_activation_msq"],
+                   captured.out)
+
+
+def test_a_file_that_is_not_a_result_is_refused_clearly(tmp_path, capsys):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.arange(3)
+    assert plot_in_process(other, "-o", tmp_path / "figures") == 2
+    assert capsys.readouterr().err == f"plot.py: {other} is not a selfnorm result file (it has no 'schema' " \
+                                      f"attribute; selfnorm writes schema 'selfnorm.results')\n"
+    assert not (tmp_path / "figures").exists()
