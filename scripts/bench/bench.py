@@ -482,7 +482,7 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
 
     ref_cost = unit_cost(rows[0][2])
     header = ["group", "case", "T", "L", "n", "B", "threads", "parallel", "precision", "GFLOP", "median s",
-              "GFLOP/s", "of peak", "time/(T L B n^2) vs reference"]
+              "min-max s", "GFLOP/s", "of peak", "time/(T L B n^2) vs reference"]
     if torch_figures:
         header += ["torch s", "torch / selfnorm"]
     table = []
@@ -491,7 +491,7 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
         f = figures[job.key]
         t, l, n, b = job.shape
         cells = [group, label, t, l, n, b, job.threads, job.parallel, job.precision, fmt_gflop(job.gflop),
-                 f"{f['median_s']:.2f}", fmt_gflop(f['gflops']), f"{100 * f['peak_fraction']:.0f}%",
+                 f"{f['median_s']:.2f}", f"{f['min_s']:.2f}-{f['max_s']:.2f}", fmt_gflop(f['gflops']), f"{100 * f['peak_fraction']:.0f}%",
                  f"{unit_cost(job) / ref_cost:.2f}"]
         tf = torch_figures.get(job.key)
         if torch_figures:
@@ -537,10 +537,12 @@ def compare_statistics(h5_path, torch_json, label, trials):
                 zs.append((x - y) / se if se > 0 else (0.0 if x == y else math.inf))
             zmax = max(abs(z) for z in zs)
             L = len(zs)
-            rel = abs(a[-1] - b[-1]) / abs(a[-1]) if a[-1] != 0 else math.nan
+            # A relative difference only means something for a value clearly away from zero.
+            rel = abs(a[-1] - b[-1]) / abs(a[-1]) if abs(a[-1]) > 3 * sa[-1] else math.nan
             result[stat] = {"max_abs_z": zmax, "last_selfnorm": float(a[-1]), "last_selfnorm_sem": float(sa[-1]),
                             "last_torch": b[-1], "last_torch_sem": sb[-1], "last_z": zs[-1]}
-            rows.append([stat, f"{a[-1]:.6g} +- {sa[-1]:.2g}", f"{b[-1]:.6g} +- {sb[-1]:.2g}", f"{rel:.2%}",
+            rows.append([stat, f"{a[-1]:.6g} +- {sa[-1]:.2g}", f"{b[-1]:.6g} +- {sb[-1]:.2g}",
+                         "-" if math.isnan(rel) else f"{rel:.2%}",
                          f"{zs[-1]:+.2f}", f"{zmax:.2f}"])
     print(f"Statistics, selfnorm vs PyTorch: {label}; layer {L} shown, z = difference / combined standard error")
     print(fmt_table(["statistic", "selfnorm", "torch", "rel. diff", "z (last layer)", f"max |z| (layers 1-{L})"],
