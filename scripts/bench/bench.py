@@ -179,23 +179,43 @@ def print_header(info, args, peaks):
 # Running one child
 
 
+def busy_cpu_seconds():
+    """CPU time the whole machine has spent busy since boot (all processors), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def run_child(cmd, env=None, cwd=None):
-    """Runs cmd to completion; returns wall time, peak RSS (from wait4) and its output."""
+    """Runs cmd to completion; returns wall time, peak RSS (from wait4), CPU time, the load that
+    other processes put on the machine meanwhile, and the child's output."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        busy0 = busy_cpu_seconds()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
         # wait4 gives this child's own rusage; RUSAGE_CHILDREN deltas would mix children.
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        busy1 = busy_cpu_seconds()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        own = usage.ru_utime + usage.ru_stime
+        # Processors' worth of CPU that everything else used during the run (this script's own
+        # share is negligible: it sleeps in wait4). 0.0 on an idle machine; up to the processor
+        # count minus what the child used. Resolution 1/CLK_TCK s, so meaningful for runs > 1 s.
+        background = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0 - own) / wall)
         return {
             "rc": proc.returncode,
             "wall_s": wall,
             "maxrss_mib": usage.ru_maxrss / 1024.0,  # ru_maxrss is in KiB on Linux
             "user_s": usage.ru_utime,
             "sys_s": usage.ru_stime,
+            "background_cpus": background,
             "stdout": out.read().decode(errors="replace"),
             "stderr": err.read().decode(errors="replace"),
         }
@@ -315,6 +335,8 @@ def summarise(runs, gflop, peak):
         "peak_fraction": gflop / med / peak,
         "maxrss_mib": max(r["maxrss_mib"] for r in runs),
         "cpu_s": statistics.median(r["user_s"] + r["sys_s"] for r in runs),
+        "background_cpus": (statistics.median(r["background_cpus"] for r in runs)
+                            if all(r["background_cpus"] is not None for r in runs) else None),
         "compute_s": statistics.median(r["compute_s"] for r in runs) if "compute_s" in runs[0] else None,
     }
 
@@ -333,6 +355,11 @@ def fmt_table(header, rows, align=None):
 
 def fmt_gflop(x):
     return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
+
+
+def fmt_background(figures):
+    b = figures.get("background_cpus")
+    return "" if b is None else f"{b:.2f}"
 
 
 def describe_shape(job):
@@ -387,14 +414,15 @@ def reference_table(args, ref, peaks, torch_version, workdir):
                      "" if f["compute_s"] is None else f"{f['compute_s']:.2f}", f"{f['cpu_s']:.2f}",
                      fmt_gflop(f["gflops"]),
                      f"{100 * f['peak_fraction']:.0f}%", f"{f['maxrss_mib']:.0f}", f"{f['median_s'] / base:.2f}",
-                     "" if f["compute_s"] is None else f"{f['compute_s'] / base:.2f}"])
+                     "" if f["compute_s"] is None else f"{f['compute_s'] / base:.2f}", fmt_background(f)])
     print(f"Reference job: {display_path(args.config)}, {activation_name(ref.cfg)}, {describe_shape(ref)}, "
           f"{fmt_gflop(ref.gflop)} GFLOP of GEMM")
     print(fmt_table(["program", "median s", "min-max s", "compute s", "CPU s", "GFLOP/s", "of peak",
-                     "peak RSS MiB", "time / selfnorm", "compute / selfnorm"], rows))
+                     "peak RSS MiB", "time / selfnorm", "compute / selfnorm", "other load"], rows))
     print("('median s': wall time of the whole process, which GFLOP/s, 'of peak' and the ratio use; 'compute s': "
           "PyTorch's own timing of the job, without starting Python and importing torch; 'CPU s': user + system "
-          "time of the process, all threads)")
+          "time of the process, all threads; 'other load': median processors' worth of CPU that other processes "
+          "used during the runs, from /proc/stat: figures taken with other load near 0 are the ones to trust)")
     for n in notes:
         print(n)
     print()
@@ -482,7 +510,7 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
 
     ref_cost = unit_cost(rows[0][2])
     header = ["group", "case", "T", "L", "n", "B", "threads", "parallel", "precision", "GFLOP", "median s",
-              "min-max s", "GFLOP/s", "of peak", "time/(T L B n^2) vs reference"]
+              "min-max s", "CPU s", "GFLOP/s", "of peak", "time/(T L B n^2) vs reference", "other load"]
     if torch_figures:
         header += ["torch s", "torch / selfnorm"]
     table = []
@@ -491,8 +519,9 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
         f = figures[job.key]
         t, l, n, b = job.shape
         cells = [group, label, t, l, n, b, job.threads, job.parallel, job.precision, fmt_gflop(job.gflop),
-                 f"{f['median_s']:.2f}", f"{f['min_s']:.2f}-{f['max_s']:.2f}", fmt_gflop(f['gflops']), f"{100 * f['peak_fraction']:.0f}%",
-                 f"{unit_cost(job) / ref_cost:.2f}"]
+                 f"{f['median_s']:.2f}", f"{f['min_s']:.2f}-{f['max_s']:.2f}",
+                 f"{f['cpu_s']:.2f}", fmt_gflop(f['gflops']), f"{100 * f['peak_fraction']:.0f}%",
+                 f"{unit_cost(job) / ref_cost:.2f}", fmt_background(f)]
         tf = torch_figures.get(job.key)
         if torch_figures:
             cells += ["", ""] if tf is None else [f"{tf['median_s']:.2f}", f"{tf['median_s'] / f['median_s']:.2f}"]
@@ -505,8 +534,9 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
     print(f"How selfnorm's cost grows ({len(jobs)} distinct jobs: a job in several groups ran once, and the "
           "reference row's runs are the reference table's)")
     print(fmt_table(header, table, align=["<", "<"] + [">"] * (len(header) - 2)))
-    print("(weight gradients add L GEMMs to the 2L - 1 counted in GFLOP; 'time/(T L B n^2)' is 1.00 where the "
-          "cost is proportional to T L B n^2)")
+    print("(GFLOP counts weight gradients' L extra GEMMs; 'time/(T L B n^2)' uses the median and is 1.00 where "
+          "the cost is proportional to T L B n^2; 'CPU s': median user + system time, all threads, which "
+          "load from other processes disturbs less than wall time; 'other load' as above)")
     print()
     return out_rows
 

@@ -31,6 +31,7 @@ def test_smoke_prints_every_table_and_writes_json(selfnorm_bin, tmp_path):
     assert ref["gflop"] > 0
     assert ref["figures"]["selfnorm"]["median_s"] > 0
     assert ref["figures"]["selfnorm"]["maxrss_mib"] > 0
+    assert ref["figures"]["selfnorm"]["background_cpus"] >= 0
     rows = report["scaling"]
     assert rows[0]["case"] == "reference" and abs(rows[0]["unit_cost_vs_reference"] - 1) < 1e-12
     assert all(row["median_s"] > 0 and row["gflops"] > 0 for row in rows)
