@@ -83,6 +83,8 @@ def parse_args(argv):
                    help="explicit matmuls under no_grad (default, faster) or autograd with hooks")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch.set_num_threads and OpenBLAS threads (default: all processors)")
+    p.add_argument("--blas-threads", type=int,
+                   help="OpenBLAS's threads, when they should differ from --threads (default: --threads)")
     p.add_argument("--omp-wait-policy", default="PASSIVE",
                    help="OMP_WAIT_POLICY for torch's OpenMP pool (default PASSIVE; 'keep' leaves the environment)")
     p.add_argument("--openblas-coretype", default="unset",
@@ -104,7 +106,8 @@ def load_job(args):
              "alpha_dropout", "monte_carlo", "output"}
     for key in cfg:
         if key not in known:
-            problems.append(f"{key}: not supported here" + (" (sweeps: run one point per config)" if key == "sweep" else ""))
+            hint = " (sweeps: run one point per config)" if key == "sweep" else ""
+            problems.append(f"{key}: not supported here{hint}")
     net = cfg.get("network", {})
     if "widths" in net:
         problems.append("network.widths: not supported (one width for every layer; use network.width)")
@@ -173,7 +176,7 @@ def set_environment(args):
     if args.omp_wait_policy != "keep":
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     # Debian's torch links the pthread build of OpenBLAS, whose pool is separate from torch's.
-    os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(args.blas_threads or args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
 
@@ -372,8 +375,8 @@ def fmt(mean, sem):
 def main(argv):
     args = parse_args(argv)
     job = load_job(args)
-    if args.threads < 1:
-        fail(f"--threads must be >= 1, got {args.threads}")
+    if args.threads < 1 or (args.blas_threads is not None and args.blas_threads < 1):
+        fail("--threads and --blas-threads must be >= 1")
     set_environment(args)
     t_import = time.perf_counter()
     import torch  # after set_environment: OpenBLAS and libgomp read the environment when they load
