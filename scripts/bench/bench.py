@@ -378,7 +378,10 @@ def reference_table(args, ref, peaks, torch_version, workdir):
     if torch_version and not args.no_torch:
         programs.append(("torch best", TorchVariant("torch best")))
         env_coretype = os.environ.get("OPENBLAS_CORETYPE")
-        if env_coretype:
+        if env_coretype and args.smoke:
+            notes.append("(smoke: PyTorch with the environment's OPENBLAS_CORETYPE runs in the configurations table "
+                         "below instead, to save a process)")
+        elif env_coretype:
             programs.append(("torch env", TorchVariant("torch env", coretype="keep")))
         else:
             notes.append("OPENBLAS_CORETYPE is not set here, so PyTorch's figure is the best configuration only.")
@@ -632,16 +635,18 @@ def check_mode(args, base_cfg, torch_version, workdir):
 # PyTorch's configurations
 
 
-def torch_configs_mode(args, ref, peaks, workdir):
-    """Times torch_reference.py in each configuration, interleaved, on the reference job."""
-    variants = []
-    for coretype in ("unset", "keep"):
-        if coretype == "keep" and not os.environ.get("OPENBLAS_CORETYPE"):
-            continue
-        for wait in ("PASSIVE", "keep"):
-            for mode in ("explicit", "autograd"):
-                for threads in sorted({1, args.threads}):
-                    variants.append((mode, threads, wait, coretype))
+def torch_configs_mode(args, ref, peaks, workdir, variants=None):
+    """Times torch_reference.py in each configuration (mode, threads, wait policy, core type),
+    interleaved, on the reference job; by default every combination."""
+    if variants is None:
+        variants = []
+        for coretype in ("unset", "keep"):
+            if coretype == "keep" and not os.environ.get("OPENBLAS_CORETYPE"):
+                continue
+            for wait in ("PASSIVE", "keep"):
+                for mode in ("explicit", "autograd"):
+                    for threads in sorted({1, args.threads}):
+                        variants.append((mode, threads, wait, coretype))
     runs = {v: [] for v in variants}
     for rep in range(args.repeat):
         for v in variants:
@@ -664,11 +669,11 @@ def torch_configs_mode(args, ref, peaks, workdir):
         f = figures[v]
         rows.append([mode, threads, "PASSIVE" if wait == "PASSIVE" else f"{env_wait} (environment)",
                      "unset" if coretype == "unset" else f"{env_core} (environment)", f"{f['median_s']:.2f}",
-                     f"{f['compute_s']:.2f}", f"{f['gflops']:.1f}", f"{f['maxrss_mib']:.0f}",
-                     f"{f['median_s'] / best:.2f}"])
-    print(f"PyTorch configurations on the reference job ({describe_shape(ref)}, {ref.gflop:.1f} GFLOP)")
-    print(fmt_table(["mode", "threads", "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE", "median s", "compute s", "GFLOP/s",
-                     "peak RSS MiB", "time / best"], rows))
+                     f"{f['compute_s']:.2f}", f"{f['cpu_s']:.2f}", fmt_gflop(f['gflops']), f"{f['maxrss_mib']:.0f}",
+                     f"{f['median_s'] / best:.2f}", fmt_background(f)])
+    print(f"PyTorch configurations on the reference job ({describe_shape(ref)}, {fmt_gflop(ref.gflop)} GFLOP)")
+    print(fmt_table(["mode", "threads", "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE", "median s", "compute s", "CPU s",
+                     "GFLOP/s", "peak RSS MiB", "time / best", "other load"], rows))
     print()
     return [{"mode": v[0], "threads": v[1], "wait_policy": v[2], "coretype": v[3], **figures[v]} for v in variants]
 
@@ -726,13 +731,17 @@ def main(argv):
             report["reference"] = {"config": ref.cfg, "gflop": ref.gflop, "figures": figures}
             if "torch best" in outputs:
                 report["reference"]["statistics"] = compare_statistics(
-                    outputs["selfnorm"], outputs["torch best"], f"the reference job, {describe_shape(ref)}", ref.shape[0])
+                    outputs["selfnorm"], outputs["torch best"], f"the reference job, {describe_shape(ref)}",
+                    ref.shape[0])
             if not args.no_scaling:
                 report["scaling"] = scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir,
                                                   known={ref.key: ref_runs})
             if args.smoke and torch_version:
-                # The smoke run also goes through --check's code, at a tiny size.
+                # The smoke run also goes through --check's and --torch-configs' code at a tiny
+                # size, the latter with autograd and the environment's OPENBLAS_CORETYPE.
                 report["check"] = check_mode(args, base_cfg, torch_version, workdir)
+                report["torch_configs"] = torch_configs_mode(args, ref, peaks, workdir,
+                                                             [("autograd", args.threads, "PASSIVE", "keep")])
     except Failure as e:
         print(f"bench.py: error: {e}", file=sys.stderr)
         return 1

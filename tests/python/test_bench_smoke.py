@@ -42,6 +42,8 @@ def test_smoke_prints_every_table_and_writes_json(selfnorm_bin, tmp_path):
         assert "torch best" in ref["figures"]
         assert ref["statistics"]["_verdict"] == "agree", text
         assert report["check"]["relu"]["_verdict"] == "agree", text
+        assert "PyTorch configurations" in text
+        assert report["torch_configs"][0]["mode"] == "autograd" and report["torch_configs"][0]["median_s"] > 0
 
 
 def test_bad_binary_is_reported(tmp_path):
