@@ -64,8 +64,9 @@ echo "profile.sh: perf record -e $event -F 999 -- ${cmd[*]}" >&2
 echo "profile.sh: $("$selfnorm" --version)" >&2
 perf record -q -e "$event" -F 999 -o "$dir/perf.data" -- "${cmd[@]}"
 
-# perf pads every line to the longest symbol; template names run to hundreds of characters.
-tidy() { grep -v '^#' | grep -v '^$' | sed -e 's/[[:space:]]*$//' | cut -c "1-${COLUMNS:-160}"; }
+# perf pads every line to the longest symbol and ends it with empty "-" columns; template names
+# run to hundreds of characters.
+tidy() { grep -v '^#' | grep -v '^$' | sed -E 's/([[:space:]]+-){0,2}[[:space:]]*$//' | cut -c "1-${COLUMNS:-160}"; }
 echo
 echo "Top symbols ($event samples, all threads; self time, children not included):"
 perf report -i "$dir/perf.data" --stdio --no-children --sort symbol --percent-limit 0.3 2>/dev/null | tidy |
