@@ -1,0 +1,758 @@
+#!/usr/bin/python3
+"""selfnorm's benchmark: the reference job through selfnorm and through PyTorch side by side, then
+how selfnorm's cost grows with width, depth, batch, threads, parallel mode, precision and weight
+gradients.
+
+    /usr/bin/python3 scripts/bench/bench.py                 # full: about 15 minutes on 2 cores
+    /usr/bin/python3 scripts/bench/bench.py --quick         # every table, smaller jobs
+    /usr/bin/python3 scripts/bench/bench.py --smoke         # a few seconds: every code path, for CI
+    /usr/bin/python3 scripts/bench/bench.py --check         # selfnorm vs PyTorch statistics, selu and relu
+    /usr/bin/python3 scripts/bench/bench.py --torch-configs # PyTorch's configurations side by side
+
+Every figure is the median over --repeat runs (default 3) of the whole process's wall time, and
+the runs of the programs compared in one table are interleaved, so a burst of load from another
+process on a shared machine hits them alike; quote ratios from one invocation. GFLOP/s counts GEMM
+floating-point operations exactly as `selfnorm validate` does (forward L GEMMs, backward L - 1,
+weight gradients L more, 2 B n^2 each, times T). Peak RSS comes from os.wait4 on each child.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TORCH_SCRIPT = Path(__file__).resolve().parent / "torch_reference.py"
+REFERENCE = ROOT / "configs" / "bench" / "reference.json"
+
+# The machine's peak, from /work/shared/MACHINE.md (the project's 2-core AMD EPYC Zen 5): 3.58 GHz
+# x 2 FMA pipes of 512 bits x 2 flop per FMA = 229 GFLOP/s per core in float32 (16 lanes), 115 in
+# float64 (8 lanes); these are the figures for both cores. --peak-gflops overrides them.
+PEAK_GFLOPS = {"float32": 458.0, "float64": 229.0}
+
+# Statistics compared between selfnorm and PyTorch (names as in selfnorm's result files).
+CHECK_STATS = ["preactivation_mean", "preactivation_var", "activation_mean", "activation_var", "activation_msq",
+               "unit_mean_spread", "grad_activation_msq", "grad_preactivation_msq", "grad_weight_msq"]
+
+# Job sizes per mode. The width, threads, parallel, precision and weight-gradient rows vary one
+# thing from "reference"; the depth and batch rows vary one thing from the narrower "base". Every
+# row is normalised to the reference row. In full mode "reference" is --config's own size.
+SIZES = {
+    "full": {
+        "reference": {"trials": 8, "depth": 64, "width": 1024, "batch": 1024},
+        "widths": [(256, 8), (512, 8), (1024, 8), (2048, 2)],  # (width, trials): fewer trials at 2048
+        "base": {"trials": 8, "depth": 64, "width": 512, "batch": 1024},
+        "depths": [16, 64, 256],
+        "batches": [256, 1024, 4096],
+    },
+    "quick": {
+        "reference": {"trials": 2, "depth": 64, "width": 1024, "batch": 1024},
+        "widths": [(256, 2), (512, 2), (1024, 2), (2048, 1)],
+        "base": {"trials": 2, "depth": 64, "width": 256, "batch": 1024},
+        "depths": [16, 64, 256],
+        "batches": [256, 1024, 4096],
+    },
+    "smoke": {
+        # 8 trials: enough for the statistics check to give a verdict.
+        "reference": {"trials": 8, "depth": 8, "width": 64, "batch": 128},
+        "widths": [(32, 8), (64, 8), (128, 2)],
+        "base": {"trials": 8, "depth": 8, "width": 32, "batch": 128},
+        "depths": [4, 8],
+        "batches": [64, 128],
+    },
+}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--selfnorm", type=Path, default=Path(os.environ.get("SELFNORM_BIN", ROOT / "build" / "selfnorm")),
+                   help="selfnorm binary (default: $SELFNORM_BIN or build/selfnorm)")
+    p.add_argument("--config", type=Path, default=REFERENCE,
+                   help="the reference job (default configs/bench/reference.json); --quick and --smoke "
+                        "shrink its trials, depth, width and batch")
+    p.add_argument("--repeat", type=int, help="runs per measurement; the median is quoted (default 3, smoke 1)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller jobs: fewer trials, narrower scaling rows")
+    size.add_argument("--smoke", action="store_true", help="tiny jobs, one run each: exercises every path in seconds")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads (default: all processors)")
+    p.add_argument("--peak-gflops", type=float,
+                   help=f"float32 peak of this machine in GFLOP/s (default {PEAK_GFLOPS['float32']:g}; "
+                        "float64 is taken as half)")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    p.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    p.add_argument("--torch-scaling", action="store_true",
+                   help="also run PyTorch (best configuration) on each scaling row it can run")
+    p.add_argument("--check", action="store_true",
+                   help="only compare selfnorm's and PyTorch's statistics, selu and relu at a small size")
+    p.add_argument("--torch-configs", action="store_true",
+                   help="only time PyTorch's configurations (mode, threads, wait policy, OpenBLAS core type)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write every measurement to OUT")
+    p.add_argument("--workdir", type=Path, help="keep configs and outputs here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.smoke else 3
+    if args.repeat < 1 or args.threads < 1:
+        p.error("--repeat and --threads must be >= 1")
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine and provenance
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def git_commit():
+    try:
+        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_info(args):
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+                                          "OPENBLAS_NUM_THREADS", "OPENBLAS_L2_SIZE")}
+    selfnorm_version = run_text([str(args.selfnorm), "--version"])
+    return {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "cwd": os.getcwd(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "git_commit": git_commit(),
+        "cpu": cpu_model(),
+        "processors": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "load_average": os.getloadavg(),
+        "environment": env,
+        "selfnorm": selfnorm_version,
+        "python": f"{sys.executable} {platform.python_version()}",
+    }
+
+
+def run_text(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"({e})"
+
+
+def print_header(info, args, peaks):
+    print("selfnorm benchmark")
+    print(f"  command   {info['command']}   (in {info['cwd']})")
+    print(f"  date      {info['date_utc']}, git {info['git_commit']}")
+    print(f"  machine   {info['cpu']}, {info['processors']} processors ({info['affinity']} usable), "
+          f"Linux {info['kernel']}, load average {' '.join(f'{x:.2f}' for x in info['load_average'])}")
+    env = ", ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in info["environment"].items())
+    print(f"  env       {env}")
+    print(f"  selfnorm  {info['selfnorm']}")
+    print(f"  python    {info['python']}")
+    print(f"  peak      float32 {peaks['float32']:g} GFLOP/s, float64 {peaks['float64']:g} GFLOP/s "
+          f"({'--peak-gflops' if args.peak_gflops else 'MACHINE.md: 2 cores x 3.58 GHz x 2 AVX-512 FMA pipes'})")
+    print(f"  runs      median of {args.repeat} per figure, wall time of the whole process, {args.threads} threads")
+    print()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one child
+
+
+def busy_cpu_seconds():
+    """CPU time the whole machine has spent busy since boot (all processors), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def run_child(cmd, env=None, cwd=None):
+    """Runs cmd to completion; returns wall time, peak RSS (from wait4), CPU time, the load that
+    other processes put on the machine meanwhile, and the child's output."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        busy0 = busy_cpu_seconds()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
+        # wait4 gives this child's own rusage; RUSAGE_CHILDREN deltas would mix children.
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        busy1 = busy_cpu_seconds()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        own = usage.ru_utime + usage.ru_stime
+        # Processors' worth of CPU that everything else used during the run (this script's own
+        # share is negligible: it sleeps in wait4). 0.0 on an idle machine; up to the processor
+        # count minus what the child used. Resolution 1/CLK_TCK s, so meaningful for runs > 1 s.
+        background = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0 - own) / wall)
+        return {
+            "rc": proc.returncode,
+            "wall_s": wall,
+            "maxrss_mib": usage.ru_maxrss / 1024.0,  # ru_maxrss is in KiB on Linux
+            "user_s": usage.ru_utime,
+            "sys_s": usage.ru_stime,
+            "background_cpus": background,
+            "stdout": out.read().decode(errors="replace"),
+            "stderr": err.read().decode(errors="replace"),
+        }
+
+
+class Failure(Exception):
+    pass
+
+
+def checked(result, what):
+    if result["rc"] != 0:
+        tail = (result["stderr"].strip() or result["stdout"].strip())[-2000:]
+        raise Failure(f"{what} failed with status {result['rc']}:\n{tail}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+
+
+def make_config(base, trials, depth, width, batch, precision=None, weight_gradients=None):
+    cfg = json.loads(json.dumps(base))
+    cfg.pop("sweep", None)
+    cfg.setdefault("network", {})
+    cfg["network"].pop("widths", None)
+    cfg["network"]["depth"] = depth
+    cfg["network"]["width"] = width
+    cfg.setdefault("monte_carlo", {})
+    cfg["monte_carlo"]["trials"] = trials
+    cfg["monte_carlo"]["batch"] = batch
+    if precision is not None:
+        cfg["precision"] = precision
+    if weight_gradients is not None:
+        cfg["monte_carlo"]["weight_gradients"] = weight_gradients
+    return cfg
+
+
+class Job:
+    """One selfnorm configuration to time: a config plus the command-line choices."""
+
+    def __init__(self, label, cfg, threads, parallel="auto"):
+        self.label = label
+        self.cfg = cfg
+        self.threads = threads
+        self.parallel = parallel
+        self.path = None
+        self.gflop = None
+
+    @property
+    def key(self):
+        return json.dumps([self.cfg, self.threads, self.parallel], sort_keys=True)
+
+    @property
+    def shape(self):
+        mc = self.cfg["monte_carlo"]
+        return (mc["trials"], self.cfg["network"]["depth"], self.cfg["network"]["width"], mc["batch"])
+
+    @property
+    def precision(self):
+        return self.cfg.get("precision", "float32")
+
+    @property
+    def weight_gradients(self):
+        return bool(self.cfg["monte_carlo"].get("weight_gradients", False))
+
+    def prepare(self, workdir, index, selfnorm):
+        self.path = workdir / f"job{index:02d}.json"
+        self.path.write_text(json.dumps(self.cfg, indent=1))
+        r = checked(run_child([str(selfnorm), "validate", str(self.path), "--json", "--threads", str(self.threads)]),
+                    f"selfnorm validate {self.path}")
+        self.gflop = json.loads(r["stdout"])["gemm_gflop"]
+
+    def selfnorm_cmd(self, selfnorm, out):
+        cmd = [str(selfnorm), "run", str(self.path), "-o", str(out), "--overwrite", "--quiet",
+               "--threads", str(self.threads)]
+        if self.parallel != "auto":
+            cmd += ["--parallel", self.parallel]
+        return cmd
+
+
+class TorchVariant:
+    """One way of running torch_reference.py."""
+
+    def __init__(self, label, mode="explicit", coretype="unset", wait_policy="PASSIVE"):
+        self.label = label
+        self.mode = mode
+        self.coretype = coretype
+        self.wait_policy = wait_policy
+
+    def cmd(self, job, json_out):
+        return [sys.executable, str(TORCH_SCRIPT), str(job.path), "--threads", str(job.threads), "--mode", self.mode,
+                "--openblas-coretype", self.coretype, "--omp-wait-policy", self.wait_policy, "--json", str(json_out)]
+
+
+def torch_available():
+    """torch's version if this Python has it, without importing it (an import costs seconds)."""
+    import importlib.metadata
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        return None
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
+def summarise(runs, gflop, peak):
+    walls = [r["wall_s"] for r in runs]
+    med = statistics.median(walls)
+    return {
+        "runs": len(runs),
+        "wall_s": walls,
+        "median_s": med,
+        "min_s": min(walls),
+        "max_s": max(walls),
+        "gflops": gflop / med,
+        "peak_fraction": gflop / med / peak,
+        "maxrss_mib": max(r["maxrss_mib"] for r in runs),
+        "cpu_s": statistics.median(r["user_s"] + r["sys_s"] for r in runs),
+        "background_cpus": (statistics.median(r["background_cpus"] for r in runs)
+                            if all(r["background_cpus"] is not None for r in runs) else None),
+        "compute_s": statistics.median(r["compute_s"] for r in runs) if "compute_s" in runs[0] else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def fmt_table(header, rows, align=None):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    align = align or ["<"] + [">"] * (len(header) - 1)
+    line = lambda cells: "| " + " | ".join(f"{str(c):{a}{w}}" for c, a, w in zip(cells, align, widths)) + " |"
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if a == ">" else ("-" * (w + 2)) for a, w in zip(align, widths)) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def fmt_gflop(x):
+    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
+
+
+def fmt_background(figures):
+    b = figures.get("background_cpus")
+    return "" if b is None else f"{b:.2f}"
+
+
+def describe_shape(job):
+    t, l, n, b = job.shape
+    extra = [job.precision]
+    if job.weight_gradients:
+        extra.append("weight gradients")
+    return f"T={t}, L={l}, n={n}, B={b}, {', '.join(extra)}"
+
+
+def reference_table(args, ref, peaks, torch_version, workdir):
+    """selfnorm and PyTorch on the reference job, runs interleaved; returns the figures."""
+    peak = peaks[ref.precision]
+    programs = [("selfnorm", None)]
+    notes = []
+    if torch_version and not args.no_torch:
+        programs.append(("torch best", TorchVariant("torch best")))
+        env_coretype = os.environ.get("OPENBLAS_CORETYPE")
+        if env_coretype and args.smoke:
+            notes.append("(smoke: PyTorch with the environment's OPENBLAS_CORETYPE runs in the configurations table "
+                         "below instead, to save a process)")
+        elif env_coretype:
+            programs.append(("torch env", TorchVariant("torch env", coretype="keep")))
+        else:
+            notes.append("OPENBLAS_CORETYPE is not set here, so PyTorch's figure is the best configuration only.")
+    elif args.no_torch:
+        notes.append("PyTorch skipped (--no-torch).")
+    else:
+        notes.append(f"PyTorch skipped: torch is not importable under {sys.executable} "
+                     "(install Debian's python3-torch to compare).")
+    runs = {name: [] for name, _ in programs}
+    outputs = {}
+    for rep in range(args.repeat):
+        for name, variant in programs:
+            if variant is None:
+                out = workdir / "reference.h5"
+                r = checked(run_child(ref.selfnorm_cmd(args.selfnorm, out)), "selfnorm run (reference)")
+                outputs[name] = out
+            else:
+                out = workdir / f"reference_{variant.label.replace(' ', '_')}.json"
+                r = checked(run_child(variant.cmd(ref, out)), f"torch_reference.py ({name})")
+                r["compute_s"] = json.loads(out.read_text())["compute_s"]
+                outputs[name] = out
+            runs[name].append(r)
+            print(f"  [{name}] run {rep + 1}/{args.repeat}: {r['wall_s']:.2f} s", file=sys.stderr, flush=True)
+    figures = {name: summarise(runs[name], ref.gflop, peak) for name, _ in programs}
+    base = figures["selfnorm"]["median_s"]
+    rows = []
+    for name, variant in programs:
+        f = figures[name]
+        label = f"selfnorm, {ref.threads} threads" if variant is None else (
+            f"torch: {variant.mode}, {ref.threads} threads, OMP_WAIT_POLICY={variant.wait_policy}, OPENBLAS_CORETYPE="
+            f"{'unset' if variant.coretype == 'unset' else os.environ.get('OPENBLAS_CORETYPE')}")
+        rows.append([label, f"{f['median_s']:.2f}", f"{f['min_s']:.2f}-{f['max_s']:.2f}",
+                     "" if f["compute_s"] is None else f"{f['compute_s']:.2f}", f"{f['cpu_s']:.2f}",
+                     fmt_gflop(f["gflops"]),
+                     f"{100 * f['peak_fraction']:.0f}%", f"{f['maxrss_mib']:.0f}", f"{f['median_s'] / base:.2f}",
+                     "" if f["compute_s"] is None else f"{f['compute_s'] / base:.2f}", fmt_background(f)])
+    print(f"Reference job: {display_path(args.config)}, {activation_name(ref.cfg)}, {describe_shape(ref)}, "
+          f"{fmt_gflop(ref.gflop)} GFLOP of GEMM")
+    print(fmt_table(["program", "median s", "min-max s", "compute s", "CPU s", "GFLOP/s", "of peak",
+                     "peak RSS MiB", "time / selfnorm", "compute / selfnorm", "other load"], rows))
+    print("('median s': wall time of the whole process, which GFLOP/s, 'of peak' and the ratio use; 'compute s': "
+          "PyTorch's own timing of the job, without starting Python and importing torch; 'CPU s': user + system "
+          "time of the process, all threads; 'other load': median processors' worth of CPU that other processes "
+          "used during the runs, from /proc/stat: figures taken with other load near 0 are the ones to trust)")
+    for n in notes:
+        print(n)
+    print()
+    return figures, outputs, runs["selfnorm"]
+
+
+def display_path(p):
+    try:
+        return str(Path(p).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+def activation_name(cfg):
+    a = cfg.get("activation", "selu")
+    return a.get("name", "selu") if isinstance(a, dict) else a
+
+
+def scaling_jobs(args, base_cfg, sizes):
+    """The scaling table's rows: (group, label, job)."""
+    r = sizes["reference"]
+    s = sizes["base"]
+    t = args.threads
+    rows = [("reference", "reference", Job("reference", make_config(base_cfg, **r), t))]
+    for n, trials in sizes["widths"]:
+        rows.append(("width", f"n={n}" + (f" (T={trials})" if trials != r["trials"] else ""),
+                     Job("", make_config(base_cfg, trials, r["depth"], n, r["batch"]), t)))
+    for depth in sizes["depths"]:
+        rows.append(("depth", f"L={depth} (n={s['width']})",
+                     Job("", make_config(base_cfg, s["trials"], depth, s["width"], s["batch"]), t)))
+    for batch in sizes["batches"]:
+        rows.append(("batch", f"B={batch} (n={s['width']})",
+                     Job("", make_config(base_cfg, s["trials"], s["depth"], s["width"], batch), t)))
+    for threads in sorted({1, t}):
+        rows.append(("threads", f"{threads} thread{'s' if threads > 1 else ''}",
+                     Job("", make_config(base_cfg, **r), threads)))
+    for mode in ("trials", "samples"):
+        rows.append(("parallel", f"--parallel {mode}", Job("", make_config(base_cfg, **r), t, mode)))
+    rows.append(("precision", "float64", Job("", make_config(base_cfg, **r, precision="float64"), t)))
+    rows.append(("weight gradients", "weight gradients on",
+                 Job("", make_config(base_cfg, **r, weight_gradients=True), t)))
+    return rows
+
+
+def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=None):
+    """Times every row; `known` maps a job key to runs already made in this invocation (the
+    reference table's), which are reused rather than repeated."""
+    rows = scaling_jobs(args, base_cfg, sizes)
+    unique = {}
+    for _, _, job in rows:
+        unique.setdefault(job.key, job)
+    jobs = list(unique.values())
+    rows = [(group, label, unique[job.key]) for group, label, job in rows]
+    for i, job in enumerate(jobs):
+        job.prepare(workdir, 100 + i, args.selfnorm)
+    with_torch = args.torch_scaling and torch_version and not args.no_torch
+    known = known or {}
+    runs = {job.key: list(known.get(job.key, [])) for job in jobs}
+    torch_runs = {job.key: [] for job in jobs}
+    best = TorchVariant("torch best")
+    for rep in range(args.repeat):
+        for i, job in enumerate(jobs):
+            msg = f"  [scaling {i + 1}/{len(jobs)}] run {rep + 1}/{args.repeat}:"
+            if job.key not in known:
+                r = checked(run_child(job.selfnorm_cmd(args.selfnorm, workdir / "scaling.h5")),
+                            f"selfnorm run ({describe_shape(job)}, {job.threads} threads, --parallel {job.parallel})")
+                runs[job.key].append(r)
+                msg += f" {r['wall_s']:.2f} s"
+            if with_torch and job.parallel == "auto":
+                out = workdir / "scaling_torch.json"
+                tr = checked(run_child(best.cmd(job, out)), f"torch_reference.py ({describe_shape(job)})")
+                tr["compute_s"] = json.loads(out.read_text())["compute_s"]
+                torch_runs[job.key].append(tr)
+                msg += f" torch {tr['wall_s']:.2f} s"
+            if msg.endswith(":"):
+                continue
+            print(msg, file=sys.stderr, flush=True)
+    figures = {job.key: summarise(runs[job.key], job.gflop, peaks[job.precision]) for job in jobs}
+    torch_figures = {job.key: summarise(torch_runs[job.key], job.gflop, peaks[job.precision])
+                     for job in jobs if torch_runs[job.key]}
+
+    def unit_cost(job):
+        t, l, n, b = job.shape
+        return figures[job.key]["median_s"] / (t * l * b * n * n)
+
+    ref_cost = unit_cost(rows[0][2])
+    header = ["group", "case", "T", "L", "n", "B", "threads", "parallel", "precision", "GFLOP", "median s",
+              "min-max s", "CPU s", "GFLOP/s", "of peak", "time/(T L B n^2) vs reference", "other load"]
+    if torch_figures:
+        header += ["torch s", "torch / selfnorm"]
+    table = []
+    out_rows = []
+    for group, label, job in rows:
+        f = figures[job.key]
+        t, l, n, b = job.shape
+        cells = [group, label, t, l, n, b, job.threads, job.parallel, job.precision, fmt_gflop(job.gflop),
+                 f"{f['median_s']:.2f}", f"{f['min_s']:.2f}-{f['max_s']:.2f}",
+                 f"{f['cpu_s']:.2f}", fmt_gflop(f['gflops']), f"{100 * f['peak_fraction']:.0f}%",
+                 f"{unit_cost(job) / ref_cost:.2f}", fmt_background(f)]
+        tf = torch_figures.get(job.key)
+        if torch_figures:
+            cells += ["", ""] if tf is None else [f"{tf['median_s']:.2f}", f"{tf['median_s'] / f['median_s']:.2f}"]
+        table.append(cells)
+        out_rows.append({"group": group, "case": label, "trials": t, "depth": l, "width": n, "batch": b,
+                         "threads": job.threads, "parallel": job.parallel, "precision": job.precision,
+                         "weight_gradients": job.weight_gradients, "gflop": job.gflop, **f,
+                         "unit_cost_vs_reference": unit_cost(job) / ref_cost,
+                         "torch": tf})
+    print(f"How selfnorm's cost grows ({len(jobs)} distinct jobs: a job in several groups ran once, and the "
+          "reference row's runs are the reference table's)")
+    print(fmt_table(header, table, align=["<", "<"] + [">"] * (len(header) - 2)))
+    print("(GFLOP counts weight gradients' L extra GEMMs; 'time/(T L B n^2)' uses the median and is 1.00 where "
+          "the cost is proportional to T L B n^2; 'CPU s': median user + system time, all threads, which "
+          "load from other processes disturbs less than wall time; 'other load' as above)")
+    print()
+    return out_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics: selfnorm against PyTorch
+
+
+def compare_statistics(h5_path, torch_json, label, trials):
+    """z-scores of the difference, per statistic, over all layers; prints the last layer's values."""
+    try:
+        import h5py
+    except ImportError:
+        print(f"statistics check skipped: h5py is not importable under {sys.executable}")
+        return None
+    t = json.loads(Path(torch_json).read_text())["statistics"]
+    result = {}
+    rows = []
+    with h5py.File(h5_path, "r") as f:
+        for stat in CHECK_STATS:
+            if stat not in f or stat not in t:
+                continue
+            a, sa = f[stat][0, :], f[stat + "_sem"][0, :]
+            b, sb = t[stat]["mean"], t[stat]["sem"]
+            zs = []
+            for x, sx, y, sy in zip(a, sa, b, sb):
+                se = math.hypot(sx, sy)
+                zs.append((x - y) / se if se > 0 else (0.0 if x == y else math.inf))
+            zmax = max(abs(z) for z in zs)
+            L = len(zs)
+            # A relative difference only means something for a value clearly away from zero.
+            rel = abs(a[-1] - b[-1]) / abs(a[-1]) if abs(a[-1]) > 3 * sa[-1] else math.nan
+            result[stat] = {"max_abs_z": zmax, "last_selfnorm": float(a[-1]), "last_selfnorm_sem": float(sa[-1]),
+                            "last_torch": b[-1], "last_torch_sem": sb[-1], "last_z": zs[-1]}
+            rows.append([stat, f"{a[-1]:.6g} +- {sa[-1]:.2g}", f"{b[-1]:.6g} +- {sb[-1]:.2g}",
+                         "-" if math.isnan(rel) else f"{rel:.2%}",
+                         f"{zs[-1]:+.2f}", f"{zmax:.2f}"])
+    print(f"Statistics, selfnorm vs PyTorch: {label}; layer {L} shown, z = difference / combined standard error")
+    print(fmt_table(["statistic", "selfnorm", "torch", "rel. diff", "z (last layer)", f"max |z| (layers 1-{L})"],
+                    rows))
+    worst = max(v["max_abs_z"] for v in result.values())
+    # Different random streams: agreement is statistical. With ~9 statistics x L layers, |z| up to
+    # about 4 happens by chance; far beyond it means the two compute different things. Standard
+    # errors estimated from a handful of trials are themselves too noisy for a verdict.
+    if trials >= 8:
+        verdict = "agree" if worst < 5 else "DISAGREE"
+        print(f"  largest |z| over every statistic and layer: {worst:.2f} -> {verdict} (|z| < 5 expected)")
+    else:
+        verdict = "no verdict"
+        print(f"  largest |z| over every statistic and layer: {worst:.2f}; no verdict: standard errors from "
+              f"{trials} trials are too uncertain (8 or more needed)")
+    print()
+    result["_verdict"] = verdict
+    return result
+
+
+def check_mode(args, base_cfg, torch_version, workdir):
+    """selu and relu at a small size through both programs; relu's second moment should halve.
+    The smoke run checks relu only: its reference job has already compared selu."""
+    if not torch_version:
+        print(f"--check needs PyTorch: `import torch` fails under {sys.executable}")
+        return {}
+    size = {"trials": 8, "depth": 8, "width": 64, "batch": 128} if args.smoke else \
+        {"trials": 32, "depth": 16, "width": 256, "batch": 256}
+    results = {}
+    for act in ("relu",) if args.smoke else ("selu", "relu"):
+        cfg = make_config(base_cfg, **size)
+        cfg["activation"] = act
+        job = Job(act, cfg, args.threads)
+        job.prepare(workdir, 200 + len(results), args.selfnorm)
+        out = workdir / f"check_{act}.h5"
+        checked(run_child(job.selfnorm_cmd(args.selfnorm, out)), f"selfnorm run (check {act})")
+        tj = workdir / f"check_{act}.json"
+        checked(run_child(TorchVariant("check").cmd(job, tj)), f"torch_reference.py (check {act})")
+        results[act] = compare_statistics(out, tj, f"{act}, {describe_shape(job)}", size["trials"])
+        if act == "relu":
+            import h5py
+            with h5py.File(out, "r") as f:
+                q = f["activation_msq"][0, :]
+            t = json.loads(tj.read_text())["statistics"]["activation_msq"]["mean"]
+            ratios_s = [q[i + 1] / q[i] for i in range(len(q) - 1)]
+            ratios_t = [t[i + 1] / t[i] for i in range(len(t) - 1)]
+            print(f"relu activation_msq(l+1)/activation_msq(l), layers 1..{len(q)}: selfnorm "
+                  f"{min(ratios_s):.4f}-{max(ratios_s):.4f}, torch {min(ratios_t):.4f}-{max(ratios_t):.4f} "
+                  "(mean-field: exactly 1/2)")
+            print()
+            results[act]["_msq_ratio"] = {"selfnorm": [min(ratios_s), max(ratios_s)],
+                                          "torch": [min(ratios_t), max(ratios_t)]}
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch's configurations
+
+
+def torch_configs_mode(args, ref, peaks, workdir, variants=None):
+    """Times torch_reference.py in each configuration (mode, threads, wait policy, core type),
+    interleaved, on the reference job; by default every combination."""
+    if variants is None:
+        variants = []
+        for coretype in ("unset", "keep"):
+            if coretype == "keep" and not os.environ.get("OPENBLAS_CORETYPE"):
+                continue
+            for wait in ("PASSIVE", "keep"):
+                for mode in ("explicit", "autograd"):
+                    for threads in sorted({1, args.threads}):
+                        variants.append((mode, threads, wait, coretype))
+    runs = {v: [] for v in variants}
+    for rep in range(args.repeat):
+        for v in variants:
+            mode, threads, wait, coretype = v
+            job = Job("", ref.cfg, threads)
+            job.path, job.gflop = ref.path, ref.gflop
+            out = workdir / "torch_config.json"
+            r = checked(run_child(TorchVariant("", mode, coretype, wait).cmd(job, out)), f"torch_reference.py {v}")
+            r["compute_s"] = json.loads(out.read_text())["compute_s"]
+            runs[v].append(r)
+            print(f"  [{mode}, {threads} threads, wait {wait}, coretype {coretype}] run {rep + 1}/{args.repeat}: "
+                  f"{r['wall_s']:.2f} s", file=sys.stderr, flush=True)
+    figures = {v: summarise(runs[v], ref.gflop, peaks[ref.precision]) for v in variants}
+    best = min(figures.values(), key=lambda f: f["median_s"])["median_s"]
+    rows = []
+    env_wait = os.environ.get("OMP_WAIT_POLICY", "(unset)")
+    env_core = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
+    for v in variants:
+        mode, threads, wait, coretype = v
+        f = figures[v]
+        rows.append([mode, threads, "PASSIVE" if wait == "PASSIVE" else f"{env_wait} (environment)",
+                     "unset" if coretype == "unset" else f"{env_core} (environment)", f"{f['median_s']:.2f}",
+                     f"{f['compute_s']:.2f}", f"{f['cpu_s']:.2f}", fmt_gflop(f['gflops']), f"{f['maxrss_mib']:.0f}",
+                     f"{f['median_s'] / best:.2f}", fmt_background(f)])
+    print(f"PyTorch configurations on the reference job ({describe_shape(ref)}, {fmt_gflop(ref.gflop)} GFLOP)")
+    print(fmt_table(["mode", "threads", "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE", "median s", "compute s", "CPU s",
+                     "GFLOP/s", "peak RSS MiB", "time / best", "other load"], rows))
+    print()
+    return [{"mode": v[0], "threads": v[1], "wait_policy": v[2], "coretype": v[3], **figures[v]} for v in variants]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv):
+    args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # keep the tables in order with the progress on stderr
+    if not args.selfnorm.exists():
+        print(f"bench.py: error: selfnorm binary not found at {args.selfnorm} (build it: cmake -S . -B build -G Ninja "
+              "&& ninja -C build; or pass --selfnorm)", file=sys.stderr)
+        return 2
+    try:
+        base_cfg = json.loads(args.config.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"bench.py: error: cannot read {args.config} ({e})", file=sys.stderr)
+        return 2
+    peaks = dict(PEAK_GFLOPS)
+    if args.peak_gflops:
+        peaks = {"float32": args.peak_gflops, "float64": args.peak_gflops / 2}
+    info = machine_info(args)
+    torch_version = None if args.no_torch else torch_available()
+    info["torch"] = torch_version
+    print_header(info, args, peaks)
+    if torch_version:
+        print(f"PyTorch {torch_version} under {sys.executable}, script {display_path(TORCH_SCRIPT)}\n")
+
+    sizes = SIZES[args.mode]
+    if args.mode == "full":
+        mc, net = base_cfg.get("monte_carlo", {}), base_cfg.get("network", {})
+        sizes = dict(sizes, reference={"trials": mc.get("trials", 8), "depth": net.get("depth", 64),
+                                       "width": net.get("width", 512), "batch": mc.get("batch", 256)})
+    report = {"machine": info, "peak_gflops": peaks, "repeat": args.repeat, "mode": args.mode}
+    tmp = None
+    if args.workdir:
+        workdir = args.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="selfnorm-bench-")
+        workdir = Path(tmp.name)
+    try:
+        ref = Job("reference", make_config(base_cfg, **sizes["reference"]), args.threads)
+        ref.prepare(workdir, 0, args.selfnorm)
+        if args.check:
+            report["check"] = check_mode(args, base_cfg, torch_version, workdir)
+        elif args.torch_configs:
+            if not torch_version:
+                print(f"--torch-configs needs PyTorch: `import torch` fails under {sys.executable}")
+                return 1
+            report["torch_configs"] = torch_configs_mode(args, ref, peaks, workdir)
+        else:
+            figures, outputs, ref_runs = reference_table(args, ref, peaks, torch_version, workdir)
+            report["reference"] = {"config": ref.cfg, "gflop": ref.gflop, "figures": figures}
+            if "torch best" in outputs:
+                report["reference"]["statistics"] = compare_statistics(
+                    outputs["selfnorm"], outputs["torch best"], f"the reference job, {describe_shape(ref)}",
+                    ref.shape[0])
+            if not args.no_scaling:
+                report["scaling"] = scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir,
+                                                  known={ref.key: ref_runs})
+            if args.smoke and torch_version:
+                # The smoke run also goes through --check's and --torch-configs' code at a tiny
+                # size, the latter with autograd and the environment's OPENBLAS_CORETYPE.
+                report["check"] = check_mode(args, base_cfg, torch_version, workdir)
+                report["torch_configs"] = torch_configs_mode(args, ref, peaks, workdir,
+                                                             [("autograd", args.threads, "PASSIVE", "keep")])
+    except Failure as e:
+        print(f"bench.py: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

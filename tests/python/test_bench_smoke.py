@@ -1,0 +1,53 @@
+"""The benchmark script's smoke mode: every table at a tiny size, PyTorch included when importable.
+
+It checks that the script runs and prints what it promises, not how fast anything is."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+from conftest import BIN, ROOT
+
+BENCH = ROOT / "scripts" / "bench" / "bench.py"
+
+
+def test_smoke_prints_every_table_and_writes_json(selfnorm_bin, tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--selfnorm", str(BIN), "--json", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = r.stdout
+    # The header lets a reader reproduce the table.
+    for field in ("command", "machine", "OPENBLAS_CORETYPE=", "OMP_NUM_THREADS=", "peak"):
+        assert field in text
+    assert "Reference job" in text and "selfnorm, " in text
+    assert "How selfnorm's cost grows" in text
+    for case in ("n=32", "L=4", "B=64", "1 thread", "--parallel trials", "--parallel samples", "float64",
+                 "weight gradients on"):
+        assert case in text, case
+
+    report = json.loads(out.read_text())
+    ref = report["reference"]
+    assert ref["gflop"] > 0
+    assert ref["figures"]["selfnorm"]["median_s"] > 0
+    assert ref["figures"]["selfnorm"]["maxrss_mib"] > 0
+    assert ref["figures"]["selfnorm"]["background_cpus"] >= 0
+    rows = report["scaling"]
+    assert rows[0]["case"] == "reference" and abs(rows[0]["unit_cost_vs_reference"] - 1) < 1e-12
+    assert all(row["median_s"] > 0 and row["gflops"] > 0 for row in rows)
+
+    if importlib.util.find_spec("torch") is None:
+        assert "PyTorch skipped" in text
+    else:
+        assert "torch best" in ref["figures"]
+        assert ref["statistics"]["_verdict"] == "agree", text
+        assert report["check"]["relu"]["_verdict"] == "agree", text
+        assert "PyTorch configurations" in text
+        assert report["torch_configs"][0]["mode"] == "autograd" and report["torch_configs"][0]["median_s"] > 0
+
+
+def test_bad_binary_is_reported(tmp_path):
+    r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--selfnorm", str(tmp_path / "missing")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "selfnorm binary not found" in r.stderr
