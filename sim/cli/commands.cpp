@@ -10,6 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
+#include <new>
+#include <stdexcept>
 
 #include "cli/display.hpp"
 #include "cli/environment.hpp"
@@ -133,6 +136,59 @@ bool already_complete(const fs::path& path, const io::Experiment& ex, const std:
   return h.config_hash == ex.hash && same_shard;
 }
 
+// What a run of `points` holds in memory at its peak: the largest point's engine buffers and
+// result, plus the records kept for the result file (twice: kept, then laid out for writing).
+struct MemoryNeed {
+  double bytes = 0.0;
+  std::int64_t largest_point = 0;
+  bool beyond_address_space = false;  // an estimate saturated at SIZE_MAX: the true need is larger
+  std::string text() const { return (beyond_address_space ? "more than " : "about ") + format_bytes(bytes); }
+};
+
+MemoryNeed memory_need(const io::Experiment& ex, const std::vector<std::int64_t>& points, const RunOptions& options) {
+  MemoryNeed need;
+  double largest = -1.0;
+  double records = 0.0;
+  for (std::int64_t p : points) {
+    const PointSpec& spec = ex.points[static_cast<std::size_t>(p)].spec;
+    const std::size_t total = estimate_work(spec, options).total_bytes();
+    need.beyond_address_space = need.beyond_address_space || total == std::numeric_limits<std::size_t>::max();
+    const double point = static_cast<double>(total);
+    if (point > largest) {
+      largest = point;
+      need.largest_point = p;
+    }
+    const double layers = static_cast<double>(spec.network.depth());
+    records += layers * kStatCount * 2 * sizeof(double);
+    if (ex.output.per_trial) records += static_cast<double>(spec.monte_carlo.trials) * layers * kStatCount * sizeof(double);
+  }
+  need.bytes = std::max(largest, 0.0) + 2.0 * records;
+  return need;
+}
+
+// Why `points` will not fit in this machine's memory, or "" if they do (or it cannot be told).
+std::string memory_problem(const std::string& config, const io::Experiment& ex, const std::vector<std::int64_t>& points,
+                           const RunOptions& options) {
+  const std::optional<MachineMemory> machine = machine_memory();
+  if (!machine) return {};
+  const MemoryNeed need = memory_need(ex, points, options);
+  if (need.bytes <= static_cast<double>(machine->available)) return {};
+  std::string msg = config + ": the run needs " + need.text() + " of memory (engine buffers and statistics of its "
+                    "largest point";
+  if (ex.points.size() > 1) msg += ", point " + std::to_string(need.largest_point);
+  msg += ", with " + plural(options.threads, "thread") + "), but this machine has " +
+         format_bytes(static_cast<double>(machine->available)) + " available of " +
+         format_bytes(static_cast<double>(machine->total)) + " (MemAvailable and MemTotal in /proc/meminfo); ";
+  RunOptions one = options;
+  one.threads = 1;
+  const MemoryNeed single = memory_need(ex, points, one);
+  if (options.threads > 1 && single.bytes <= static_cast<double>(machine->available)) {
+    msg += "--threads 1 needs only " + format_bytes(single.bytes) + "; ";
+  }
+  return msg + "reduce monte_carlo.batch, monte_carlo.trials or the widths, or pass --allow-large-memory to run "
+               "anyway";
+}
+
 }  // namespace
 
 int run_command(const RunArgs& args) {
@@ -143,6 +199,13 @@ int run_command(const RunArgs& args) {
   options.threads = threads.threads;
   options.parallel = parse_parallel(args.parallel);
   const std::optional<io::ShardInfo> shard = parse_shard(args.shard);
+  const auto mine = io::shard_points(static_cast<std::int64_t>(ex.points.size()), shard);
+
+  // Refused before anything is allocated or written.
+  if (!args.allow_large_memory) {
+    const std::string problem = memory_problem(args.config, ex, mine, options);
+    if (!problem.empty()) throw UsageError(problem);
+  }
 
   fs::path out = args.output;
   if (out.empty()) {
@@ -168,7 +231,6 @@ int run_command(const RunArgs& args) {
   // Points of this shard; those finished by an earlier, interrupted run are read back.
   const io::Checkpoint checkpoint(out);
   std::vector<io::PointRecord> records = checkpoint.load(ex, shard);
-  const auto mine = io::shard_points(static_cast<std::int64_t>(ex.points.size()), shard);
   std::vector<std::int64_t> todo;
   for (std::int64_t p : mine) {
     const bool done = std::any_of(records.begin(), records.end(), [&](const io::PointRecord& r) { return r.index == p; });
@@ -201,9 +263,20 @@ int run_command(const RunArgs& args) {
     const auto& point = ex.points[static_cast<std::size_t>(p)];
     const double flop = estimate_work(point.spec, options).gemm_flop;
     progress.start_point(ordinal++, point_label(ex, p), point.spec.monte_carlo.trials, flop);
-    const PointResult result =
-        simulate_point(point.spec, StreamSeed{ex.seed, static_cast<std::uint64_t>(p)}, options,
-                       [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
+    PointResult result;
+    try {
+      result = simulate_point(point.spec, StreamSeed{ex.seed, static_cast<std::uint64_t>(p)}, options,
+                              [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
+    } catch (const std::bad_alloc&) {
+      progress.finish();
+      throw std::runtime_error(args.config + ": point " + std::to_string(p) + ": out of memory (the operating system "
+                               "refused the engine's buffers, about " + format_bytes(static_cast<double>(
+                               estimate_work(point.spec, options).total_bytes())) + "); reduce monte_carlo.batch, "
+                               "monte_carlo.trials, the widths or --threads");
+    } catch (const std::length_error& e) {
+      progress.finish();
+      throw std::runtime_error(args.config + ": point " + std::to_string(p) + ": " + e.what());
+    }
     progress.finish_point();
     records.push_back(io::make_record(p, result, ex.output.per_trial));
     checkpoint.save(ex, records.back(), provenance, shard);
@@ -328,6 +401,14 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
     max_point_flop = std::max(max_point_flop, e.gemm_flop);
     peak_bytes = std::max(peak_bytes, e.buffer_bytes);
   }
+  std::vector<std::int64_t> all(ex.points.size());
+  for (std::size_t p = 0; p < all.size(); ++p) all[p] = static_cast<std::int64_t>(p);
+  const MemoryNeed need = memory_need(ex, all, options);
+  const double memory_bytes = need.bytes;
+  const std::optional<MachineMemory> machine = machine_memory();
+  // Validation warns only: the config may be meant for a bigger machine (a Slurm node).
+  const std::string memory_warning = memory_problem(config, ex, all, options);
+  if (!memory_warning.empty()) std::cerr << "warning: " << memory_warning << std::endl;
   if (as_json) {
     json varied = json::array();
     for (const auto& v : ex.varied) varied.push_back(v.key);
@@ -340,6 +421,9 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
                       {"gemm_gflop", total_flop * 1e-9},
                       {"max_point_gflop", max_point_flop * 1e-9},
                       {"buffer_bytes", peak_bytes},
+                      {"memory_bytes", memory_bytes},
+                      {"memory_available_bytes", machine ? json(machine->available) : json(nullptr)},
+                      {"fits_in_memory", memory_warning.empty()},
                       {"threads", threads.threads}}
                      .dump(2)
               << std::endl;
@@ -360,8 +444,11 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
     std::cout << "\n";
   }
   std::cout << "  work         " << total_flop * 1e-9 << " GFLOP of matrix products\n";
-  std::cout << "  memory       " << format_bytes(static_cast<double>(peak_bytes)) << " of engine buffers at the "
-            << "largest point with " << plural(threads.threads, "thread") << "\n";
+  std::cout << "  memory       " << (need.beyond_address_space ? "more than " : "")
+            << format_bytes(static_cast<double>(peak_bytes)) << " of engine buffers at the "
+            << "largest point with " << plural(threads.threads, "thread") << ", " << need.text() << " in all";
+  if (machine) std::cout << " (" << format_bytes(static_cast<double>(machine->available)) << " available here)";
+  std::cout << "\n";
   return 0;
 }
 

@@ -17,6 +17,7 @@ struct RunArgs {
   std::string shard;                  // "K/N", "slurm/N" or empty
   bool quiet = false;
   bool overwrite = false;
+  bool allow_large_memory = false;    // run even if the memory estimate exceeds MemAvailable
   std::string command_line;
 };
 

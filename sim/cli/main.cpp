@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 
 #include <iostream>
+#include <new>
 
 #include "cli/commands.hpp"
 #include "cli/environment.hpp"
@@ -30,6 +31,8 @@ int main(int argc, char** argv) {
                       "run shard K of N only (K/N, 0-based), or slurm/N to take K from SLURM_ARRAY_TASK_ID");
   run_cmd->add_flag("--quiet", run.quiet, "no progress and no summary");
   run_cmd->add_flag("--overwrite", run.overwrite, "replace an existing result file");
+  run_cmd->add_flag("--allow-large-memory", run.allow_large_memory,
+                    "run even if the memory estimate exceeds the memory available (MemAvailable)");
 
   std::string config;
   std::optional<int> threads;
@@ -85,6 +88,11 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "error: out of memory (the operating system refused an allocation); `selfnorm validate CONFIG` "
+                 "estimates what a run needs"
+              << std::endl;
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 1;

@@ -275,4 +275,21 @@ TEST_CASE("the work estimate counts GEMM FLOPs", "[engine]") {
   spec.monte_carlo.weight_gradients = true;
   CHECK(estimate_work(spec, {1}).gemm_flop == Approx(3.0 * 11 * 2 * 50 * 100 * 100));
   CHECK(e.buffer_bytes > 4u * 100 * 100 * sizeof(double));
+  // The result holds every statistic and both non-finite counts of every trial and layer.
+  CHECK(e.result_bytes == 3u * 4 * (kStatCount * sizeof(double) + 2 * sizeof(std::int64_t)));
+  CHECK(e.total_bytes() == e.buffer_bytes + e.result_bytes);
+}
+
+TEST_CASE("the memory estimate saturates instead of wrapping, and such a point is refused unallocated", "[engine]") {
+  // A batch of 2^40 at width 2^24: 2^66 bytes of activations, beyond any size_t.
+  PointSpec spec = make_spec(Relu{}, 3, std::int64_t(1) << 24, 1, std::int64_t(1) << 40, Precision::float32);
+  const WorkEstimate e = estimate_work(spec, {2});
+  CHECK(e.buffer_bytes == SIZE_MAX);
+  CHECK(e.total_bytes() == SIZE_MAX);
+  CHECK_THROWS_AS(simulate_point(spec, {1, 0}, {1}), std::length_error);
+  // Large but representable: counted exactly, far above any machine.
+  spec = make_spec(Relu{}, 2, 1000000, 1, 16, Precision::float32);
+  const WorkEstimate big = estimate_work(spec, {1});
+  CHECK(big.buffer_bytes > (std::size_t(1) << 42));  // two 10^6 x 10^6 weight matrices: 8 TB
+  CHECK(big.buffer_bytes < SIZE_MAX);
 }
