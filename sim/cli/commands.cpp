@@ -4,13 +4,16 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <limits>
+#include <memory>
 #include <new>
 #include <stdexcept>
 
@@ -19,6 +22,7 @@
 #include "cli/errors.hpp"
 #include "core/engine.hpp"
 #include "io/config.hpp"
+#include "io/lock.hpp"
 #include "io/results.hpp"
 #include "io/shards.hpp"
 
@@ -106,16 +110,41 @@ std::optional<io::ShardInfo> parse_shard(const std::string& spec) {
   return io::ShardInfo{k, n};
 }
 
-// Checks before any work that results can be written into `path`'s folder.
+// Checks before any work that results can be written into `path`'s folder. (Root passes every
+// permission check, so the lock file that is created next is the real test of a folder.)
 void check_output_folder(const fs::path& path) {
   const fs::path folder = path.parent_path().empty() ? fs::path(".") : path.parent_path();
   std::error_code ec;
-  if (!fs::is_directory(folder, ec)) {
+  if (!fs::exists(folder, ec)) {
     throw UsageError("output folder " + folder.string() + " does not exist; create it or choose another path with -o");
+  }
+  if (!fs::is_directory(folder, ec)) {
+    throw UsageError("output folder " + folder.string() + " is a file, not a folder; choose another path with -o");
   }
   if (fs::is_directory(path, ec)) throw UsageError(path.string() + " is a folder; -o needs a file name ending in .h5");
   if (::access(folder.c_str(), W_OK) != 0) {
-    throw UsageError("output folder " + folder.string() + " is not writable; choose another path with -o");
+    throw UsageError("output folder " + folder.string() + " is not writable (" + std::strerror(errno) +
+                     "); choose another path with -o");
+  }
+}
+
+// Takes the lock on `out` for this process. A folder where the lock file cannot be created is a
+// bad output path (exit status 2, nothing written); a lock held by another run is LockedError.
+std::unique_ptr<io::OutputLock> lock_output(const fs::path& out, const std::string& command_line) {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  const std::string holder = "pid: " + std::to_string(::getpid()) + "\nhost: " + host + "\nstarted: " + utc_now() +
+                             "\ncommand: " + command_line + "\n";
+  try {
+    return std::make_unique<io::OutputLock>(out, holder);
+  } catch (const io::WriteError& e) {
+    const fs::path folder = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+    std::string why = std::strerror(e.error_code());
+    // Virtual file systems refuse new files as if the folder did not exist.
+    if (e.error_code() == ENOENT) why += ", although the folder exists: it does not hold ordinary files, as /proc does";
+    throw UsageError("cannot create files in the output folder " + folder.string() + " (" + why + "; selfnorm "
+                     "creates its lock file " + io::lock_path(out).string() + " before any work); choose another "
+                     "path with -o");
   }
 }
 
@@ -193,7 +222,13 @@ std::string memory_problem(const std::string& config, const io::Experiment& ex, 
 
 int run_command(const RunArgs& args) {
   io::Experiment ex = io::load_experiment(args.config);
-  if (args.seed) ex = io::with_seed(ex, *args.seed);
+  if (args.seed) {
+    if (*args.seed < 0) {
+      throw UsageError("--seed " + std::to_string(*args.seed) + " is not valid; give an integer from 0 to " +
+                       std::to_string(std::numeric_limits<std::int64_t>::max()));
+    }
+    ex = io::with_seed(ex, static_cast<std::uint64_t>(*args.seed));
+  }
   const ThreadChoice threads = choose_threads(args.threads);
   RunOptions options;
   options.threads = threads.threads;
@@ -218,6 +253,14 @@ int run_command(const RunArgs& args) {
     }
   }
   check_output_folder(out);
+  // From here on this process is the only writer of `out`, its temporary files and checkpoints.
+  const std::unique_ptr<io::OutputLock> lock = lock_output(out, args.command_line);
+  const io::Checkpoint checkpoint(out);
+  const int stale = io::remove_stale_temporaries(out) + checkpoint.remove_stale_temporaries();
+  if (stale > 0 && !args.quiet) {
+    std::cerr << "removed " << plural(stale, "temporary file") << " of an interrupted write of " << out.string()
+              << std::endl;
+  }
   std::error_code ec;
   if (fs::exists(out, ec) && !args.overwrite) {
     if (already_complete(out, ex, shard)) {
@@ -229,7 +272,6 @@ int run_command(const RunArgs& args) {
   }
 
   // Points of this shard; those finished by an earlier, interrupted run are read back.
-  const io::Checkpoint checkpoint(out);
   std::vector<io::PointRecord> records = checkpoint.load(ex, shard);
   std::vector<std::int64_t> todo;
   for (std::int64_t p : mine) {
@@ -279,7 +321,17 @@ int run_command(const RunArgs& args) {
     }
     progress.finish_point();
     records.push_back(io::make_record(p, result, ex.output.per_trial));
-    checkpoint.save(ex, records.back(), provenance, shard);
+    try {
+      checkpoint.save(ex, records.back(), provenance, shard);
+    } catch (const io::WriteError& e) {
+      progress.finish();
+      std::error_code ignored;
+      fs::remove(checkpoint.folder(), ignored);  // only if empty: a failed first checkpoint
+      throw std::runtime_error(std::string(e.what()) + ". The run stopped: " +
+                               std::to_string(records.size() - 1) + " of " + std::to_string(mine.size()) +
+                               " points are saved in " + checkpoint.folder().string() +
+                               ", and the same command resumes from them");
+    }
     if (signals.received() && ordinal < static_cast<std::int64_t>(todo.size())) {
       progress.finish();
       const int sig = signals.received();
@@ -293,7 +345,12 @@ int run_command(const RunArgs& args) {
   const double seconds = progress.elapsed_seconds();
   std::sort(records.begin(), records.end(),
             [](const io::PointRecord& a, const io::PointRecord& b) { return a.index < b.index; });
-  io::write_results(out, ex, records, provenance, shard);
+  try {
+    io::write_results(out, ex, records, provenance, shard);
+  } catch (const io::WriteError& e) {
+    throw std::runtime_error(std::string(e.what()) + ". Every point is saved in " + checkpoint.folder().string() +
+                             ", and the same command writes the result from them without computing again");
+  }
   checkpoint.remove();
   if (!args.quiet) {
     print_summary(std::cout, ex, records);
@@ -309,6 +366,8 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
                   const std::string& command_line) {
   const fs::path out(output);
   check_output_folder(out);
+  const std::unique_ptr<io::OutputLock> lock = lock_output(out, command_line);
+  io::remove_stale_temporaries(out);
   std::error_code ec;
   if (fs::exists(out, ec) && !overwrite) {
     throw UsageError(out.string() + " already exists; pass --overwrite to replace it or choose another path with -o");
@@ -321,6 +380,8 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
     io::merge_shards(paths, out, current_provenance(1, command_line));
   } catch (const io::ConfigError&) {
     throw;
+  } catch (const io::WriteError&) {
+    throw;  // the output's problem, not the shards': exit status 1
   } catch (const std::runtime_error& e) {
     throw UsageError(e.what());  // a problem with the files given: the user's to fix
   }
@@ -357,7 +418,10 @@ int status_command(const std::string& config, std::int64_t shards, const std::st
           done = -1;
         }
       }
-      if (fs::exists(path, ec)) {
+      if (const auto holder = io::lock_holder(path)) {
+        state = "running (" + (holder->empty() ? std::string("lock held") : *holder) + ")";
+        if (done > 0) state += ", " + std::to_string(done) + " of " + std::to_string(points) + " points done";
+      } else if (fs::exists(path, ec)) {
         state = "foreign file (another config); rerun with --overwrite";
       } else if (done < 0) {
         state = "checkpoint of another config";

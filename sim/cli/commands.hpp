@@ -12,7 +12,7 @@ struct RunArgs {
   std::string config;
   std::string output;                 // empty: results/<name>.h5
   std::optional<int> threads;
-  std::optional<std::uint64_t> seed;
+  std::optional<std::int64_t> seed;  // >= 0
   std::string parallel = "auto";      // auto | trials | samples
   std::string shard;                  // "K/N", "slurm/N" or empty
   bool quiet = false;

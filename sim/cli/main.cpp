@@ -9,6 +9,7 @@
 #include "cli/errors.hpp"
 #include "io/config.hpp"
 #include "io/hdf5.hpp"
+#include "io/lock.hpp"
 
 int main(int argc, char** argv) {
   using namespace selfnorm::cli;
@@ -17,6 +18,9 @@ int main(int argc, char** argv) {
 
   CLI::App app{"selfnorm: Monte Carlo and mean-field signal propagation in deep dense networks"};
   app.require_subcommand(1);
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return "error: " + std::string(e.what()) + "\nRun `selfnorm --help` or `selfnorm COMMAND --help` for the options.\n";
+  });
   app.set_version_flag("--version", version_line());
 
   RunArgs run;
@@ -69,7 +73,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every malformed command line exits 2, like a bad config.
+    return app.exit(e) == 0 ? 0 : 2;
   }
 
   try {
@@ -88,6 +93,9 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 2;
+  } catch (const selfnorm::io::LockedError& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 3;
   } catch (const std::bad_alloc&) {
     std::cerr << "error: out of memory (the operating system refused an allocation); `selfnorm validate CONFIG` "
                  "estimates what a run needs"

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,22 @@ namespace selfnorm::io {
 
 inline constexpr const char* kSchemaName = "selfnorm.results";
 inline constexpr std::int64_t kSchemaVersion = 1;
+
+// A file that could not be written: what() names the path, the operating system's reason and a
+// remedy ("no space left on device ...; free some space ..."). Nothing is left under the final
+// name when a result write fails.
+class WriteError : public std::runtime_error {
+ public:
+  // `action` says what failed ("write", "create the lock file"); `error_code` is the errno, 0 if unknown.
+  WriteError(const std::filesystem::path& path, int error_code, const std::string& action,
+             const std::string& detail = {});
+  int error_code() const { return error_code_; }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  int error_code_ = 0;
+};
 
 // Where and how a result was produced.
 struct Provenance {
@@ -68,6 +85,11 @@ PointRecord make_record(std::int64_t index, const PointResult& result, bool keep
 void write_results(const std::filesystem::path& path, const Experiment& experiment,
                    const std::vector<PointRecord>& records, const Provenance& provenance,
                    const std::optional<ShardInfo>& shard = std::nullopt);
+
+// Removes the temporary files that interrupted writes of `output` left in its folder
+// (".<name>.tmp-*"); returns how many. Call it only while holding the output's lock
+// (io/lock.hpp), which guarantees that no other process is writing them.
+int remove_stale_temporaries(const std::filesystem::path& output);
 
 // What a result file says about itself.
 struct FileHeader {
