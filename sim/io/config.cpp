@@ -50,6 +50,9 @@ std::string show(const json& j) {
   return s;
 }
 
+// "a string \"x\"", "an integer 5", "null": what a value is, for "got ..." in messages.
+std::string got(const json& j) { return j.is_null() ? std::string("null") : describe_type(j) + " " + show(j); }
+
 std::string format_number(double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.17g", v);
@@ -76,6 +79,26 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
   return prev[b.size()];
 }
 
+// "'a'" for the nearest candidate, or "'a' or 'b'" when the word is part of several (init.variance:
+// weight_variance or bias_variance); "" if none is plausibly meant.
+std::string suggest_keys(std::string_view word, const std::vector<std::string>& candidates) {
+  std::vector<std::string> containing;
+  if (word.size() >= 3) {
+    for (const auto& c : candidates) {
+      if (c.find(word) != std::string::npos) containing.push_back(c);
+    }
+  }
+  if (containing.size() >= 2) {
+    std::string out;
+    for (std::size_t i = 0; i < containing.size(); ++i) {
+      out += (i == 0 ? "'" : (i + 1 == containing.size() ? " or '" : ", '")) + containing[i] + "'";
+    }
+    return out;
+  }
+  const std::string near = nearest_key(word, candidates);
+  return near.empty() ? near : "'" + near + "'";
+}
+
 // Collects issues while walking a config; every accessor records a problem and returns a
 // fallback instead of throwing, so one pass finds everything.
 class Checker {
@@ -84,10 +107,16 @@ class Checker {
 
   void fail(const std::string& path, std::string message) { issues.push_back({path, std::move(message)}); }
 
-  // True if j is an object; records an issue otherwise.
-  bool object(const json& j, const std::string& path) {
+  // True if j is an object; records an issue otherwise, naming the section's keys and, for a
+  // scalar given where a section belongs, the section that was probably meant (`key` set to it).
+  bool object(const json& j, const std::string& path, const std::vector<std::string>& keys,
+              const std::string& key_for_scalar = {}) {
     if (j.is_object()) return true;
-    fail(path, "must be an object {...}, got " + describe_type(j) + " " + show(j));
+    std::string msg = "must be an object {...} with keys " + list_names(keys) + ", got " + got(j);
+    if (!key_for_scalar.empty() && (j.is_string() || j.is_number())) {
+      msg += "; write {\"" + key_for_scalar + "\": " + show(j) + "}";
+    }
+    fail(path, msg);
     return false;
   }
 
@@ -96,8 +125,8 @@ class Checker {
     for (const auto& [key, value] : obj.items()) {
       if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
       std::string msg = "unknown key";
-      const std::string near = nearest_key(key, allowed);
-      if (!near.empty()) msg += "; did you mean '" + near + "'?";
+      const std::string near = suggest_keys(key, allowed);
+      if (!near.empty()) msg += "; did you mean " + near + "?";
       msg += allowed.empty() ? " (this section takes no keys)" : " (valid keys: " + list_names(allowed) + ")";
       fail(join_path(path, key), msg);
     }
@@ -121,7 +150,7 @@ class Checker {
     if (!obj.is_object() || !obj.contains(key)) return fallback;
     const json& v = obj.at(std::string(key));
     if (!v.is_number()) {
-      fail(p, "must be a number" + suffix(requirement) + ", got " + describe_type(v) + " " + show(v) +
+      fail(p, "must be a number" + suffix(requirement) + ", got " + got(v) +
                   quoted_number_hint(v));
       return fallback;
     }
@@ -149,7 +178,7 @@ class Checker {
                              std::int64_t max_value) {
     const std::string range = range_text(min_value, max_value);
     if (!v.is_number()) {
-      fail(p, "must be an integer " + range + ", got " + describe_type(v) + " " + show(v) + quoted_number_hint(v));
+      fail(p, "must be an integer " + range + ", got " + got(v) + quoted_number_hint(v));
       return fallback;
     }
     const double d = v.get<double>();
@@ -177,7 +206,7 @@ class Checker {
     if (!obj.is_object() || !obj.contains(key)) return fallback;
     const json& v = obj.at(std::string(key));
     if (!v.is_boolean()) {
-      fail(p, "must be true or false, got " + describe_type(v) + " " + show(v));
+      fail(p, "must be true or false, got " + got(v));
       return fallback;
     }
     return v.get<bool>();
@@ -188,7 +217,7 @@ class Checker {
     if (!obj.is_object() || !obj.contains(key)) return fallback;
     const json& v = obj.at(std::string(key));
     if (!v.is_string()) {
-      fail(p, "must be a string, got " + describe_type(v) + " " + show(v));
+      fail(p, "must be a string, got " + got(v));
       return fallback;
     }
     return v.get<std::string>();
@@ -203,7 +232,7 @@ class Checker {
     if (!obj.is_object() || !obj.contains(key)) return fallback;
     const json& v = obj.at(std::string(key));
     if (!v.is_string()) {
-      fail(p, "must be one of " + list_names(choices) + ", got " + describe_type(v) + " " + show(v));
+      fail(p, "must be one of " + list_names(choices) + ", got " + got(v));
       return fallback;
     }
     const std::string s = v.get<std::string>();
@@ -249,6 +278,8 @@ const std::vector<std::string> kPrecisions = {"float32", "float64"};
 const std::vector<std::string> kInits = {"lecun_normal", "lecun_uniform",  "he_normal",
                                          "glorot_normal", "orthogonal",    "truncated_normal"};
 const std::vector<std::string> kInputs = {"normal", "uniform"};
+const std::vector<std::pair<std::string, std::string>> kInputSynonyms = {
+    {"gaussian", "normal"}, {"gauss", "normal"}, {"randn", "normal"}, {"rand", "uniform"}};
 // Other libraries' names for our initialisers (PyTorch's kaiming_*/xavier_*, Keras' he_*/glorot_*).
 const std::vector<std::pair<std::string, std::string>> kInitSynonyms = {
     {"kaiming", "he_normal"},         {"kaiming_normal", "he_normal"},  {"kaiming_normal_", "he_normal"},
@@ -276,7 +307,7 @@ NetworkSpec parse_network(const json& root, Checker& c) {
   const std::string path = "network";
   const json empty = json::object();
   const json& j = root.contains(path) ? root.at(path) : empty;
-  if (!c.object(j, path)) return {std::vector<std::int64_t>(65, 512)};
+  if (!c.object(j, path, kNetworkKeys)) return {std::vector<std::int64_t>(65, 512)};
   c.known_keys(j, path, kNetworkKeys);
   const bool has_depth = j.contains("depth");
   const std::int64_t depth = c.integer(j, "depth", path, 64, 1, kMaxDepth);
@@ -288,7 +319,7 @@ NetworkSpec parse_network(const json& root, Checker& c) {
     if (!w.is_array() || w.size() < 2) {
       c.fail(join_path(path, "widths"),
              "must be a list of at least 2 integers [n_0, n_1, ..., n_L] (input width first), got " +
-                 describe_type(w) + " " + show(w));
+                 got(w));
       return {std::vector<std::int64_t>(static_cast<std::size_t>(depth + 1), 512)};
     }
     for (std::size_t i = 0; i < w.size(); ++i) {
@@ -312,7 +343,7 @@ Activation parse_activation(const json& j, const std::string& path, Checker& c) 
   if (j.is_string()) obj = json{{"name", j}};
   if (!obj.is_object()) {
     c.fail(path, "must be an activation name such as \"selu\" or an object {\"name\": \"elu\", \"alpha\": 0.5}, got " +
-                     describe_type(j) + " " + show(j));
+                     got(j));
     return Selu{};
   }
   if (!obj.contains("name")) {
@@ -362,7 +393,7 @@ InitSpec parse_init(const json& root, Checker& c) {
   const std::string path = "init";
   if (!root.contains(path)) return init;
   const json& j = root.at(path);
-  if (!c.object(j, path)) return init;
+  if (!c.object(j, path, kInitKeys, j.is_string() ? "name" : "weight_variance")) return init;
   c.known_keys(j, path, kInitKeys);
   const std::string name = c.choice(j, "name", path, "lecun_normal", kInits, kInitSynonyms);
   init.kind = static_cast<InitKind>(std::find(kInits.begin(), kInits.end(), name) - kInits.begin());
@@ -378,9 +409,9 @@ InputSpec parse_input(const json& root, Checker& c) {
   const std::string path = "input";
   if (!root.contains(path)) return in;
   const json& j = root.at(path);
-  if (!c.object(j, path)) return in;
+  if (!c.object(j, path, kInputKeys, j.is_string() ? "distribution" : "")) return in;
   c.known_keys(j, path, kInputKeys);
-  in.distribution = c.choice(j, "distribution", path, "normal", kInputs) == "uniform" ? InputDistribution::uniform
+  in.distribution = c.choice(j, "distribution", path, "normal", kInputs, kInputSynonyms) == "uniform" ? InputDistribution::uniform
                                                                                        : InputDistribution::normal;
   in.mean = c.number(j, "mean", path, 0.0);
   in.variance = c.number(j, "variance", path, 1.0, [](double v) { return v >= 0; }, ">= 0");
@@ -392,7 +423,7 @@ AlphaDropoutSpec parse_dropout(const json& root, const Activation& act, const st
   const std::string path = "alpha_dropout";
   if (!root.contains(path)) return d;
   const json& j = root.at(path);
-  if (!c.object(j, path)) return d;
+  if (!c.object(j, path, kDropoutKeys, "keep_probability")) return d;
   c.known_keys(j, path, kDropoutKeys);
   d.keep_probability = c.number(j, "keep_probability", path, 1.0, [](double v) { return v > 0 && v <= 1; },
                                 "in (0, 1] (the probability of KEEPING a unit, the paper's q)");
@@ -413,7 +444,7 @@ MonteCarloSpec parse_monte_carlo(const json& root, Checker& c) {
   const std::string path = "monte_carlo";
   if (!root.contains(path)) return mc;
   const json& j = root.at(path);
-  if (!c.object(j, path)) return mc;
+  if (!c.object(j, path, kMonteCarloKeys)) return mc;
   c.known_keys(j, path, kMonteCarloKeys);
   mc.trials = c.integer(j, "trials", path, mc.trials, 1, kMaxCount);
   mc.batch = c.integer(j, "batch", path, mc.batch, 1, kMaxCount);
@@ -426,7 +457,7 @@ OutputSpec parse_output(const json& root, Checker& c) {
   const std::string path = "output";
   if (!root.contains(path)) return out;
   const json& j = root.at(path);
-  if (!c.object(j, path)) return out;
+  if (!c.object(j, path, kOutputKeys)) return out;
   c.known_keys(j, path, kOutputKeys);
   out.per_trial = c.boolean(j, "per_trial", path, false);
   return out;
@@ -651,7 +682,7 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
   const json& root = *parsed;
   if (!root.is_object()) {
     c.fail("", "the config must be a JSON object {...} whose keys are sections such as \"network\" and "
-               "\"activation\", got " + describe_type(root) + " " + show(root) + "; write {} to run every default");
+               "\"activation\", got " + got(root) + "; write {} to run every default");
     throw ConfigError(source, c.issues);
   }
   c.known_keys(root, "", kTopKeys);

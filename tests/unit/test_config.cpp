@@ -133,7 +133,13 @@ TEST_CASE("config errors: malformed JSON, duplicates, types", "[config][errors]"
         std::vector<std::string>{"the config must be a JSON object {...} whose keys are sections such as \"network\" "
                                  "and \"activation\", got a list [1,2]; write {} to run every default"});
   CHECK(problems(R"({"network": 5})") ==
-        std::vector<std::string>{"network: must be an object {...}, got an integer 5"});
+        std::vector<std::string>{"network: must be an object {...} with keys depth, width, widths, got an integer 5"});
+  CHECK(problems(R"({"init": "he_normal", "alpha_dropout": 0.9})") ==
+        std::vector<std::string>{"init: must be an object {...} with keys name, weight_mean, weight_variance, "
+                                 "bias_mean, bias_variance, got a string \"he_normal\"; write {\"name\": \"he_normal\"}",
+                                 "alpha_dropout: must be an object {...} with keys keep_probability, "
+                                 "fixed_point_mean, fixed_point_variance, got a number 0.9; write "
+                                 "{\"keep_probability\": 0.9}"});
   CHECK(problems(R"({"monte_carlo": {"weight_gradients": "yes"}})") ==
         std::vector<std::string>{"monte_carlo.weight_gradients: must be true or false, got a string \"yes\""});
   CHECK(problems(R"({"seed": -1})") == std::vector<std::string>{"seed: must be an integer >= 0, got -1"});
