@@ -70,7 +70,9 @@ ParallelMode parse_parallel(const std::string& s) {
   throw UsageError("--parallel " + s + " is not valid; use auto, trials or samples");
 }
 
-std::int64_t parse_count(const std::string& text, const std::string& what) {
+// A whole decimal number from 0 to `max`; anything else (a sign, a fraction, overflow) is refused.
+std::int64_t parse_count(const std::string& text, const std::string& what,
+                         std::int64_t max = std::numeric_limits<std::int64_t>::max(), std::int64_t min = 0) {
   std::size_t used = 0;
   long long v = -1;
   try {
@@ -78,7 +80,10 @@ std::int64_t parse_count(const std::string& text, const std::string& what) {
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used != text.size() || v < 0) throw UsageError(what + " '" + text + "' is not a non-negative integer");
+  if (text.empty() || used != text.size() || v < min || v > max) {
+    throw UsageError(what + " '" + text + "' is not valid; give an integer from " + std::to_string(min) + " to " +
+                     std::to_string(max));
+  }
   return v;
 }
 
@@ -90,7 +95,7 @@ std::optional<io::ShardInfo> parse_shard(const std::string& spec) {
     throw UsageError("--shard " + spec + " is not valid; use K/N (shard K of N, 0-based) or slurm/N");
   }
   const std::string k_text = spec.substr(0, slash);
-  const std::int64_t n = parse_count(spec.substr(slash + 1), "--shard count");
+  const std::int64_t n = parse_count(spec.substr(slash + 1), "--shard count", io::kMaxPoints);
   if (n < 1) throw UsageError("--shard " + spec + ": the number of shards must be >= 1");
   std::int64_t k;
   if (k_text == "slurm") {
@@ -222,13 +227,7 @@ std::string memory_problem(const std::string& config, const io::Experiment& ex, 
 
 int run_command(const RunArgs& args) {
   io::Experiment ex = io::load_experiment(args.config);
-  if (args.seed) {
-    if (*args.seed < 0) {
-      throw UsageError("--seed " + std::to_string(*args.seed) + " is not valid; give an integer from 0 to " +
-                       std::to_string(std::numeric_limits<std::int64_t>::max()));
-    }
-    ex = io::with_seed(ex, static_cast<std::uint64_t>(*args.seed));
-  }
+  if (args.seed) ex = io::with_seed(ex, static_cast<std::uint64_t>(parse_count(*args.seed, "--seed")));
   const ThreadChoice threads = choose_threads(args.threads);
   RunOptions options;
   options.threads = threads.threads;
@@ -390,9 +389,10 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
   return 0;
 }
 
-int status_command(const std::string& config, std::int64_t shards, const std::string& folder_arg, bool missing_only) {
+int status_command(const std::string& config, const std::string& shards_text, const std::string& folder_arg,
+                   bool missing_only) {
   const io::Experiment ex = io::load_experiment(config);
-  if (shards < 1) throw UsageError("--shards must be >= 1");
+  const std::int64_t shards = parse_count(shards_text, "--shards", io::kMaxPoints, 1);
   const fs::path folder = folder_arg.empty() ? fs::path("results") / ex.name : fs::path(folder_arg);
   std::vector<std::int64_t> missing;
   std::int64_t complete = 0;

@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
   merge_cmd->add_option("shards", shard_files, "shard files (results/<name>/shard-K-of-N.h5)")->required();
   merge_cmd->add_flag("--overwrite", merge_overwrite, "replace an existing result file");
 
-  std::int64_t shard_count = 1;
+  std::string shard_count;
   std::string status_folder;
   bool missing_only = false;
   auto* status_cmd = app.add_subcommand("status", "List the complete, partial and missing shards of a sharded run");

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import files_under
+
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_configs"
 CASES = sorted(CORPUS.glob("*.json"))
 
@@ -31,10 +33,6 @@ def assert_lines(stderr, expected, case):
             assert re.fullmatch(e[4:], g), f"{case}:\n  got      {g}\n  expected {e}"
         else:
             assert g == e, f"{case}:\n  got      {g}\n  expected {e}"
-
-
-def files_under(folder):
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def test_the_corpus_is_large_and_every_case_has_its_expectation():
