@@ -555,6 +555,13 @@ class TrialRunner {
   // Merges the blocks' partial statistics in block order into trial `trial` of `out`.
   void collect(std::int64_t trial, Workspace<T>& ws, PointResult& out) const {
     constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+    // The backward pass runs through every layer, so one non-finite forward entry anywhere makes
+    // every gradient of the trial meaningless; relu'(NaN) = 0 would otherwise turn them into
+    // finite zeros that look like data.
+    bool forward_blew_up = false;
+    for (int l = 1; l <= g_.depth && !forward_blew_up; ++l) {
+      for (std::int64_t b = 0; b < g_.blocks; ++b) forward_blew_up = forward_blew_up || ws.stat(b, l).nonfinite > 0;
+    }
     std::vector<double> unit_sum;
     for (int l = 1; l <= g_.depth; ++l) {
       const std::int64_t n_out = g_.n[l];
@@ -582,7 +589,7 @@ class TrialRunner {
 
       const double entries = static_cast<double>(g_.batch * n_out);
       const bool forward_ok = total.nonfinite == 0;
-      const bool backward_ok = total.grad_nonfinite == 0;
+      const bool backward_ok = total.grad_nonfinite == 0 && !forward_blew_up;
       auto put = [&](Stat s, double v, bool ok) {
         out.per_trial[static_cast<int>(s)][static_cast<std::size_t>(trial * g_.depth + l - 1)] = ok ? v : nan;
       };

@@ -82,8 +82,9 @@ struct PointResult {
   int depth = 0;
   std::int64_t trials = 0;
   bool has_weight_gradients = false;
-  // per_trial[s][t * depth + (l - 1)]: statistic s of trial t at layer l (NaN where the layer
-  // had non-finite entries in that trial).
+  // per_trial[s][t * depth + (l - 1)]: statistic s of trial t at layer l. NaN where the layer
+  // had non-finite entries in that trial; the gradient statistics are NaN at every layer of a trial
+  // whose forward pass had a non-finite entry at any layer (the backward pass runs through it).
   std::array<std::vector<double>, kStatCount> per_trial;
   // Entries where h_l or x_l is inf or NaN (forward), and where dL/dh_l is (backward), per trial
   // at [t * depth + (l - 1)], and summed over trials at [l - 1].
