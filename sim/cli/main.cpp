@@ -1,6 +1,7 @@
 // selfnorm: Monte Carlo and mean-field signal propagation in deep dense networks.
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
 #include <iostream>
 #include <new>
 
@@ -13,6 +14,10 @@
 
 int main(int argc, char** argv) {
   using namespace selfnorm::cli;
+  // OMP_NUM_THREADS= (set but empty, as `OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK` leaves it outside
+  // Slurm) means unset to selfnorm; LLVM's OpenMP runtime instead aborts on it at its first
+  // parallel region (kmp_settings.cpp: total > 0). It reads the variable then, so drop it now.
+  if (const char* v = std::getenv("OMP_NUM_THREADS"); v && *v == '\0') ::unsetenv("OMP_NUM_THREADS");
   std::string command_line;
   for (int i = 0; i < argc; ++i) command_line += (i ? " " : "") + std::string(argv[i]);
 
