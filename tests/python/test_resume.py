@@ -13,7 +13,7 @@ from conftest import BIN, same_statistics
 CONFIG = {
     "name": "resume",
     "seed": 21,
-    "network": {"depth": 16, "width": 512},
+    "network": {"depth": 16, "width": 256},
     "monte_carlo": {"trials": 8, "batch": 256},
     "sweep": {"grid": {"activation.alpha": {"linspace": [1.4, 2.0, 5]}, "activation.lambda": [1.0, 1.05]}},
 }

@@ -39,7 +39,7 @@ std::size_t entries(const fs::path& folder) {
 
 }  // namespace
 
-TEST_CASE("one lock per output path; the second names the first", "[lock]") {
+TEST_CASE("one lock per output path, and the second run names the first", "[lock]") {
   TempDir dir;
   const fs::path out = dir.path / "x.h5";
   {
