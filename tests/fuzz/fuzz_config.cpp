@@ -32,8 +32,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     require(!ex.points.empty());
     require(static_cast<std::int64_t>(ex.points.size()) <= io::kMaxPoints);
     require(ex.hash.size() == 16);
-    const io::Experiment again = io::parse_experiment(ex.resolved.dump(), "resolved.json", "other");
-    require(again.hash == ex.hash && again.points.size() == ex.points.size());
+    // The round trip doubles the cost of large sweeps, which are slow enough under the sanitizers.
+    if (ex.points.size() <= 1000) {
+      const io::Experiment again = io::parse_experiment(ex.resolved.dump(), "resolved.json", "other");
+      require(again.hash == ex.hash && again.points.size() == ex.points.size());
+    }
     std::size_t checked = 0;
     for (const auto& point : ex.points) {
       const WorkEstimate e = estimate_work(point.spec, RunOptions{4});
