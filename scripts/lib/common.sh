@@ -49,7 +49,7 @@ build_selfnorm() {
   command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
   if [ ! -f "$SELFNORM_BUILD/CMakeCache.txt" ]; then
     log "configuring in $SELFNORM_BUILD"
-    cmake -S "$SELFNORM_ROOT" -B "$SELFNORM_BUILD" "${generator[@]}" -DPython3_EXECUTABLE="$SELFNORM_PYTHON" >/dev/null
+    cmake -S "$SELFNORM_ROOT" -B "$SELFNORM_BUILD" "${generator[@]}" -DSELFNORM_PYTHON="$SELFNORM_PYTHON" >/dev/null
   fi
   log "building"
   cmake --build "$SELFNORM_BUILD" --parallel "$(nproc)"
@@ -67,7 +67,7 @@ build_checking() {
     log "configuring $folder"
     CC=clang-14 CXX=clang++-14 cmake -S "$SELFNORM_ROOT" -B "$folder" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG" -DCMAKE_C_FLAGS_RELEASE="-O1 -DNDEBUG" \
-      -DPython3_EXECUTABLE="$SELFNORM_PYTHON" "$@" >/dev/null
+      -DSELFNORM_PYTHON="$SELFNORM_PYTHON" "$@" >/dev/null
   fi
   log "building $folder"
   # shellcheck disable=SC2086
