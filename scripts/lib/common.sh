@@ -10,8 +10,10 @@ SELFNORM_PYTHON="${SELFNORM_PYTHON:-/usr/bin/python3}"
 SELFNORM_BUILD_PACKAGES=(g++ cmake ninja-build git libeigen3-dev libhdf5-dev nlohmann-json3-dev catch2 libcli11-dev)
 # Packages for the analysis scripts and figures.
 SELFNORM_PYTHON_PACKAGES=(python3 python3-numpy python3-h5py python3-xarray python3-h5netcdf python3-matplotlib)
-# Packages the test suite needs on top.
-SELFNORM_TEST_PACKAGES=(python3-pytest python3-nbclient python3-nbformat python3-ipykernel hdf5-tools)
+# Packages the test suite needs on top: the checking builds use clang with its sanitizer and
+# libFuzzer runtimes (libclang-rt-14-dev) and LLVM's OpenMP, which ships Archer for TSan (libomp-dev).
+SELFNORM_TEST_PACKAGES=(python3-pytest python3-nbclient python3-nbformat python3-ipykernel hdf5-tools
+                        clang-14 libclang-rt-14-dev libomp-dev)
 
 log() { printf '\033[1m[selfnorm]\033[0m %s\n' "$*" >&2; }
 
@@ -47,8 +49,27 @@ build_selfnorm() {
   command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
   if [ ! -f "$SELFNORM_BUILD/CMakeCache.txt" ]; then
     log "configuring in $SELFNORM_BUILD"
-    cmake -S "$SELFNORM_ROOT" -B "$SELFNORM_BUILD" "${generator[@]}" -DPython3_EXECUTABLE="$SELFNORM_PYTHON" >/dev/null
+    cmake -S "$SELFNORM_ROOT" -B "$SELFNORM_BUILD" "${generator[@]}" -DSELFNORM_PYTHON="$SELFNORM_PYTHON" >/dev/null
   fi
   log "building"
   cmake --build "$SELFNORM_BUILD" --parallel "$(nproc)"
+}
+
+# Configures (once) and builds one checking build with clang: $1 the folder, $2 the targets
+# (space-separated), the rest CMake options. Optimised lightly (-O1): sanitizers slow the code
+# anyway, and the build is a good part of CI's time.
+build_checking() {
+  local folder=$1 targets=$2
+  shift 2
+  local generator=()
+  command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+  if [ ! -f "$folder/CMakeCache.txt" ]; then
+    log "configuring $folder"
+    CC=clang-14 CXX=clang++-14 cmake -S "$SELFNORM_ROOT" -B "$folder" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG" -DCMAKE_C_FLAGS_RELEASE="-O1 -DNDEBUG" \
+      -DSELFNORM_PYTHON="$SELFNORM_PYTHON" "$@" >/dev/null
+  fi
+  log "building $folder"
+  # shellcheck disable=SC2086
+  cmake --build "$folder" --parallel "$(nproc)" --target $targets
 }

@@ -80,7 +80,7 @@ def main(argv=None):
         fail("--shards must be >= 1")
     if shards > points:
         fail(f"--shards {shards} is more than the {points} points of the experiment; use at most {points}")
-    mem = args.mem or f"{math.ceil(info['buffer_bytes'] / 2**20) + 1024}M"
+    mem = args.mem or f"{math.ceil(info.get('memory_bytes', info['buffer_bytes']) / 2**20) + 1024}M"
     array = args.only if args.only else f"0-{shards - 1}"
 
     workdir = Path.cwd().resolve()

@@ -4,18 +4,25 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
+#include <memory>
+#include <new>
+#include <stdexcept>
 
 #include "cli/display.hpp"
 #include "cli/environment.hpp"
 #include "cli/errors.hpp"
 #include "core/engine.hpp"
 #include "io/config.hpp"
+#include "io/lock.hpp"
 #include "io/results.hpp"
 #include "io/shards.hpp"
 
@@ -63,7 +70,9 @@ ParallelMode parse_parallel(const std::string& s) {
   throw UsageError("--parallel " + s + " is not valid; use auto, trials or samples");
 }
 
-std::int64_t parse_count(const std::string& text, const std::string& what) {
+// A whole decimal number from 0 to `max`; anything else (a sign, a fraction, overflow) is refused.
+std::int64_t parse_count(const std::string& text, const std::string& what,
+                         std::int64_t max = std::numeric_limits<std::int64_t>::max(), std::int64_t min = 0) {
   std::size_t used = 0;
   long long v = -1;
   try {
@@ -71,7 +80,10 @@ std::int64_t parse_count(const std::string& text, const std::string& what) {
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used != text.size() || v < 0) throw UsageError(what + " '" + text + "' is not a non-negative integer");
+  if (text.empty() || used != text.size() || v < min || v > max) {
+    throw UsageError(what + " '" + text + "' is not valid; give an integer from " + std::to_string(min) + " to " +
+                     std::to_string(max));
+  }
   return v;
 }
 
@@ -83,7 +95,7 @@ std::optional<io::ShardInfo> parse_shard(const std::string& spec) {
     throw UsageError("--shard " + spec + " is not valid; use K/N (shard K of N, 0-based) or slurm/N");
   }
   const std::string k_text = spec.substr(0, slash);
-  const std::int64_t n = parse_count(spec.substr(slash + 1), "--shard count");
+  const std::int64_t n = parse_count(spec.substr(slash + 1), "--shard count", io::kMaxPoints);
   if (n < 1) throw UsageError("--shard " + spec + ": the number of shards must be >= 1");
   std::int64_t k;
   if (k_text == "slurm") {
@@ -103,16 +115,41 @@ std::optional<io::ShardInfo> parse_shard(const std::string& spec) {
   return io::ShardInfo{k, n};
 }
 
-// Checks before any work that results can be written into `path`'s folder.
+// Checks before any work that results can be written into `path`'s folder. (Root passes every
+// permission check, so the lock file that is created next is the real test of a folder.)
 void check_output_folder(const fs::path& path) {
   const fs::path folder = path.parent_path().empty() ? fs::path(".") : path.parent_path();
   std::error_code ec;
-  if (!fs::is_directory(folder, ec)) {
+  if (!fs::exists(folder, ec)) {
     throw UsageError("output folder " + folder.string() + " does not exist; create it or choose another path with -o");
+  }
+  if (!fs::is_directory(folder, ec)) {
+    throw UsageError("output folder " + folder.string() + " is a file, not a folder; choose another path with -o");
   }
   if (fs::is_directory(path, ec)) throw UsageError(path.string() + " is a folder; -o needs a file name ending in .h5");
   if (::access(folder.c_str(), W_OK) != 0) {
-    throw UsageError("output folder " + folder.string() + " is not writable; choose another path with -o");
+    throw UsageError("output folder " + folder.string() + " is not writable (" + std::strerror(errno) +
+                     "); choose another path with -o");
+  }
+}
+
+// Takes the lock on `out` for this process. A folder where the lock file cannot be created is a
+// bad output path (exit status 2, nothing written); a lock held by another run is LockedError.
+std::unique_ptr<io::OutputLock> lock_output(const fs::path& out, const std::string& command_line) {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  const std::string holder = "pid: " + std::to_string(::getpid()) + "\nhost: " + host + "\nstarted: " + utc_now() +
+                             "\ncommand: " + command_line + "\n";
+  try {
+    return std::make_unique<io::OutputLock>(out, holder);
+  } catch (const io::WriteError& e) {
+    const fs::path folder = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+    std::string why = std::strerror(e.error_code());
+    // Virtual file systems refuse new files as if the folder did not exist.
+    if (e.error_code() == ENOENT) why += ", although the folder exists: it does not hold ordinary files, as /proc does";
+    throw UsageError("cannot create files in the output folder " + folder.string() + " (" + why + "; selfnorm "
+                     "creates its lock file " + io::lock_path(out).string() + " before any work); choose another "
+                     "path with -o");
   }
 }
 
@@ -133,16 +170,76 @@ bool already_complete(const fs::path& path, const io::Experiment& ex, const std:
   return h.config_hash == ex.hash && same_shard;
 }
 
+// What a run of `points` holds in memory at its peak: the largest point's engine buffers and
+// result, plus the records kept for the result file (twice: kept, then laid out for writing).
+struct MemoryNeed {
+  double bytes = 0.0;
+  std::int64_t largest_point = 0;
+  bool beyond_address_space = false;  // an estimate saturated at SIZE_MAX: the true need is larger
+  std::string text() const { return (beyond_address_space ? "more than " : "about ") + format_bytes(bytes); }
+};
+
+MemoryNeed memory_need(const io::Experiment& ex, const std::vector<std::int64_t>& points, const RunOptions& options) {
+  MemoryNeed need;
+  double largest = -1.0;
+  double records = 0.0;
+  for (std::int64_t p : points) {
+    const PointSpec& spec = ex.points[static_cast<std::size_t>(p)].spec;
+    const std::size_t total = estimate_work(spec, options).total_bytes();
+    need.beyond_address_space = need.beyond_address_space || total == std::numeric_limits<std::size_t>::max();
+    const double point = static_cast<double>(total);
+    if (point > largest) {
+      largest = point;
+      need.largest_point = p;
+    }
+    const double layers = static_cast<double>(spec.network.depth());
+    records += layers * kStatCount * 2 * sizeof(double);
+    if (ex.output.per_trial) records += static_cast<double>(spec.monte_carlo.trials) * layers * kStatCount * sizeof(double);
+  }
+  need.bytes = std::max(largest, 0.0) + 2.0 * records;
+  return need;
+}
+
+// Why `points` will not fit in this machine's memory, or "" if they do (or it cannot be told).
+std::string memory_problem(const std::string& config, const io::Experiment& ex, const std::vector<std::int64_t>& points,
+                           const RunOptions& options) {
+  const std::optional<MachineMemory> machine = machine_memory();
+  if (!machine) return {};
+  const MemoryNeed need = memory_need(ex, points, options);
+  if (need.bytes <= static_cast<double>(machine->available)) return {};
+  std::string msg = config + ": the run needs " + need.text() + " of memory (engine buffers and statistics of its "
+                    "largest point";
+  if (ex.points.size() > 1) msg += ", point " + std::to_string(need.largest_point);
+  msg += ", with " + plural(options.threads, "thread") + "), but this machine has " +
+         format_bytes(static_cast<double>(machine->available)) + " available of " +
+         format_bytes(static_cast<double>(machine->total)) + " (MemAvailable and MemTotal in /proc/meminfo); ";
+  RunOptions one = options;
+  one.threads = 1;
+  const MemoryNeed single = memory_need(ex, points, one);
+  if (options.threads > 1 && single.bytes <= static_cast<double>(machine->available)) {
+    msg += "--threads 1 needs only " + format_bytes(single.bytes) + "; ";
+  }
+  return msg + "reduce monte_carlo.batch, monte_carlo.trials or the widths, or pass --allow-large-memory to run "
+               "anyway";
+}
+
 }  // namespace
 
 int run_command(const RunArgs& args) {
   io::Experiment ex = io::load_experiment(args.config);
-  if (args.seed) ex = io::with_seed(ex, *args.seed);
+  if (args.seed) ex = io::with_seed(ex, static_cast<std::uint64_t>(parse_count(*args.seed, "--seed")));
   const ThreadChoice threads = choose_threads(args.threads);
   RunOptions options;
   options.threads = threads.threads;
   options.parallel = parse_parallel(args.parallel);
   const std::optional<io::ShardInfo> shard = parse_shard(args.shard);
+  const auto mine = io::shard_points(static_cast<std::int64_t>(ex.points.size()), shard);
+
+  // Refused before anything is allocated or written.
+  if (!args.allow_large_memory) {
+    const std::string problem = memory_problem(args.config, ex, mine, options);
+    if (!problem.empty()) throw UsageError(problem);
+  }
 
   fs::path out = args.output;
   if (out.empty()) {
@@ -155,6 +252,14 @@ int run_command(const RunArgs& args) {
     }
   }
   check_output_folder(out);
+  // From here on this process is the only writer of `out`, its temporary files and checkpoints.
+  const std::unique_ptr<io::OutputLock> lock = lock_output(out, args.command_line);
+  const io::Checkpoint checkpoint(out);
+  const int stale = io::remove_stale_temporaries(out) + checkpoint.remove_stale_temporaries();
+  if (stale > 0 && !args.quiet) {
+    std::cerr << "removed " << plural(stale, "temporary file") << " of an interrupted write of " << out.string()
+              << std::endl;
+  }
   std::error_code ec;
   if (fs::exists(out, ec) && !args.overwrite) {
     if (already_complete(out, ex, shard)) {
@@ -166,9 +271,7 @@ int run_command(const RunArgs& args) {
   }
 
   // Points of this shard; those finished by an earlier, interrupted run are read back.
-  const io::Checkpoint checkpoint(out);
   std::vector<io::PointRecord> records = checkpoint.load(ex, shard);
-  const auto mine = io::shard_points(static_cast<std::int64_t>(ex.points.size()), shard);
   std::vector<std::int64_t> todo;
   for (std::int64_t p : mine) {
     const bool done = std::any_of(records.begin(), records.end(), [&](const io::PointRecord& r) { return r.index == p; });
@@ -201,13 +304,34 @@ int run_command(const RunArgs& args) {
     const auto& point = ex.points[static_cast<std::size_t>(p)];
     const double flop = estimate_work(point.spec, options).gemm_flop;
     progress.start_point(ordinal++, point_label(ex, p), point.spec.monte_carlo.trials, flop);
-    const PointResult result =
-        simulate_point(point.spec, StreamSeed{ex.seed, static_cast<std::uint64_t>(p)}, options,
-                       [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
+    PointResult result;
+    try {
+      result = simulate_point(point.spec, StreamSeed{ex.seed, static_cast<std::uint64_t>(p)}, options,
+                              [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
+    } catch (const std::bad_alloc&) {
+      progress.finish();
+      throw std::runtime_error(args.config + ": point " + std::to_string(p) + ": out of memory (the operating system "
+                               "refused the engine's buffers, about " + format_bytes(static_cast<double>(
+                               estimate_work(point.spec, options).total_bytes())) + "); reduce monte_carlo.batch, "
+                               "monte_carlo.trials, the widths or --threads");
+    } catch (const std::length_error& e) {
+      progress.finish();
+      throw std::runtime_error(args.config + ": point " + std::to_string(p) + ": " + e.what());
+    }
     progress.finish_point();
     records.push_back(io::make_record(p, result, ex.output.per_trial));
     io::add_predictions(records.back(), point.spec);
-    checkpoint.save(ex, records.back(), provenance, shard);
+    try {
+      checkpoint.save(ex, records.back(), provenance, shard);
+    } catch (const io::WriteError& e) {
+      progress.finish();
+      std::error_code ignored;
+      fs::remove(checkpoint.folder(), ignored);  // only if empty: a failed first checkpoint
+      throw std::runtime_error(std::string(e.what()) + ". The run stopped: " +
+                               std::to_string(records.size() - 1) + " of " + std::to_string(mine.size()) +
+                               " points are saved in " + checkpoint.folder().string() +
+                               ", and the same command resumes from them");
+    }
     if (signals.received() && ordinal < static_cast<std::int64_t>(todo.size())) {
       progress.finish();
       const int sig = signals.received();
@@ -221,7 +345,12 @@ int run_command(const RunArgs& args) {
   const double seconds = progress.elapsed_seconds();
   std::sort(records.begin(), records.end(),
             [](const io::PointRecord& a, const io::PointRecord& b) { return a.index < b.index; });
-  io::write_results(out, ex, records, provenance, shard);
+  try {
+    io::write_results(out, ex, records, provenance, shard);
+  } catch (const io::WriteError& e) {
+    throw std::runtime_error(std::string(e.what()) + ". Every point is saved in " + checkpoint.folder().string() +
+                             ", and the same command writes the result from them without computing again");
+  }
   checkpoint.remove();
   if (!args.quiet) {
     print_summary(std::cout, ex, records);
@@ -237,6 +366,8 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
                   const std::string& command_line) {
   const fs::path out(output);
   check_output_folder(out);
+  const std::unique_ptr<io::OutputLock> lock = lock_output(out, command_line);
+  io::remove_stale_temporaries(out);
   std::error_code ec;
   if (fs::exists(out, ec) && !overwrite) {
     throw UsageError(out.string() + " already exists; pass --overwrite to replace it or choose another path with -o");
@@ -249,6 +380,8 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
     io::merge_shards(paths, out, current_provenance(1, command_line));
   } catch (const io::ConfigError&) {
     throw;
+  } catch (const io::WriteError&) {
+    throw;  // the output's problem, not the shards': exit status 1
   } catch (const std::runtime_error& e) {
     throw UsageError(e.what());  // a problem with the files given: the user's to fix
   }
@@ -257,9 +390,10 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
   return 0;
 }
 
-int status_command(const std::string& config, std::int64_t shards, const std::string& folder_arg, bool missing_only) {
+int status_command(const std::string& config, const std::string& shards_text, const std::string& folder_arg,
+                   bool missing_only) {
   const io::Experiment ex = io::load_experiment(config);
-  if (shards < 1) throw UsageError("--shards must be >= 1");
+  const std::int64_t shards = parse_count(shards_text, "--shards", io::kMaxPoints, 1);
   const fs::path folder = folder_arg.empty() ? fs::path("results") / ex.name : fs::path(folder_arg);
   std::vector<std::int64_t> missing;
   std::int64_t complete = 0;
@@ -285,7 +419,10 @@ int status_command(const std::string& config, std::int64_t shards, const std::st
           done = -1;
         }
       }
-      if (fs::exists(path, ec)) {
+      if (const auto holder = io::lock_holder(path)) {
+        state = "running (" + (holder->empty() ? std::string("lock held") : *holder) + ")";
+        if (done > 0) state += ", " + std::to_string(done) + " of " + std::to_string(points) + " points done";
+      } else if (fs::exists(path, ec)) {
         state = "foreign file (another config); rerun with --overwrite";
       } else if (done < 0) {
         state = "checkpoint of another config";
@@ -329,6 +466,14 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
     max_point_flop = std::max(max_point_flop, e.gemm_flop);
     peak_bytes = std::max(peak_bytes, e.buffer_bytes);
   }
+  std::vector<std::int64_t> all(ex.points.size());
+  for (std::size_t p = 0; p < all.size(); ++p) all[p] = static_cast<std::int64_t>(p);
+  const MemoryNeed need = memory_need(ex, all, options);
+  const double memory_bytes = need.bytes;
+  const std::optional<MachineMemory> machine = machine_memory();
+  // Validation warns only: the config may be meant for a bigger machine (a Slurm node).
+  const std::string memory_warning = memory_problem(config, ex, all, options);
+  if (!memory_warning.empty()) std::cerr << "warning: " << memory_warning << std::endl;
   if (as_json) {
     json varied = json::array();
     for (const auto& v : ex.varied) varied.push_back(v.key);
@@ -341,6 +486,9 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
                       {"gemm_gflop", total_flop * 1e-9},
                       {"max_point_gflop", max_point_flop * 1e-9},
                       {"buffer_bytes", peak_bytes},
+                      {"memory_bytes", memory_bytes},
+                      {"memory_available_bytes", machine ? json(machine->available) : json(nullptr)},
+                      {"fits_in_memory", memory_warning.empty()},
                       {"threads", threads.threads}}
                      .dump(2)
               << std::endl;
@@ -361,8 +509,11 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
     std::cout << "\n";
   }
   std::cout << "  work         " << total_flop * 1e-9 << " GFLOP of matrix products\n";
-  std::cout << "  memory       " << format_bytes(static_cast<double>(peak_bytes)) << " of engine buffers at the "
-            << "largest point with " << plural(threads.threads, "thread") << "\n";
+  std::cout << "  memory       " << (need.beyond_address_space ? "more than " : "")
+            << format_bytes(static_cast<double>(peak_bytes)) << " of engine buffers at the "
+            << "largest point with " << plural(threads.threads, "thread") << ", " << need.text() << " in all";
+  if (machine) std::cout << " (" << format_bytes(static_cast<double>(machine->available)) << " available here)";
+  std::cout << "\n";
   return 0;
 }
 

@@ -12,11 +12,12 @@ struct RunArgs {
   std::string config;
   std::string output;                 // empty: results/<name>.h5
   std::optional<int> threads;
-  std::optional<std::uint64_t> seed;
+  std::optional<std::string> seed;    // an integer from 0 to 2^63 - 1, checked by run_command
   std::string parallel = "auto";      // auto | trials | samples
   std::string shard;                  // "K/N", "slurm/N" or empty
   bool quiet = false;
   bool overwrite = false;
+  bool allow_large_memory = false;    // run even if the memory estimate exceeds MemAvailable
   std::string command_line;
 };
 
@@ -24,7 +25,7 @@ int run_command(const RunArgs& args);
 int validate_command(const std::string& config, std::optional<int> threads, bool json);
 int merge_command(const std::vector<std::string>& shards, const std::string& output, bool overwrite,
                   const std::string& command_line);
-int status_command(const std::string& config, std::int64_t shards, const std::string& folder, bool missing_only);
+int status_command(const std::string& config, const std::string& shards, const std::string& folder, bool missing_only);
 int print_config_command(const std::string& config);
 int activations_command(bool json);
 

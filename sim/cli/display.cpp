@@ -8,6 +8,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "io/shards.hpp"
 #include "io/sweep.hpp"
 
 namespace selfnorm::cli {
@@ -87,6 +88,49 @@ bool is_default_parameter(const json& resolved, const std::string& key, const js
     if (p.name == param) return value.get<double>() == p.default_value;
   }
   return false;
+}
+
+// Notes on what went non-finite at a point, and what that means for its statistics.
+void print_blowup_notes(std::ostream& out, const std::string& label, const io::PointRecord& r) {
+  const int first = r.first_nonfinite_layer;
+  if (first > 0) {
+    out << "\nnote: " << label << " blew up: the first inf/NaN activation is at layer " << first << " ("
+        << r.nonfinite_count[static_cast<std::size_t>(first - 1)] << " entries there, see nonfinite_count in the "
+        << "file); its statistics from there on are NaN, and so are its gradient statistics at every layer (the "
+        << "backward pass runs through the blown-up layers); the statistics of layers 1 to " << first - 1
+        << " are unaffected\n";
+  } else {
+    int top = 0;  // the backward pass starts at the last layer: the highest layer is where it blew up
+    for (int l = r.depth; l >= 1 && top == 0; --l) {
+      if (r.grad_nonfinite_count[static_cast<std::size_t>(l - 1)] > 0) top = l;
+    }
+    if (top > 0) {
+      out << "\nnote: " << label << ": the gradient blew up going backwards: dL/dh has inf/NaN entries from layer "
+          << top << " down (see grad_nonfinite_count in the file); the gradient statistics there are NaN\n";
+    }
+  }
+  // Statistics beyond the range of a double while every entry is finite (float64 entries above
+  // ~1e154 have squares above 1.8e308).
+  constexpr int kForward = static_cast<int>(Stat::grad_activation_msq);
+  std::vector<std::int64_t> overflowing;
+  for (int l = 1; l <= r.depth; ++l) {
+    const auto at = static_cast<std::size_t>(l - 1);
+    if (r.nonfinite_count[at] > 0) break;
+    bool overflow = false;
+    for (int s = 0; s < kStatCount; ++s) {
+      const bool gradient = s >= kForward;
+      if (gradient && (first > 0 || r.grad_nonfinite_count[at] > 0)) continue;
+      if (r.mean[s].size() > at && !std::isfinite(r.mean[s][at]) &&
+          !(s == static_cast<int>(Stat::grad_weight_msq) && !r.has_weight_gradients)) {
+        overflow = true;
+      }
+    }
+    if (overflow) overflowing.push_back(l);
+  }
+  if (!overflowing.empty()) {
+    out << "\nnote: " << label << ": at layers " << io::array_spec(overflowing) << " some statistics exceed the "
+        << "range of a double although every entry is finite (sums of squares pass 1.8e308); they read inf or nan\n";
+  }
 }
 
 }  // namespace
@@ -215,13 +259,7 @@ void print_summary(std::ostream& out, const io::Experiment& experiment, const st
       out << "\n";
     }
   }
-  for (std::size_t p = 0; p < records.size(); ++p) {
-    if (records[p].first_nonfinite_layer > 0) {
-      out << "\nnote: " << labels[p] << " blew up: the first inf/NaN activation is at layer "
-          << records[p].first_nonfinite_layer << " (see nonfinite_count in the file); statistics of the layers "
-          << "from there on are NaN\n";
-    }
-  }
+  for (std::size_t p = 0; p < records.size(); ++p) print_blowup_notes(out, labels[p], records[p]);
 }
 
 void print_activations(std::ostream& out) {
@@ -254,9 +292,9 @@ std::string format_duration(double seconds) {
 }
 
 std::string format_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB"};
   int u = 0;
-  while (bytes >= 1024 && u < 4) {
+  while (bytes >= 1024 && u < 7) {
     bytes /= 1024;
     ++u;
   }

@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cstdlib>
 #include <ctime>
+#include <fstream>
+#include <string>
 
 #include "cli/errors.hpp"
 #include "core/gemm.hpp"
@@ -48,6 +50,30 @@ ThreadChoice choose_threads(std::optional<int> requested) {
   if (auto n = positive_env("OMP_NUM_THREADS")) return {*n, "OMP_NUM_THREADS"};
   if (auto n = positive_env("SLURM_CPUS_PER_TASK")) return {*n, "SLURM_CPUS_PER_TASK"};
   return {available_processors(), "all processors"};
+}
+
+std::optional<MachineMemory> machine_memory() {
+  std::ifstream in("/proc/meminfo");
+  if (!in) return std::nullopt;
+  MachineMemory m;
+  bool total = false, available = false;
+  std::string key, unit;
+  unsigned long long value = 0;
+  // Lines read "MemTotal:       24634084 kB".
+  while (in >> key >> value) {
+    std::getline(in, unit);
+    const bool kib = unit.find("kB") != std::string::npos;
+    const auto bytes = static_cast<std::size_t>(value) * (kib ? 1024 : 1);
+    if (key == "MemTotal:") {
+      m.total = bytes;
+      total = true;
+    } else if (key == "MemAvailable:") {
+      m.available = bytes;
+      available = true;
+    }
+  }
+  if (!total || !available) return std::nullopt;
+  return m;
 }
 
 std::string version_line() {

@@ -1,6 +1,7 @@
 // What the process learns from its environment: thread counts, host, time, build provenance.
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string>
 
@@ -17,6 +18,15 @@ struct ThreadChoice {
 // --threads if given, else OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK (Slurm never sets
 // OMP_NUM_THREADS), else every processor. Throws UsageError for a malformed value.
 ThreadChoice choose_threads(std::optional<int> requested);
+
+// This machine's memory as /proc/meminfo reports it, in bytes.
+struct MachineMemory {
+  std::size_t total = 0;      // MemTotal
+  std::size_t available = 0;  // MemAvailable: what can be allocated without swapping or evicting
+};
+
+// Reads /proc/meminfo; nullopt where it cannot be read (then no memory check is made).
+std::optional<MachineMemory> machine_memory();
 
 // "selfnorm 0.1.0 (git abc123, g++ 12.2.0, Release, avx512 GEMM)".
 std::string version_line();

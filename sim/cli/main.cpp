@@ -1,7 +1,9 @@
 // selfnorm: Monte Carlo and mean-field signal propagation in deep dense networks.
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
 #include <iostream>
+#include <new>
 
 #include "cli/commands.hpp"
 #include "cli/environment.hpp"
@@ -9,14 +11,22 @@
 #include "cli/theory_command.hpp"
 #include "io/config.hpp"
 #include "io/hdf5.hpp"
+#include "io/lock.hpp"
 
 int main(int argc, char** argv) {
   using namespace selfnorm::cli;
+  // OMP_NUM_THREADS= (set but empty, as `OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK` leaves it outside
+  // Slurm) means unset to selfnorm; LLVM's OpenMP runtime instead aborts on it at its first
+  // parallel region (kmp_settings.cpp: total > 0). It reads the variable then, so drop it now.
+  if (const char* v = std::getenv("OMP_NUM_THREADS"); v && *v == '\0') ::unsetenv("OMP_NUM_THREADS");
   std::string command_line;
   for (int i = 0; i < argc; ++i) command_line += (i ? " " : "") + std::string(argv[i]);
 
   CLI::App app{"selfnorm: Monte Carlo and mean-field signal propagation in deep dense networks"};
   app.require_subcommand(1);
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return "error: " + std::string(e.what()) + "\nRun `selfnorm --help` or `selfnorm COMMAND --help` for the options.\n";
+  });
   app.set_version_flag("--version", version_line());
 
   RunArgs run;
@@ -31,6 +41,8 @@ int main(int argc, char** argv) {
                       "run shard K of N only (K/N, 0-based), or slurm/N to take K from SLURM_ARRAY_TASK_ID");
   run_cmd->add_flag("--quiet", run.quiet, "no progress and no summary");
   run_cmd->add_flag("--overwrite", run.overwrite, "replace an existing result file");
+  run_cmd->add_flag("--allow-large-memory", run.allow_large_memory,
+                    "run even if the memory estimate exceeds the memory available (MemAvailable)");
 
   std::string config;
   std::optional<int> threads;
@@ -48,7 +60,7 @@ int main(int argc, char** argv) {
   merge_cmd->add_option("shards", shard_files, "shard files (results/<name>/shard-K-of-N.h5)")->required();
   merge_cmd->add_flag("--overwrite", merge_overwrite, "replace an existing result file");
 
-  std::int64_t shard_count = 1;
+  std::string shard_count;
   std::string status_folder;
   bool missing_only = false;
   auto* status_cmd = app.add_subcommand("status", "List the complete, partial and missing shards of a sharded run");
@@ -114,7 +126,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every malformed command line exits 2, like a bad config.
+    return app.exit(e) == 0 ? 0 : 2;
   }
 
   try {
@@ -139,6 +152,14 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 2;
+  } catch (const selfnorm::io::LockedError& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 3;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "error: out of memory (the operating system refused an allocation); `selfnorm validate CONFIG` "
+                 "estimates what a run needs"
+              << std::endl;
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 1;

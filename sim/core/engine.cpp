@@ -210,26 +210,28 @@ class Workspace {
     }
   }
 
-  // Bytes the constructor allocates, without allocating.
-  static std::size_t bytes(const Geometry& g, int ranks) {
-    std::size_t count = 0;
-    std::size_t colsum = 0;
+  // Bytes the constructor allocates, without allocating. Counted in double, so that absurd sizes
+  // (a batch of 2^40 at width 2^24) give a huge estimate instead of wrapping around.
+  static double bytes(const Geometry& g, int ranks) {
+    auto d = [](auto v) { return static_cast<double>(v); };
+    double count = 0;
+    double colsum = 0;
     for (int l = 0; l < g.depth; ++l) {
-      count += static_cast<std::size_t>(g.n[l] * g.ld[l + 1]);
-      if (g.bias) count += static_cast<std::size_t>(g.n[l + 1]);
-      count += static_cast<std::size_t>(g.n[l + 1] * g.ld_batch);
-      colsum += static_cast<std::size_t>(g.n[l + 1]);
+      count += d(g.n[l]) * d(g.ld[l + 1]);
+      if (g.bias) count += d(g.n[l + 1]);
+      count += d(g.n[l + 1]) * d(g.ld_batch);
+      colsum += d(g.n[l + 1]);
     }
     if (g.weight_gradients) {
-      for (int l = 0; l <= g.depth; ++l) count += static_cast<std::size_t>(g.batch * g.ld[l]);
+      for (int l = 0; l <= g.depth; ++l) count += d(g.batch) * d(g.ld[l]);
     } else {
-      count += 2 * static_cast<std::size_t>(g.batch * g.ld_max);
+      count += 2 * d(g.batch) * d(g.ld_max);
     }
-    count += 2 * static_cast<std::size_t>(g.n_max * g.ld_batch);
-    count += static_cast<std::size_t>(ranks) * static_cast<std::size_t>(kRowBlock * g.ld_max);
-    if (g.weight_gradients) count += static_cast<std::size_t>(ranks) * static_cast<std::size_t>(kGradRows * g.ld_max);
-    return count * sizeof(T) + static_cast<std::size_t>(g.blocks) * colsum * sizeof(double) +
-           static_cast<std::size_t>(g.blocks * g.depth) * sizeof(BlockLayerStats);
+    count += 2 * d(g.n_max) * d(g.ld_batch);
+    count += d(ranks) * d(kRowBlock) * d(g.ld_max);
+    if (g.weight_gradients) count += d(ranks) * d(kGradRows) * d(g.ld_max);
+    return count * d(sizeof(T)) + d(g.blocks) * colsum * d(sizeof(double)) +
+           d(g.blocks) * d(g.depth) * d(sizeof(BlockLayerStats));
   }
 
   // x_l: the activations of layer l (l = 0 is the input), B x n_l with leading dimension x_ld(l).
@@ -615,6 +617,13 @@ class TrialRunner {
   // Merges the blocks' partial statistics in block order into trial `trial` of `out`.
   void collect(std::int64_t trial, Workspace<T>& ws, PointResult& out) const {
     constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+    // The backward pass runs through every layer, so one non-finite forward entry anywhere makes
+    // every gradient of the trial meaningless; relu'(NaN) = 0 would otherwise turn them into
+    // finite zeros that look like data.
+    bool forward_blew_up = false;
+    for (int l = 1; l <= g_.depth && !forward_blew_up; ++l) {
+      for (std::int64_t b = 0; b < g_.blocks; ++b) forward_blew_up = forward_blew_up || ws.stat(b, l).nonfinite > 0;
+    }
     std::vector<double> unit_sum;
     for (int l = 1; l <= g_.depth; ++l) {
       const std::int64_t n_out = g_.n[l];
@@ -642,7 +651,7 @@ class TrialRunner {
 
       const double entries = static_cast<double>(g_.batch * n_out);
       const bool forward_ok = total.nonfinite == 0;
-      const bool backward_ok = total.grad_nonfinite == 0;
+      const bool backward_ok = total.grad_nonfinite == 0 && !forward_blew_up;
       auto put = [&](Stat s, double v, bool ok) {
         out.per_trial[static_cast<int>(s)][static_cast<std::size_t>(trial * g_.depth + l - 1)] = ok ? v : nan;
       };
@@ -704,6 +713,12 @@ ParallelMode resolve_mode(const Geometry& g, std::int64_t trials, const RunOptio
   return balance(g.blocks) >= balance(trials) ? ParallelMode::samples : ParallelMode::trials;
 }
 
+// Bytes as a size_t, SIZE_MAX for counts beyond it.
+std::size_t saturating_bytes(double bytes) {
+  constexpr auto max = std::numeric_limits<std::size_t>::max();
+  return bytes >= static_cast<double>(max) ? max : static_cast<std::size_t>(bytes);
+}
+
 template <class T>
 WorkEstimate estimate_typed(const PointSpec& spec, const RunOptions& options) {
   const Geometry g(spec, sizeof(T));
@@ -718,19 +733,32 @@ WorkEstimate estimate_typed(const PointSpec& spec, const RunOptions& options) {
     if (g.weight_gradients) per_trial += 2.0 * static_cast<double>(g.batch) * mn;  // dL/dW_l
   }
   e.gemm_flop = per_trial * static_cast<double>(spec.monte_carlo.trials);
+  double buffers;
   if (e.mode == ParallelMode::samples) {
     e.threads_used = static_cast<int>(std::min<std::int64_t>(threads, g.blocks));
-    e.buffer_bytes = Workspace<T>::bytes(g, e.threads_used);
+    buffers = Workspace<T>::bytes(g, e.threads_used);
   } else {
     e.threads_used = static_cast<int>(std::min<std::int64_t>(threads, spec.monte_carlo.trials));
-    e.buffer_bytes = static_cast<std::size_t>(e.threads_used) * Workspace<T>::bytes(g, 1);
+    buffers = static_cast<double>(e.threads_used) * Workspace<T>::bytes(g, 1);
   }
+  // PointResult: kStatCount statistics and two non-finite counts per trial and layer.
+  const double results = static_cast<double>(spec.monte_carlo.trials) * static_cast<double>(g.depth) *
+                         (kStatCount * sizeof(double) + 2 * sizeof(std::int64_t));
+  e.buffer_bytes = saturating_bytes(buffers);
+  e.result_bytes = saturating_bytes(results);
   return e;
 }
 
 template <class T, class Act>
 PointResult simulate_typed(const PointSpec& spec, const Act& act, const StreamSeed& seed, const RunOptions& options,
                            const ProgressCallback& progress) {
+  // Sizes whose byte counts do not fit in the address space would overflow the index arithmetic
+  // below; they are refused before anything is allocated.
+  const WorkEstimate estimate = estimate_typed<T>(spec, options);
+  if (estimate.total_bytes() == std::numeric_limits<std::size_t>::max()) {
+    throw std::length_error("the point needs more memory than the address space holds; reduce monte_carlo.batch, "
+                            "monte_carlo.trials or the widths");
+  }
   const Geometry g(spec, sizeof(T));
   const std::int64_t trials = spec.monte_carlo.trials;
   PointResult out;

@@ -82,8 +82,9 @@ struct PointResult {
   int depth = 0;
   std::int64_t trials = 0;
   bool has_weight_gradients = false;
-  // per_trial[s][t * depth + (l - 1)]: statistic s of trial t at layer l (NaN where the layer
-  // had non-finite entries in that trial).
+  // per_trial[s][t * depth + (l - 1)]: statistic s of trial t at layer l. NaN where the layer
+  // had non-finite entries in that trial; the gradient statistics are NaN at every layer of a trial
+  // whose forward pass had a non-finite entry at any layer (the backward pass runs through it).
   std::array<std::vector<double>, kStatCount> per_trial;
   // Entries where h_l or x_l is inf or NaN (forward), and where dL/dh_l is (backward), per trial
   // at [t * depth + (l - 1)], and summed over trials at [l - 1].
@@ -105,14 +106,21 @@ struct PointResult {
 PointResult simulate_point(const PointSpec& spec, const StreamSeed& seed, const RunOptions& options,
                            const ProgressCallback& progress = {});
 
-// What a point costs, before running it.
+// What a point costs, before running it. Byte counts saturate at SIZE_MAX for absurd sizes.
 struct WorkEstimate {
   double gemm_flop = 0.0;           // multiply-adds counted as 2 FLOP
   std::size_t buffer_bytes = 0;     // engine buffers allocated for the point
+  std::size_t result_bytes = 0;     // the PointResult: every statistic of every trial and layer
   ParallelMode mode = ParallelMode::samples;  // the mode `automatic` resolves to
   int threads_used = 1;
+  // Peak memory of simulate_point: buffers and result together (saturating).
+  std::size_t total_bytes() const {
+    return buffer_bytes > SIZE_MAX - result_bytes ? SIZE_MAX : buffer_bytes + result_bytes;
+  }
 };
 
+// The cost of a point without running it or allocating anything. Throws std::invalid_argument for
+// an inconsistent spec, like simulate_point.
 WorkEstimate estimate_work(const PointSpec& spec, const RunOptions& options);
 
 // The saturation value f(-inf) that alpha dropout sets dropped units to (-lambda alpha for selu);

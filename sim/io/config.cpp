@@ -1,8 +1,10 @@
 #include "io/config.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -10,6 +12,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "core/engine.hpp"
 #include "io/sweep.hpp"
@@ -47,6 +50,9 @@ std::string show(const json& j) {
   return s;
 }
 
+// "a string \"x\"", "an integer 5", "null": what a value is, for "got ..." in messages.
+std::string got(const json& j) { return j.is_null() ? std::string("null") : describe_type(j) + " " + show(j); }
+
 std::string format_number(double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.17g", v);
@@ -73,6 +79,26 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
   return prev[b.size()];
 }
 
+// "'a'" for the nearest candidate, or "'a' or 'b'" when the word is part of several (init.variance:
+// weight_variance or bias_variance); "" if none is plausibly meant.
+std::string suggest_keys(std::string_view word, const std::vector<std::string>& candidates) {
+  std::vector<std::string> containing;
+  if (word.size() >= 3) {
+    for (const auto& c : candidates) {
+      if (c.find(word) != std::string::npos) containing.push_back(c);
+    }
+  }
+  if (containing.size() >= 2) {
+    std::string out;
+    for (std::size_t i = 0; i < containing.size(); ++i) {
+      out += (i == 0 ? "'" : (i + 1 == containing.size() ? " or '" : ", '")) + containing[i] + "'";
+    }
+    return out;
+  }
+  const std::string near = nearest_key(word, candidates);
+  return near.empty() ? near : "'" + near + "'";
+}
+
 // Collects issues while walking a config; every accessor records a problem and returns a
 // fallback instead of throwing, so one pass finds everything.
 class Checker {
@@ -81,10 +107,16 @@ class Checker {
 
   void fail(const std::string& path, std::string message) { issues.push_back({path, std::move(message)}); }
 
-  // True if j is an object; records an issue otherwise.
-  bool object(const json& j, const std::string& path) {
+  // True if j is an object; records an issue otherwise, naming the section's keys and, for a
+  // scalar given where a section belongs, the section that was probably meant (`key` set to it).
+  bool object(const json& j, const std::string& path, const std::vector<std::string>& keys,
+              const std::string& key_for_scalar = {}) {
     if (j.is_object()) return true;
-    fail(path, "must be an object {...}, got " + describe_type(j) + " " + show(j));
+    std::string msg = "must be an object {...} with keys " + list_names(keys) + ", got " + got(j);
+    if (!key_for_scalar.empty() && (j.is_string() || j.is_number())) {
+      msg += "; write {\"" + key_for_scalar + "\": " + show(j) + "}";
+    }
+    fail(path, msg);
     return false;
   }
 
@@ -93,11 +125,22 @@ class Checker {
     for (const auto& [key, value] : obj.items()) {
       if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
       std::string msg = "unknown key";
-      const std::string near = nearest_key(key, allowed);
-      if (!near.empty()) msg += "; did you mean '" + near + "'?";
+      const std::string near = suggest_keys(key, allowed);
+      if (!near.empty()) msg += "; did you mean " + near + "?";
       msg += allowed.empty() ? " (this section takes no keys)" : " (valid keys: " + list_names(allowed) + ")";
       fail(join_path(path, key), msg);
     }
+  }
+
+  // For a string where a number belongs: how to write it instead ("" if it is not a number).
+  static std::string quoted_number_hint(const json& v) {
+    if (!v.is_string()) return {};
+    const std::string& s = v.get_ref<const std::string&>();
+    char* end = nullptr;
+    const double d = std::strtod(s.c_str(), &end);
+    if (s.empty() || end != s.c_str() + s.size()) return {};
+    if (!std::isfinite(d)) return "; JSON has no NaN or Infinity, and every parameter must be finite";
+    return "; write the number without quotes";
   }
 
   // A finite number; `ok` tests the range and `requirement` says it in words.
@@ -107,7 +150,8 @@ class Checker {
     if (!obj.is_object() || !obj.contains(key)) return fallback;
     const json& v = obj.at(std::string(key));
     if (!v.is_number()) {
-      fail(p, "must be a number" + suffix(requirement) + ", got " + describe_type(v) + " " + show(v));
+      fail(p, "must be a number" + suffix(requirement) + ", got " + got(v) +
+                  quoted_number_hint(v));
       return fallback;
     }
     const double d = v.get<double>();
@@ -134,7 +178,7 @@ class Checker {
                              std::int64_t max_value) {
     const std::string range = range_text(min_value, max_value);
     if (!v.is_number()) {
-      fail(p, "must be an integer " + range + ", got " + describe_type(v) + " " + show(v));
+      fail(p, "must be an integer " + range + ", got " + got(v) + quoted_number_hint(v));
       return fallback;
     }
     const double d = v.get<double>();
@@ -146,7 +190,11 @@ class Checker {
       fail(p, "must be an integer " + range + ", got " + show(v));
       return fallback;
     }
-    if (d > static_cast<double>(max_value)) {
+    // Compared exactly: a double cannot tell 2^63 - 1 (the int64 maximum) from 2^63, and an
+    // unsigned JSON integer may exceed every int64.
+    const bool too_large = v.is_number_unsigned() ? v.get<std::uint64_t>() > static_cast<std::uint64_t>(max_value)
+                                                  : (d >= 0x1p63 || d > static_cast<double>(max_value));
+    if (too_large) {
       fail(p, "must be at most " + std::to_string(max_value) + ", got " + show(v));
       return fallback;
     }
@@ -158,7 +206,7 @@ class Checker {
     if (!obj.is_object() || !obj.contains(key)) return fallback;
     const json& v = obj.at(std::string(key));
     if (!v.is_boolean()) {
-      fail(p, "must be true or false, got " + describe_type(v) + " " + show(v));
+      fail(p, "must be true or false, got " + got(v));
       return fallback;
     }
     return v.get<bool>();
@@ -169,26 +217,33 @@ class Checker {
     if (!obj.is_object() || !obj.contains(key)) return fallback;
     const json& v = obj.at(std::string(key));
     if (!v.is_string()) {
-      fail(p, "must be a string, got " + describe_type(v) + " " + show(v));
+      fail(p, "must be a string, got " + got(v));
       return fallback;
     }
     return v.get<std::string>();
   }
 
-  // One of `choices`, as a string.
+  // One of `choices`, as a string. `synonyms` maps names used elsewhere (other libraries' names)
+  // to the choice to suggest; they are not accepted.
   std::string choice(const json& obj, std::string_view key, const std::string& path, const std::string& fallback,
-                     const std::vector<std::string>& choices) {
+                     const std::vector<std::string>& choices,
+                     const std::vector<std::pair<std::string, std::string>>& synonyms = {}) {
     const std::string p = join_path(path, key);
     if (!obj.is_object() || !obj.contains(key)) return fallback;
     const json& v = obj.at(std::string(key));
     if (!v.is_string()) {
-      fail(p, "must be one of " + list_names(choices) + ", got " + describe_type(v) + " " + show(v));
+      fail(p, "must be one of " + list_names(choices) + ", got " + got(v));
       return fallback;
     }
     const std::string s = v.get<std::string>();
     if (std::find(choices.begin(), choices.end(), s) != choices.end()) return s;
     std::string msg = "unknown value '" + s + "'";
-    const std::string near = nearest_key(s, choices);
+    std::string near = nearest_key(s, choices);
+    std::string lowered = s;
+    std::transform(lowered.begin(), lowered.end(), lowered.begin(), [](unsigned char ch) { return std::tolower(ch); });
+    for (const auto& [other, ours] : synonyms) {
+      if (lowered == other) near = ours;
+    }
     if (!near.empty()) msg += "; did you mean '" + near + "'?";
     fail(p, msg + " (valid: " + list_names(choices) + ")");
     return fallback;
@@ -223,6 +278,20 @@ const std::vector<std::string> kPrecisions = {"float32", "float64"};
 const std::vector<std::string> kInits = {"lecun_normal", "lecun_uniform",  "he_normal",
                                          "glorot_normal", "orthogonal",    "truncated_normal"};
 const std::vector<std::string> kInputs = {"normal", "uniform"};
+const std::vector<std::pair<std::string, std::string>> kInputSynonyms = {
+    {"gaussian", "normal"}, {"gauss", "normal"}, {"randn", "normal"}, {"rand", "uniform"}};
+// Other libraries' names for our initialisers (PyTorch's kaiming_*/xavier_*, Keras' he_*/glorot_*).
+const std::vector<std::pair<std::string, std::string>> kInitSynonyms = {
+    {"kaiming", "he_normal"},         {"kaiming_normal", "he_normal"},  {"kaiming_normal_", "he_normal"},
+    {"he", "he_normal"},              {"xavier", "glorot_normal"},      {"xavier_normal", "glorot_normal"},
+    {"xavier_normal_", "glorot_normal"}, {"glorot", "glorot_normal"},   {"lecun", "lecun_normal"},
+    {"selu", "lecun_normal"},         {"trunc_normal", "truncated_normal"}, {"trunc_normal_", "truncated_normal"},
+    {"orthogonal_", "orthogonal"}};
+// A config is at most 6 levels deep (sweep.grid.<key>.linspace[...]); far deeper nesting is not a
+// config, and would exhaust the stack of the recursive JSON copy and dump.
+constexpr int kMaxNesting = 32;
+// Most layers (summed over the points) one experiment may have: its specs stay in memory.
+constexpr std::size_t kMaxTotalLayers = 20'000'000;
 
 std::vector<std::string> activation_names() {
   std::vector<std::string> names;
@@ -238,7 +307,7 @@ NetworkSpec parse_network(const json& root, Checker& c) {
   const std::string path = "network";
   const json empty = json::object();
   const json& j = root.contains(path) ? root.at(path) : empty;
-  if (!c.object(j, path)) return {std::vector<std::int64_t>(65, 512)};
+  if (!c.object(j, path, kNetworkKeys)) return {std::vector<std::int64_t>(65, 512)};
   c.known_keys(j, path, kNetworkKeys);
   const bool has_depth = j.contains("depth");
   const std::int64_t depth = c.integer(j, "depth", path, 64, 1, kMaxDepth);
@@ -250,7 +319,7 @@ NetworkSpec parse_network(const json& root, Checker& c) {
     if (!w.is_array() || w.size() < 2) {
       c.fail(join_path(path, "widths"),
              "must be a list of at least 2 integers [n_0, n_1, ..., n_L] (input width first), got " +
-                 describe_type(w) + " " + show(w));
+                 got(w));
       return {std::vector<std::int64_t>(static_cast<std::size_t>(depth + 1), 512)};
     }
     for (std::size_t i = 0; i < w.size(); ++i) {
@@ -272,7 +341,11 @@ NetworkSpec parse_network(const json& root, Checker& c) {
 Activation parse_activation(const json& j, const std::string& path, Checker& c) {
   json obj = j;
   if (j.is_string()) obj = json{{"name", j}};
-  if (!c.object(obj, path)) return Selu{};
+  if (!obj.is_object()) {
+    c.fail(path, "must be an activation name such as \"selu\" or an object {\"name\": \"elu\", \"alpha\": 0.5}, got " +
+                     got(j));
+    return Selu{};
+  }
   if (!obj.contains("name")) {
     c.fail(join_path(path, "name"), "missing; choose one of " + list_names(activation_names()));
     return Selu{};
@@ -300,11 +373,13 @@ Activation parse_activation(const json& j, const std::string& path, Checker& c) 
   const std::size_t before = c.issues.size();
   for (const auto& p : info->params) values.push_back(c.number(obj, p.name, path, p.default_value));
   if (c.issues.size() != before) return Selu{};
-  for (const auto& [param, message] : check_activation_params(info->name, values)) {
-    c.fail(join_path(path, param), message + ", got " + format_number(values[static_cast<std::size_t>(
-                                                           std::find_if(info->params.begin(), info->params.end(),
-                                                                        [&](const ParamInfo& pi) { return pi.name == param; }) -
-                                                           info->params.begin())]));
+  for (const auto& problem : check_activation_params(info->name, values)) {
+    // (Not a structured binding: clang 14 cannot capture one in a lambda.)
+    const std::string& param = problem.first;
+    const auto at = std::find_if(info->params.begin(), info->params.end(),
+                                 [&](const ParamInfo& pi) { return pi.name == param; });
+    c.fail(join_path(path, param),
+           problem.second + ", got " + format_number(values[static_cast<std::size_t>(at - info->params.begin())]));
   }
   try {
     return make_activation(info->name, values);
@@ -318,9 +393,9 @@ InitSpec parse_init(const json& root, Checker& c) {
   const std::string path = "init";
   if (!root.contains(path)) return init;
   const json& j = root.at(path);
-  if (!c.object(j, path)) return init;
+  if (!c.object(j, path, kInitKeys, j.is_string() ? "name" : "weight_variance")) return init;
   c.known_keys(j, path, kInitKeys);
-  const std::string name = c.choice(j, "name", path, "lecun_normal", kInits);
+  const std::string name = c.choice(j, "name", path, "lecun_normal", kInits, kInitSynonyms);
   init.kind = static_cast<InitKind>(std::find(kInits.begin(), kInits.end(), name) - kInits.begin());
   init.weight_mean = c.number(j, "weight_mean", path, 0.0);
   init.weight_variance = c.number(j, "weight_variance", path, 1.0, [](double v) { return v > 0; }, "> 0");
@@ -334,9 +409,9 @@ InputSpec parse_input(const json& root, Checker& c) {
   const std::string path = "input";
   if (!root.contains(path)) return in;
   const json& j = root.at(path);
-  if (!c.object(j, path)) return in;
+  if (!c.object(j, path, kInputKeys, j.is_string() ? "distribution" : "")) return in;
   c.known_keys(j, path, kInputKeys);
-  in.distribution = c.choice(j, "distribution", path, "normal", kInputs) == "uniform" ? InputDistribution::uniform
+  in.distribution = c.choice(j, "distribution", path, "normal", kInputs, kInputSynonyms) == "uniform" ? InputDistribution::uniform
                                                                                        : InputDistribution::normal;
   in.mean = c.number(j, "mean", path, 0.0);
   in.variance = c.number(j, "variance", path, 1.0, [](double v) { return v >= 0; }, ">= 0");
@@ -348,7 +423,7 @@ AlphaDropoutSpec parse_dropout(const json& root, const Activation& act, const st
   const std::string path = "alpha_dropout";
   if (!root.contains(path)) return d;
   const json& j = root.at(path);
-  if (!c.object(j, path)) return d;
+  if (!c.object(j, path, kDropoutKeys, "keep_probability")) return d;
   c.known_keys(j, path, kDropoutKeys);
   d.keep_probability = c.number(j, "keep_probability", path, 1.0, [](double v) { return v > 0 && v <= 1; },
                                 "in (0, 1] (the probability of KEEPING a unit, the paper's q)");
@@ -369,7 +444,7 @@ MonteCarloSpec parse_monte_carlo(const json& root, Checker& c) {
   const std::string path = "monte_carlo";
   if (!root.contains(path)) return mc;
   const json& j = root.at(path);
-  if (!c.object(j, path)) return mc;
+  if (!c.object(j, path, kMonteCarloKeys)) return mc;
   c.known_keys(j, path, kMonteCarloKeys);
   mc.trials = c.integer(j, "trials", path, mc.trials, 1, kMaxCount);
   mc.batch = c.integer(j, "batch", path, mc.batch, 1, kMaxCount);
@@ -382,7 +457,7 @@ OutputSpec parse_output(const json& root, Checker& c) {
   const std::string path = "output";
   if (!root.contains(path)) return out;
   const json& j = root.at(path);
-  if (!c.object(j, path)) return out;
+  if (!c.object(j, path, kOutputKeys)) return out;
   c.known_keys(j, path, kOutputKeys);
   out.per_trial = c.boolean(j, "per_trial", path, false);
   return out;
@@ -402,13 +477,59 @@ PointSpec parse_point(const json& root, const std::string& activation_path, Chec
   return spec;
 }
 
-// Parses JSON text, rejecting duplicate keys; issues carry line and column.
+// "line 3, column 14" of the character at 0-based `index` of `text`.
+std::string line_column(std::string_view text, std::size_t index) {
+  std::size_t line = 1, col = 1;
+  for (std::size_t i = 0; i < index && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      col = 1;
+    } else {
+      ++col;
+    }
+  }
+  return "line " + std::to_string(line) + ", column " + std::to_string(col);
+}
+
+// The bare word around `index` (letters, digits, sign, dot), and where it starts.
+std::pair<std::string, std::size_t> word_at(std::string_view text, std::size_t index) {
+  auto part = [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '+' || ch == '.'; };
+  if (index >= text.size()) return {"", index};
+  std::size_t b = index, e = index;
+  while (b > 0 && part(text[b - 1])) --b;
+  while (e < text.size() && part(text[e])) ++e;
+  return {std::string(text.substr(b, e - b)), b};
+}
+
+// Thrown from the parser callback to stop at absurd nesting.
+struct TooDeep {
+  std::string path;
+};
+
+// Parses JSON text, rejecting duplicate keys and absurd nesting; issues carry line and column,
+// and the key they belong to where it is known.
 std::optional<json> parse_text(std::string_view text, Checker& c) {
+  if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+    c.fail("", "the file is empty (a config is a JSON object); write {} to run every default, or see "
+               "configs/README.md");
+    return std::nullopt;
+  }
   // Keys seen in each open object, and the path of keys that leads to it.
   std::vector<std::set<std::string>> seen;
   std::vector<std::string> path;
   std::vector<std::string> dup;
-  json::parser_callback_t cb = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+  auto where = [&] {
+    std::string w;
+    for (const auto& p : path) {
+      if (!p.empty()) w += (w.empty() ? "" : ".") + p;
+    }
+    return w;
+  };
+  json::parser_callback_t cb = [&](int depth, json::parse_event_t event, json& parsed) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
+        depth >= kMaxNesting) {
+      throw TooDeep{where()};
+    }
     if (event == json::parse_event_t::object_start) {
       seen.emplace_back();
       path.emplace_back();
@@ -418,11 +539,7 @@ std::optional<json> parse_text(std::string_view text, Checker& c) {
     } else if (event == json::parse_event_t::key && !seen.empty()) {
       const std::string key = parsed.get<std::string>();
       path.back() = key;
-      if (!seen.back().insert(key).second) {
-        std::string where;
-        for (const auto& p : path) where += (where.empty() ? "" : ".") + p;
-        dup.push_back(where);
-      }
+      if (!seen.back().insert(key).second) dup.push_back(where());
     }
     return true;
   };
@@ -433,28 +550,54 @@ std::optional<json> parse_text(std::string_view text, Checker& c) {
                 "remove one");
     }
     return doc;
+  } catch (const TooDeep& e) {
+    c.fail(e.path, "nested more than " + std::to_string(kMaxNesting) + " levels deep (a config needs at most 6, "
+                   "as in sweep.grid.<key>.linspace); see configs/README.md for the layout");
+    return std::nullopt;
   } catch (const json::parse_error& e) {
-    // Translate the byte offset into line and column.
-    const std::size_t byte = std::min<std::size_t>(e.byte, text.size());
-    std::size_t line = 1, col = 1;
-    for (std::size_t i = 0; i + 1 < byte; ++i) {
-      if (text[i] == '\n') {
-        ++line;
-        col = 1;
-      } else {
-        ++col;
-      }
+    // e.byte counts from 1 and points at the last character read.
+    const std::size_t index = std::min<std::size_t>(e.byte, text.size() + 1) - (e.byte > 0 ? 1 : 0);
+    const auto [word, word_start] = word_at(text, std::min(index, text.size() - 1));
+    std::string lowered = word;
+    std::transform(lowered.begin(), lowered.end(), lowered.begin(), [](unsigned char ch) { return std::tolower(ch); });
+    if (!lowered.empty() && (lowered[0] == '-' || lowered[0] == '+')) lowered.erase(0, 1);
+    if (lowered == "nan" || lowered == "inf" || lowered == "infinity") {
+      c.fail(where(), word + " at " + line_column(text, word_start) + " is not a number (JSON has no NaN or "
+                      "Infinity, and every parameter must be finite); write a finite number such as 1.5");
+      return std::nullopt;
     }
     std::string what = e.what();
     const auto pos = what.find("syntax error");
     if (pos != std::string::npos) what = what.substr(pos);
-    c.fail("", "malformed JSON at line " + std::to_string(line) + ", column " + std::to_string(col) + ": " + what);
+    // The usual slips from JavaScript or Python, spelled out.
+    std::string hint;
+    const std::size_t before = index == 0 ? std::string_view::npos : text.find_last_not_of(" \t\r\n", index - 1);
+    if (index < text.size() && (text[index] == '}' || text[index] == ']') && before != std::string_view::npos &&
+        text[before] == ',') {
+      hint = "; a comma before '" + std::string(1, text[index]) + "' is not allowed in JSON: remove it";
+    } else if (index < text.size() && text[index] == '/') {
+      hint = "; JSON has no comments: remove it, or put the note in \"description\"";
+    } else if (index < text.size() && text[index] == '\'') {
+      hint = "; JSON strings and keys take double quotes \"...\", not single quotes";
+    }
+    c.fail("", "malformed JSON at " + line_column(text, index) + ": " + what + hint);
     return std::nullopt;
   } catch (const json::out_of_range& e) {
+    // Number overflow ("1e400"): name the key and the place of the number.
     std::string what = e.what();
-    const auto pos = what.find("] ");
-    if (pos != std::string::npos) what = what.substr(pos + 2);
-    c.fail("", "unusable JSON: " + what + " (numbers must be finite and fit in a double)");
+    const auto q0 = what.find('\'');
+    const auto q1 = q0 == std::string::npos ? q0 : what.find('\'', q0 + 1);
+    if (q1 != std::string::npos) {
+      const std::string number = what.substr(q0 + 1, q1 - q0 - 1);
+      const auto at = text.find(number);
+      c.fail(where(), "the number " + number + (at == std::string_view::npos ? "" : " at " + line_column(text, at)) +
+                          " is out of range (beyond the largest double, about 1.8e308); write a finite number "
+                          "such as 1.5");
+    } else {
+      const auto pos = what.find("] ");
+      if (pos != std::string::npos) what = what.substr(pos + 2);
+      c.fail("", "unusable JSON: " + what + " (numbers must be finite and fit in a double)");
+    }
     return std::nullopt;
   }
 }
@@ -537,7 +680,11 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
   const std::optional<json> parsed = parse_text(text, c);
   if (!parsed) throw ConfigError(source, c.issues);
   const json& root = *parsed;
-  if (!c.object(root, "")) throw ConfigError(source, c.issues);
+  if (!root.is_object()) {
+    c.fail("", "the config must be a JSON object {...} whose keys are sections such as \"network\" and "
+               "\"activation\", got " + got(root) + "; write {} to run every default");
+    throw ConfigError(source, c.issues);
+  }
   c.known_keys(root, "", kTopKeys);
 
   Experiment ex;
@@ -567,6 +714,7 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
   };
   std::vector<Found> found;
   std::vector<json> resolved_points;
+  std::size_t total_layers = 0;
   for (std::size_t p = 0; p < plan.points.size(); ++p) {
     json point = base;
     Checker pc;
@@ -576,6 +724,15 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
     ConfigPoint cp;
     cp.index = static_cast<std::int64_t>(p);
     cp.spec = parse_point(point, act_path, pc);
+    // Every point keeps its widths: bound their total so a deep sweep cannot exhaust memory here.
+    total_layers += cp.spec.network.widths.size();
+    if (total_layers > kMaxTotalLayers) {
+      c.fail("sweep", "its points have more than " + std::to_string(kMaxTotalLayers) + " layers in all (" +
+                          std::to_string(plan.points.size()) + " points, " + std::to_string(cp.spec.network.depth()) +
+                          " layers at point " + std::to_string(p) + "), more than this program holds in memory; "
+                          "split the sweep into several configs");
+      throw ConfigError(source, c.issues);
+    }
     for (const auto& issue : pc.issues) {
       auto it = std::find_if(found.begin(), found.end(), [&](const Found& f) {
         return f.issue.path == issue.path && f.issue.message == issue.message;
@@ -632,16 +789,31 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
 }
 
 Experiment load_experiment(const std::filesystem::path& file) {
+  // Configs are a few KiB; a cap keeps a mistaken path (/dev/zero, a result file) from filling memory.
+  constexpr std::size_t kMaxConfigBytes = std::size_t(16) << 20;
+  std::error_code ec;
+  if (std::filesystem::is_directory(file, ec)) {
+    throw FileError(file.string() + ": is a folder, not a config file; give the path of a JSON config such as "
+                    "configs/default.json");
+  }
   std::ifstream in(file, std::ios::binary);
   if (!in) {
-    std::error_code ec;
     const bool exists = std::filesystem::exists(file, ec);
     throw FileError(file.string() + ": cannot read the config (" +
-                    (exists ? std::string("permission denied or not a file") : std::string("no such file")) + ")");
+                    (exists ? std::string("permission denied or not a file") : std::string("no such file")) +
+                    "); check the path");
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return parse_experiment(ss.str(), file.string(), file.stem().string());
+  std::string text;
+  char buffer[65536];
+  while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
+    text.append(buffer, static_cast<std::size_t>(in.gcount()));
+    if (text.size() > kMaxConfigBytes) {
+      throw FileError(file.string() + ": is larger than " + std::to_string(kMaxConfigBytes >> 20) +
+                      " MiB, far more than any config (a few KiB); is it the right file?");
+    }
+  }
+  if (in.bad()) throw FileError(file.string() + ": cannot read the config (read error)");
+  return parse_experiment(text, file.string(), file.stem().string());
 }
 
 Experiment with_seed(const Experiment& experiment, std::uint64_t seed) {

@@ -18,6 +18,10 @@
 
 namespace selfnorm::io {
 
+// Most points one experiment may have (each is validated and kept in memory before a run), and so
+// the most shards that make sense.
+inline constexpr std::int64_t kMaxPoints = 100'000;
+
 // One problem found in a config.
 struct ConfigIssue {
   std::string path;     // dotted JSON path, "" for the document itself

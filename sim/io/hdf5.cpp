@@ -124,6 +124,24 @@ Id create_file(const std::filesystem::path& path) {
             H5Fclose);
 }
 
+Id create_memory_file(const std::string& label) {
+  silence_library();
+  Id fapl(check(H5Pcreate(H5P_FILE_ACCESS), "file access properties"), H5Pclose);
+  // Grows in 1 MiB steps; no backing store: nothing is written to a file named `label`.
+  check_status(H5Pset_fapl_core(fapl, std::size_t(1) << 20, 0), "core driver");
+  return Id(check(H5Fcreate(label.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), "cannot create " + label + " in memory"),
+            H5Fclose);
+}
+
+std::vector<unsigned char> file_image(hid_t file) {
+  check_status(H5Fflush(file, H5F_SCOPE_LOCAL), "flush the in-memory file");
+  const ssize_t size = H5Fget_file_image(file, nullptr, 0);
+  if (size < 0) fail("file image size");
+  std::vector<unsigned char> image(static_cast<std::size_t>(size));
+  if (H5Fget_file_image(file, image.data(), image.size()) != size) fail("file image");
+  return image;
+}
+
 Id open_file(const std::filesystem::path& path) {
   silence_library();
   return Id(check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "cannot open " + path.string() +

@@ -53,6 +53,12 @@ class Id {
 
 // Creates a new file; fails if it exists.
 Id create_file(const std::filesystem::path& path);
+// Creates a file that lives in memory only (the core driver); `label` names it in messages. Its
+// bytes are taken with file_image() and written by the caller, so that HDF5 never meets a disk
+// error: HDF5 1.10 crashes at exit after a file whose close failed (a full disk, say).
+Id create_memory_file(const std::string& label);
+// The complete bytes of an open file, as they would be on disk.
+std::vector<unsigned char> file_image(hid_t file);
 // Opens an existing file read-only.
 Id open_file(const std::filesystem::path& path);
 

@@ -25,25 +25,45 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// Flushes a file or folder to disk; a failure here means the data may not be durable.
-void fsync_path(const fs::path& path, bool directory) {
-  const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
-  if (fd < 0) {
-    if (directory) return;  // some file systems do not allow opening folders; the rename still happened
-    throw std::runtime_error("cannot open " + path.string() + " to flush it: " + std::strerror(errno));
-  }
-  const int rc = ::fsync(fd);
-  const int err = errno;
+// Flushes a folder's entries (a rename) to disk. Some file systems do not allow opening folders;
+// the rename has happened either way, so failures are ignored.
+void fsync_folder(const fs::path& folder) {
+  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fsync(fd);
   ::close(fd);
-  if (rc != 0 && !directory) {
-    throw std::runtime_error("cannot flush " + path.string() + " to disk: " + std::strerror(err));
-  }
 }
+
+// The prefix of every temporary name of `path`; the suffix is "<pid>-<random>".
+std::string temporary_prefix(const fs::path& path) { return "." + path.filename().string() + ".tmp-"; }
 
 fs::path temporary_name(const fs::path& path) {
   std::random_device rd;
   const std::string tag = std::to_string(::getpid()) + "-" + std::to_string(rd() % 1000000);
-  return path.parent_path() / ("." + path.filename().string() + ".tmp-" + tag);
+  return path.parent_path() / (temporary_prefix(path) + tag);
+}
+
+// What a write error means for the user, and what would work.
+std::string describe_errno(int code) {
+  switch (code) {
+    case ENOSPC:
+      return "no space left on device; free some space on that file system, or write elsewhere with -o";
+    case EDQUOT:
+      return "disk quota exceeded; free some of your space, or write elsewhere with -o";
+    case EROFS:
+      return "the file system is read-only; write elsewhere with -o";
+    case EACCES:
+    case EPERM:
+      return "permission denied; write to a folder you may write to, with -o";
+    case ENOENT:
+      return "the folder does not exist (or was removed during the run); create it, or write elsewhere with -o";
+    case EIO:
+      return "input/output error: the disk or the network file system failed; check it, or write elsewhere with -o";
+    case 0:
+      return "the cause is unknown; check the file system, or write elsewhere with -o";
+    default:
+      return std::string(std::strerror(code)) + "; write elsewhere with -o";
+  }
 }
 
 // Writes one varied key as a [point] dataset with the narrowest type that holds its values. Numbers
@@ -98,9 +118,11 @@ std::pair<std::string, std::string> describe_point_prediction(const std::string&
   return {"mean-field " + name.substr(std::string("theory_").size()), "mean-field prediction"};
 }
 
-void write_file(const fs::path& path, const Experiment& ex, const std::vector<PointRecord>& records,
-                const Provenance& prov, const std::optional<ShardInfo>& shard) {
-  h5::Id file = h5::create_file(path);
+// The result file's bytes, built in memory.
+std::vector<unsigned char> build_image(const fs::path& path, const Experiment& ex,
+                                       const std::vector<PointRecord>& records, const Provenance& prov,
+                                       const std::optional<ShardInfo>& shard) {
+  h5::Id file = h5::create_memory_file(path.string());
   for (std::size_t p = 0; p < records.size(); ++p) {
     const std::int64_t i = records[p].index;
     if (i < 0 || i >= static_cast<std::int64_t>(ex.points.size()) || (p > 0 && i <= records[p - 1].index)) {
@@ -338,7 +360,33 @@ void write_file(const fs::path& path, const Experiment& ex, const std::vector<Po
   trial.reset();
   layer.reset();
   point.reset();
+  std::vector<unsigned char> image = h5::file_image(file);
   file.close();
+  return image;
+}
+
+// Writes `bytes` to a new file `tmp` and flushes it to disk; errors name `shown` (the final name).
+void write_new_file(const fs::path& tmp, const std::vector<unsigned char>& bytes, const fs::path& shown) {
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) throw WriteError(shown, errno, "create the new file");
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : EIO;
+      ::close(fd);
+      throw WriteError(shown, err, "write the result file");
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  // Some file systems (NFS, full disks with delayed allocation) report a failed write only here.
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw WriteError(shown, err, "flush the new file to disk (fsync)");
+  }
+  if (::close(fd) != 0) throw WriteError(shown, errno, "close the new file");
 }
 
 }  // namespace
@@ -394,20 +442,43 @@ PointRecord make_record(std::int64_t index, const PointResult& result, bool keep
   return r;
 }
 
+WriteError::WriteError(const fs::path& path, int error_code, const std::string& action, const std::string& detail)
+    : std::runtime_error(path.string() + ": cannot " + action + ": " + describe_errno(error_code) +
+                         (detail.empty() ? std::string() : " [" + detail + "]")),
+      path_(path),
+      error_code_(error_code) {}
+
 void write_results(const fs::path& path, const Experiment& experiment, const std::vector<PointRecord>& records,
                    const Provenance& provenance, const std::optional<ShardInfo>& shard) {
   const fs::path folder = path.parent_path().empty() ? fs::path(".") : path.parent_path();
   const fs::path tmp = temporary_name(path.parent_path().empty() ? fs::path(".") / path : path);
+  // HDF5 builds the file in memory; only plain write(2) calls touch the disk, so a disk error is
+  // reported with its errno and nothing of HDF5's state is left behind.
+  const std::vector<unsigned char> image = build_image(path, experiment, records, provenance, shard);
   try {
-    write_file(tmp, experiment, records, provenance, shard);
-    fsync_path(tmp, false);
-    fs::rename(tmp, path);
+    write_new_file(tmp, image, path);
+    std::error_code ec;
+    fs::rename(tmp, path, ec);
+    if (ec) throw WriteError(path, ec.value(), "move the new file to its final name");
   } catch (...) {
     std::error_code ec;
     fs::remove(tmp, ec);
     throw;
   }
-  fsync_path(folder, true);
+  fsync_folder(folder);
+}
+
+int remove_stale_temporaries(const fs::path& output) {
+  const fs::path folder = output.parent_path().empty() ? fs::path(".") : output.parent_path();
+  const std::string prefix = temporary_prefix(output);
+  int removed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename().string().rfind(prefix, 0) != 0) continue;
+    std::error_code rm;
+    if (fs::remove(it->path(), rm)) ++removed;
+  }
+  return removed;
 }
 
 FileHeader read_header(const fs::path& path) {

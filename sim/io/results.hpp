@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,22 @@ inline constexpr const char* kSchemaName = "selfnorm.results";
 inline constexpr std::int64_t kSchemaVersion = 2;
 // The oldest version read_records reads.
 inline constexpr std::int64_t kOldestReadableSchemaVersion = 1;
+
+// A file that could not be written: what() names the path, the operating system's reason and a
+// remedy ("no space left on device ...; free some space ..."). Nothing is left under the final
+// name when a result write fails.
+class WriteError : public std::runtime_error {
+ public:
+  // `action` says what failed ("write", "create the lock file"); `error_code` is the errno, 0 if unknown.
+  WriteError(const std::filesystem::path& path, int error_code, const std::string& action,
+             const std::string& detail = {});
+  int error_code() const { return error_code_; }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  int error_code_ = 0;
+};
 
 // Where and how a result was produced.
 struct Provenance {
@@ -88,6 +105,11 @@ void add_predictions(PointRecord& record, const PointSpec& spec);
 void write_results(const std::filesystem::path& path, const Experiment& experiment,
                    const std::vector<PointRecord>& records, const Provenance& provenance,
                    const std::optional<ShardInfo>& shard = std::nullopt);
+
+// Removes the temporary files that interrupted writes of `output` left in its folder
+// (".<name>.tmp-*"); returns how many. Call it only while holding the output's lock
+// (io/lock.hpp), which guarantees that no other process is writing them.
+int remove_stale_temporaries(const std::filesystem::path& output);
 
 // What a result file says about itself.
 struct FileHeader {

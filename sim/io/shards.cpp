@@ -83,13 +83,27 @@ std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const st
 
 void Checkpoint::save(const Experiment& experiment, const PointRecord& record, const Provenance& provenance,
                       const std::optional<ShardInfo>& shard) const {
-  fs::create_directories(folder_);
+  std::error_code ec;
+  fs::create_directories(folder_, ec);
+  if (ec) throw WriteError(folder_, ec.value(), "create the checkpoint folder");
   write_results(folder_ / ("point-" + std::to_string(record.index) + ".h5"), experiment, {record}, provenance, shard);
 }
 
 void Checkpoint::remove() const {
   std::error_code ec;
   fs::remove_all(folder_, ec);
+}
+
+int Checkpoint::remove_stale_temporaries() const {
+  int removed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(folder_, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(".point-", 0) != 0 || name.find(".tmp-") == std::string::npos) continue;
+    std::error_code rm;
+    if (fs::remove(it->path(), rm)) ++removed;
+  }
+  return removed;
 }
 
 void merge_shards(const std::vector<fs::path>& shards, const fs::path& output, const Provenance& provenance) {

@@ -37,11 +37,14 @@ class Checkpoint {
   // The records saved for this experiment and shard. Throws std::runtime_error naming the folder
   // if it holds another experiment's points (a different config hash) or another shard's.
   std::vector<PointRecord> load(const Experiment& experiment, const std::optional<ShardInfo>& shard) const;
-  // Saves one finished point (creating the folder if needed).
+  // Saves one finished point (creating the folder if needed). Throws WriteError if it cannot.
   void save(const Experiment& experiment, const PointRecord& record, const Provenance& provenance,
             const std::optional<ShardInfo>& shard) const;
   // Removes the folder once the final result is written.
   void remove() const;
+  // Removes the temporary files of checkpoint writes that were interrupted (".point-*.tmp-*");
+  // returns how many. Only while holding the output's lock (io/lock.hpp).
+  int remove_stale_temporaries() const;
 
  private:
   std::filesystem::path folder_;

@@ -110,13 +110,30 @@ std::vector<json> expand_values(const json& spec, const std::string& path, std::
       base = b.get<double>();
     }
     const auto num = static_cast<std::int64_t>(numd);
+    // stop - start overflows for ends near +-1.8e308; the weighted form is then used instead (it
+    // would change the last bits of ordinary sweeps, so only then).
+    const bool span_finite = std::isfinite(stop - start);
     std::vector<json> values;
     for (std::int64_t i = 0; i < num; ++i) {
+      const double f = static_cast<double>(i) / static_cast<double>(std::max<std::int64_t>(num - 1, 1));
       const double t = num == 1 ? start
                                 : (i == num - 1 ? stop
-                                                : start + (stop - start) * static_cast<double>(i) /
-                                                              static_cast<double>(num - 1));
-      values.emplace_back(log ? std::pow(base, t) : t);
+                                                : (span_finite ? start + (stop - start) * static_cast<double>(i) /
+                                                                             static_cast<double>(num - 1)
+                                                               : start * (1.0 - f) + stop * f));
+      const double value = log ? std::pow(base, t) : t;
+      if (!std::isfinite(value)) {
+        char buf[96];
+        if (log) {
+          std::snprintf(buf, sizeof buf, "base**%.17g = %.17g**%.17g", t, base, t);
+        } else {
+          std::snprintf(buf, sizeof buf, "value %d", static_cast<int>(i));
+        }
+        issues.push_back({path + "." + form, std::string(buf) + " overflows a double (the largest is about "
+                                             "1.8e308), got " + a.dump() + "; choose smaller ends"});
+        return {};
+      }
+      values.emplace_back(value);
     }
     return values;
   }
@@ -267,10 +284,12 @@ SweepPlan plan_sweep(const json& root, std::vector<ConfigIssue>& issues) {
   }
   if (issues.size() != issues_before) return plan;
 
-  // Cartesian product in C order.
+  // Cartesian product in C order. The count is checked axis by axis, so it cannot wrap around.
   std::size_t total = 1;
+  std::string shape;
   for (const auto& axis : axes) {
-    total *= axis.size();
+    shape += (shape.empty() ? "" : " x ") + std::to_string(axis.size());
+    if (total <= static_cast<std::size_t>(kMaxPoints)) total *= axis.size();  // ~5 KiB, 60 us each
     plan.grid_shape.push_back(static_cast<std::int64_t>(axis.size()));
     plan.axis_names.push_back(axis.keys.front());
     for (const auto& k : axis.keys) {
@@ -278,8 +297,10 @@ SweepPlan plan_sweep(const json& root, std::vector<ConfigIssue>& issues) {
       plan.swept_axes.push_back(static_cast<std::int64_t>(plan.grid_shape.size()) - 1);
     }
   }
-  if (total > 10'000'000) {
-    issues.push_back({"sweep", "has " + std::to_string(total) + " points; at most 10000000 are supported"});
+  if (total > static_cast<std::size_t>(kMaxPoints)) {
+    issues.push_back({"sweep", "has " + shape + " points, more than the " + std::to_string(kMaxPoints) +
+                                   " supported (each point is validated and kept in memory before the run); split "
+                                   "it into several configs, or use fewer values per axis"});
     return plan;
   }
   if (axes.empty()) {

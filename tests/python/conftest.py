@@ -4,6 +4,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import h5py
 import pytest
 
 ROOT = Path(os.environ.get("SELFNORM_ROOT", Path(__file__).resolve().parents[2]))
@@ -113,3 +114,17 @@ def scripts_on_path():
     if path not in sys.path:
         sys.path.insert(0, path)
     return ROOT / "scripts"
+
+
+def same_statistics(a, b):
+    """True if two result files hold the same numeric datasets, bit for bit."""
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        names = sorted(k for k in fa.keys() if fa[k].dtype.kind in "fiu")
+        if names != sorted(k for k in fb.keys() if fb[k].dtype.kind in "fiu"):
+            return False
+        return all(fa[n][:].tobytes() == fb[n][:].tobytes() for n in names)
+
+
+def files_under(folder):
+    """Every path under `folder`, relative to it, sorted (hidden files included)."""
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))

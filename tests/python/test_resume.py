@@ -8,12 +8,12 @@ import time
 import h5py
 import pytest
 
-from conftest import BIN
+from conftest import BIN, same_statistics
 
 CONFIG = {
     "name": "resume",
     "seed": 21,
-    "network": {"depth": 16, "width": 512},
+    "network": {"depth": 16, "width": 256},
     "monte_carlo": {"trials": 8, "batch": 256},
     "sweep": {"grid": {"activation.alpha": {"linspace": [1.4, 2.0, 5]}, "activation.lambda": [1.0, 1.05]}},
 }
@@ -39,13 +39,6 @@ def wait_for_checkpoints(proc, out, count, timeout=120):
             proc.kill()
             pytest.fail("timed out waiting for checkpoints")
         time.sleep(0.005)
-
-
-def same_statistics(a, b):
-    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        names = sorted(k for k in fa.keys() if fa[k].dtype.kind in "fiu")
-        assert names == sorted(k for k in fb.keys() if fb[k].dtype.kind in "fiu")
-        return all(fa[n][:].tobytes() == fb[n][:].tobytes() for n in names)
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +101,105 @@ def test_a_checkpoint_of_another_config_is_refused(reference, tmp_path):
     assert r.returncode == 1
     assert "holds points of another experiment" in r.stderr
     assert "remove the folder or choose another output path with -o" in r.stderr
+
+
+# Kills in the middle of a write. Results and checkpoints are written under a temporary name
+# (".<name>.tmp-<pid>-<n>"), flushed and renamed; a kill before the rename leaves the temporary
+# file. It must never be read as a result, and the next run (holding the lock, so nobody else is
+# writing) removes it. Large per-trial outputs keep each write open for tens of milliseconds.
+LARGE = {
+    "name": "large",
+    "seed": 4,
+    "network": {"depth": 200, "width": 8},
+    "activation": ["selu", "tanh", "relu"],
+    "monte_carlo": {"trials": 500, "batch": 8},
+    "output": {"per_trial": True},
+}
+
+
+@pytest.fixture(scope="module")
+def large_reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("large")
+    cfg = folder / "large.json"
+    import json
+    cfg.write_text(json.dumps(LARGE))
+    out = folder / "reference.h5"
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return cfg, out
+
+
+def temporaries(folder):
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name) if folder.exists() else []
+
+
+def kill_while_writing(cfg, out, folder, attempts=5):
+    """Runs until a temporary file appears in `folder`, then SIGKILLs the run at once; returns the
+    temporary files left behind. Retries (with a fresh output) if the rename won the race."""
+    for attempt in range(attempts):
+        for p in [out, out.with_name(out.name + ".partial")]:
+            subprocess.run(["rm", "-rf", str(p)])
+        proc = subprocess.Popen([str(BIN), "run", str(cfg), "-o", str(out), "--quiet"],
+                                env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not temporaries(folder):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the run ended before a write was caught:\n{proc.stderr.read()}")
+            time.sleep(0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        left = temporaries(folder)
+        if left:
+            print(f"caught a write after {attempt + 1} attempt(s): {left}")
+            return left
+    pytest.fail(f"no kill landed inside a write in {attempts} attempts")
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_a_temporary_that_is_never_read(large_reference, tmp_path):
+    cfg, ref = large_reference
+    out = tmp_path / "run.h5"
+    partial = out.with_name(out.name + ".partial")
+    left = kill_while_writing(cfg, out, partial)
+    assert all(name.startswith(".point-") for name in left)
+    assert not out.exists()
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"removed {len(left)} temporary file" in r.stderr
+    assert same_statistics(out, ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+
+
+def test_a_kill_during_the_final_write_keeps_every_point(large_reference, tmp_path):
+    cfg, ref = large_reference
+    out = tmp_path / "run.h5"
+    left = kill_while_writing(cfg, out, tmp_path)
+    assert left[0].startswith(".run.h5.tmp-")
+    assert not out.exists()  # nothing under the final name
+    assert checkpoints(out) == ["point-0.h5", "point-1.h5", "point-2.h5"]
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "(3 already done in" in r.stderr and "removed 1 temporary file" in r.stderr
+    assert same_statistics(out, ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+
+
+def test_planted_temporaries_are_never_read_as_results(reference, tmp_path):
+    """The same leftovers, made by hand: a truncated copy of a real checkpoint and random bytes,
+    under both temporary patterns. The resumed run ignores them, removes them, and is exact."""
+    cfg, ref = reference
+    out = tmp_path / "run.h5"
+    proc = start(cfg, out)
+    wait_for_checkpoints(proc, out, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = out.with_name(out.name + ".partial")
+    real = (partial / "point-0.h5").read_bytes()
+    (partial / ".point-7.h5.tmp-1-2").write_bytes(real[: len(real) // 2])
+    (partial / ".point-8.h5.tmp-3-4").write_bytes(os.urandom(5000))
+    (tmp_path / ".run.h5.tmp-5-6").write_bytes(real)  # complete, but never renamed: still not a result
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "removed 3 temporary files of an interrupted write" in r.stderr
+    assert same_statistics(out, ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]

@@ -129,15 +129,69 @@ TEST_CASE("config errors: malformed JSON, duplicates, types", "[config][errors]"
   CHECK(problems(R"({"seed": 1, "network": {"depth": 2, "depth": 3}})") ==
         std::vector<std::string>{"network.depth: duplicate key: it appears twice in the same object, and only the "
                                  "last value would count; remove one"});
-  CHECK(problems("[1, 2]") == std::vector<std::string>{"must be an object {...}, got a list [1,2]"});
+  CHECK(problems("[1, 2]") ==
+        std::vector<std::string>{"the config must be a JSON object {...} whose keys are sections such as \"network\" "
+                                 "and \"activation\", got a list [1,2]; write {} to run every default"});
   CHECK(problems(R"({"network": 5})") ==
-        std::vector<std::string>{"network: must be an object {...}, got an integer 5"});
+        std::vector<std::string>{"network: must be an object {...} with keys depth, width, widths, got an integer 5"});
+  CHECK(problems(R"({"init": "he_normal", "alpha_dropout": 0.9})") ==
+        std::vector<std::string>{"init: must be an object {...} with keys name, weight_mean, weight_variance, "
+                                 "bias_mean, bias_variance, got a string \"he_normal\"; write {\"name\": \"he_normal\"}",
+                                 "alpha_dropout: must be an object {...} with keys keep_probability, "
+                                 "fixed_point_mean, fixed_point_variance, got a number 0.9; write "
+                                 "{\"keep_probability\": 0.9}"});
   CHECK(problems(R"({"monte_carlo": {"weight_gradients": "yes"}})") ==
         std::vector<std::string>{"monte_carlo.weight_gradients: must be true or false, got a string \"yes\""});
   CHECK(problems(R"({"seed": -1})") == std::vector<std::string>{"seed: must be an integer >= 0, got -1"});
   CHECK(problems(R"({"init": {"weight_mean": 1e400}})") ==
-        std::vector<std::string>{"unusable JSON: number overflow parsing '1e400' (numbers must be finite and fit in "
-                                 "a double)"});
+        std::vector<std::string>{"init.weight_mean: the number 1e400 at line 1, column 26 is out of range (beyond the "
+                                 "largest double, about 1.8e308); write a finite number such as 1.5"});
+}
+
+TEST_CASE("config errors: NaN, Infinity and the usual JSON slips are named where they are", "[config][errors]") {
+  CHECK(problems("{\"network\": {\"depth\": 3},\n \"init\": {\"weight_variance\": NaN}}") ==
+        std::vector<std::string>{"init.weight_variance: NaN at line 2, column 30 is not a number (JSON has no NaN or "
+                                 "Infinity, and every parameter must be finite); write a finite number such as 1.5"});
+  CHECK(problems(R"({"input": {"mean": -Infinity}})") ==
+        std::vector<std::string>{"input.mean: -Infinity at line 1, column 20 is not a number (JSON has no NaN or "
+                                 "Infinity, and every parameter must be finite); write a finite number such as 1.5"});
+  CHECK(problems(R"({"input": {"variance": "inf"}})") ==
+        std::vector<std::string>{"input.variance: must be a number >= 0, got a string \"inf\"; JSON has no NaN or "
+                                 "Infinity, and every parameter must be finite"});
+  CHECK(problems(R"({"network": {"depth": "8"}})") ==
+        std::vector<std::string>{"network.depth: must be an integer >= 1, got a string \"8\"; write the number "
+                                 "without quotes"});
+  CHECK(problems("") == std::vector<std::string>{"the file is empty (a config is a JSON object); write {} to run every "
+                                                 "default, or see configs/README.md"});
+  CHECK(problems(R"({"seed": 1,})") ==
+        std::vector<std::string>{"malformed JSON at line 1, column 12: syntax error while parsing object key - "
+                                 "unexpected '}'; expected string literal; a comma before '}' is not allowed in JSON: "
+                                 "remove it"});
+  CHECK(problems("{\"seed\": 1 // the usual\n}")[0].find("JSON has no comments") != std::string::npos);
+  CHECK(problems("{'seed': 1}")[0].find("double quotes") != std::string::npos);
+}
+
+TEST_CASE("config errors: absurd nesting and integers beyond int64 are refused, not crashed on", "[config][errors]") {
+  // Deep nesting would overflow the stack of the recursive JSON copy and dump.
+  const std::string deep = "{\"description\": " + std::string(100000, '[') + std::string(100000, ']') + "}";
+  CHECK(problems(deep) == std::vector<std::string>{"description: nested more than 32 levels deep (a config needs at "
+                                                   "most 6, as in sweep.grid.<key>.linspace); see configs/README.md "
+                                                   "for the layout"});
+  // 2^63 as an unsigned integer and as a double: neither fits, both are named.
+  CHECK(problems(R"({"seed": 9223372036854775808})") ==
+        std::vector<std::string>{"seed: must be at most 9223372036854775807, got 9223372036854775808"});
+  CHECK(problems(R"({"seed": 9.223372036854775808e18})") ==
+        std::vector<std::string>{"seed: must be at most 9223372036854775807, got 9.223372036854776e+18"});
+  CHECK(parse(R"({"seed": 9223372036854775807})").seed == 9223372036854775807ULL);
+}
+
+TEST_CASE("config errors: other libraries' names and list entries get specific remedies", "[config][errors]") {
+  CHECK(problems(R"({"init": {"name": "kaiming_normal"}})") ==
+        std::vector<std::string>{"init.name: unknown value 'kaiming_normal'; did you mean 'he_normal'? (valid: "
+                                 "lecun_normal, lecun_uniform, he_normal, glorot_normal, orthogonal, truncated_normal)"});
+  CHECK(problems(R"({"activation": ["selu", 5]})") ==
+        std::vector<std::string>{"activation[1]: must be an activation name such as \"selu\" or an object {\"name\": "
+                                 "\"elu\", \"alpha\": 0.5}, got an integer 5"});
 }
 
 TEST_CASE("alpha dropout needs a saturating activation", "[config][errors]") {

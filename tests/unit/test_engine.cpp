@@ -267,6 +267,45 @@ TEST_CASE("a blow-up is recorded as data, not a crash", "[engine]") {
   CHECK(r.nonfinite_count[399] == 2 * 64 * 64);
 }
 
+TEST_CASE("a blow-up leaves the layers before it bit for bit as the network cut there", "[engine]") {
+  // Streams are keyed by (trial, layer), so the first F - 1 layers of a deep network are the same
+  // network as one of depth F - 1: their forward statistics must be identical, inf or not further up.
+  for (const Precision precision : {Precision::float32, Precision::float64}) {
+    INFO((precision == Precision::float32 ? "float32" : "float64"));
+    PointSpec deep = make_spec(Relu{}, 400, 32, 3, 40, precision);
+    deep.init.weight_variance = precision == Precision::float32 ? 4.0 : 1e30;  // float64 overflows in ~20 layers
+    const PointResult r = simulate_point(deep, {5, 2}, {2});
+    const int first = r.first_nonfinite_layer;
+    REQUIRE(first > 2);
+    PointSpec cut = deep;
+    cut.network.widths.resize(static_cast<std::size_t>(first));  // depth first - 1
+    const PointResult c = simulate_point(cut, {5, 2}, {1});
+    CHECK(c.first_nonfinite_layer == 0);
+    for (int s = 0; s < static_cast<int>(Stat::grad_activation_msq); ++s) {
+      INFO("statistic " << stat_catalog()[s].name);
+      for (std::int64_t t = 0; t < 3; ++t) {
+        for (int l = 1; l < first; ++l) {
+          const double a = r.per_trial[s][static_cast<std::size_t>(t * r.depth + l - 1)];
+          const double b = c.per_trial[s][static_cast<std::size_t>(t * c.depth + l - 1)];
+          REQUIRE(std::memcmp(&a, &b, sizeof a) == 0);
+        }
+      }
+    }
+    for (int l = 1; l < first; ++l) CHECK(r.nonfinite_count[static_cast<std::size_t>(l - 1)] == 0);
+    // The gradient of a trial whose forward pass blew up runs through the blown-up layers: NaN at
+    // every layer (relu'(NaN) = 0 used to make it a silent, exact 0). The cut network has finite ones.
+    for (std::int64_t t = 0; t < 3; ++t) {
+      bool blew_up = false;
+      for (int l = 1; l <= r.depth; ++l) blew_up = blew_up || r.nonfinite_per_trial[static_cast<std::size_t>(t * r.depth + l - 1)] > 0;
+      REQUIRE(blew_up);
+      for (int l = 1; l <= r.depth; ++l) {
+        CHECK(std::isnan(r.per_trial[static_cast<int>(Stat::grad_activation_msq)][static_cast<std::size_t>(t * r.depth + l - 1)]));
+      }
+    }
+    CHECK(std::isfinite(c.mean(Stat::grad_activation_msq, c.depth)));
+  }
+}
+
 TEST_CASE("the work estimate counts GEMM FLOPs", "[engine]") {
   PointSpec spec = make_spec(Selu{}, 4, 100, 3, 50);
   const WorkEstimate e = estimate_work(spec, {1});
@@ -275,4 +314,21 @@ TEST_CASE("the work estimate counts GEMM FLOPs", "[engine]") {
   spec.monte_carlo.weight_gradients = true;
   CHECK(estimate_work(spec, {1}).gemm_flop == Approx(3.0 * 11 * 2 * 50 * 100 * 100));
   CHECK(e.buffer_bytes > 4u * 100 * 100 * sizeof(double));
+  // The result holds every statistic and both non-finite counts of every trial and layer.
+  CHECK(e.result_bytes == 3u * 4 * (kStatCount * sizeof(double) + 2 * sizeof(std::int64_t)));
+  CHECK(e.total_bytes() == e.buffer_bytes + e.result_bytes);
+}
+
+TEST_CASE("the memory estimate saturates instead of wrapping, and such a point is refused unallocated", "[engine]") {
+  // A batch of 2^40 at width 2^24: 2^66 bytes of activations, beyond any size_t.
+  PointSpec spec = make_spec(Relu{}, 3, std::int64_t(1) << 24, 1, std::int64_t(1) << 40, Precision::float32);
+  const WorkEstimate e = estimate_work(spec, {2});
+  CHECK(e.buffer_bytes == SIZE_MAX);
+  CHECK(e.total_bytes() == SIZE_MAX);
+  CHECK_THROWS_AS(simulate_point(spec, {1, 0}, {1}), std::length_error);
+  // Large but representable: counted exactly, far above any machine.
+  spec = make_spec(Relu{}, 2, 1000000, 1, 16, Precision::float32);
+  const WorkEstimate big = estimate_work(spec, {1});
+  CHECK(big.buffer_bytes > (std::size_t(1) << 42));  // two 10^6 x 10^6 weight matrices: 8 TB
+  CHECK(big.buffer_bytes < SIZE_MAX);
 }

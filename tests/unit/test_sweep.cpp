@@ -138,6 +138,23 @@ TEST_CASE("sweep errors name the key, the point and the remedy", "[sweep][errors
         std::vector<std::string>{"sweep.grdi: unknown key; did you mean 'grid'? (valid keys: grid, zip)",
                                  "sweep: is empty; give \"grid\": {key: values, ...} and/or \"zip\": {key: values, "
                                  "...}"});
+  // Ranges whose values overflow a double, and grids too large to hold (the count must not wrap).
+  CHECK(problems(R"({"sweep": {"grid": {"init.weight_variance": {"logspace": [0, 400, 3]}}}})") ==
+        std::vector<std::string>{"sweep.grid.init.weight_variance.logspace: base**400 = 10**400 overflows a double (the "
+                                 "largest is about 1.8e308), got [0,400,3]; choose smaller ends"});
+  CHECK(problems(R"({"sweep": {"grid": {"input.mean": {"linspace": [-1e308, 1e308, 3]},
+                                         "input.variance": [-1]}}})") ==
+        std::vector<std::string>{"input.variance: must be >= 0, got -1"});
+  CHECK(problems(R"({"sweep": {"grid": {"input.mean": {"linspace": [0, 1, 65536]}, "input.variance": {"linspace":
+      [0, 1, 65536]}, "init.bias_mean": {"linspace": [0, 1, 65536]}, "init.bias_variance": {"linspace": [0, 1,
+      65536]}}}})") ==
+        std::vector<std::string>{"sweep: has 65536 x 65536 x 65536 x 65536 points, more than the 100000 supported "
+                                 "(each point is validated and kept in memory before the run); split it into several "
+                                 "configs, or use fewer values per axis"});
+  CHECK(problems(R"({"network": {"depth": 100000}, "sweep": {"grid": {"input.mean": {"linspace": [0, 1, 1000]}}}})") ==
+        std::vector<std::string>{"sweep: its points have more than 20000000 layers in all (1000 points, 100000 layers at "
+                                 "point 199), more than this program holds in memory; split the sweep into several "
+                                 "configs"});
   // Values that are wrong at some points only: each names its point; one problem found at
   // several points names the first and counts the others.
   CHECK(problems(R"({"activation": "celu", "sweep": {"grid": {"activation.alpha": [1, 0, -1]}}})") ==

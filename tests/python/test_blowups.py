@@ -1,0 +1,114 @@
+"""Blow-ups are data: deep expanding networks run to the end, count their inf/NaN entries per layer,
+record the first non-finite layer per point, say so in the printed summary, and leave the layers
+before the blow-up exactly as the same network cut there. Narrow widths keep these fast."""
+import json
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+FORWARD = ["preactivation_mean", "preactivation_var", "activation_mean", "activation_var", "activation_msq",
+           "unit_mean_spread"]
+GRADIENT = ["grad_activation_msq", "grad_preactivation_msq"]
+
+
+def run_config(run, tmp_path, config, name):
+    cfg = tmp_path / f"{name}.json"
+    cfg.write_text(json.dumps(config))
+    out = tmp_path / f"{name}.h5"
+    r = run("run", cfg, "-o", out)
+    assert r.returncode == 0, r.stderr
+    return out, r.stdout
+
+
+def relu_float32(depth):
+    return {"name": "relu_blowup", "seed": 13, "network": {"depth": depth, "width": 16}, "activation": "relu",
+            "init": {"weight_variance": 4}, "monte_carlo": {"trials": 4, "batch": 16},
+            "output": {"per_trial": True}}
+
+
+def test_relu_with_weight_variance_4_overflows_float32_and_the_rest_is_exact(run, tmp_path):
+    """q doubles every layer, so float32 (max 3.4e38 = 2^128) overflows after ~250 layers of 1000."""
+    out, stdout = run_config(run, tmp_path, relu_float32(1000), "deep")
+    with h5py.File(out, "r") as f:
+        first = int(f["first_nonfinite_layer"][0])
+        counts = f["nonfinite_count"][0]
+        assert 150 < first < 400
+        assert np.all(counts[: first - 1] == 0) and counts[first - 1] > 0
+        assert counts[-1] == 4 * 16 * 16  # every entry of the last layer, in every trial
+        for name in FORWARD:
+            assert np.all(np.isfinite(f[name][0, : first - 1])), name
+            assert np.all(np.isnan(f[name][0, first - 1:])), name
+        for name in GRADIENT:
+            assert np.all(np.isnan(f[name][0])), name  # the backward pass runs through the blow-up
+        deep = {name: f[name][:] for name in FORWARD + [n + "_sem" for n in FORWARD] +
+                [n + "_per_trial" for n in FORWARD]}
+    note = re.search(r"^note: point 0 blew up: the first inf/NaN activation is at layer (\d+) \((\d+) entries there, "
+                     r"see nonfinite_count in the file\); its statistics from there on are NaN, and so are its "
+                     r"gradient statistics at every layer \(the backward pass runs through the blown-up layers\); "
+                     r"the statistics of layers 1 to (\d+) are unaffected$", stdout, re.M)
+    assert note, stdout
+    assert int(note[1]) == first and int(note[2]) == counts[first - 1] and int(note[3]) == first - 1
+
+    # The same seed with the network cut before the blow-up: those layers, bit for bit.
+    cut, stdout = run_config(run, tmp_path, relu_float32(first - 1), "cut")
+    assert "blew up: the first inf/NaN activation" not in stdout
+    with h5py.File(cut, "r") as f:
+        assert f["first_nonfinite_layer"][0] == 0
+        assert np.all(f["nonfinite_count"][0] == 0)
+        for name, values in deep.items():
+            assert values.shape[-1] == 1000
+            assert f[name][:].tobytes() == values[..., : first - 1].tobytes(), name
+        # Going backwards the gradient doubles per layer (chi = 4 / 2): over ~250 layers it passes
+        # float32's range too, near the input. That is its own blow-up, counted and reported.
+        grad_counts = f["grad_nonfinite_count"][0]
+        top = int(np.nonzero(grad_counts)[0].max()) + 1
+        assert 1 <= top < first - 100
+        for name in GRADIENT:
+            assert np.all(np.isnan(f[name][0, :top])), name
+            assert np.all(np.isfinite(f[name][0, top:])), name
+    assert (f"note: point 0: the gradient blew up going backwards: dL/dh has inf/NaN entries from layer {top} down "
+            "(see grad_nonfinite_count in the file); the gradient statistics there are NaN") in stdout
+
+
+@pytest.mark.parametrize("activation, variance, precision, depth, blows_up", [
+    ("tanh", 1e6, "float32", 300, False),     # saturates: huge variance, bounded activations
+    ("selu", 4.0, "float32", 600, True),      # linear for x > 0: grows like relu
+    ("relu", 1e100, "float64", 40, True),     # 1e50 per layer: float64 overflows within ~7 layers
+    ("sigmoid", 1e30, "float64", 50, False),  # bounded
+])
+def test_other_blowups_complete_and_are_reported(run, tmp_path, activation, variance, precision, depth, blows_up):
+    config = {"name": "b", "seed": 2, "precision": precision, "network": {"depth": depth, "width": 16},
+              "activation": activation, "init": {"weight_variance": variance},
+              "monte_carlo": {"trials": 3, "batch": 16}}
+    out, stdout = run_config(run, tmp_path, config, "b")
+    with h5py.File(out, "r") as f:
+        first = int(f["first_nonfinite_layer"][0])
+        counts = f["nonfinite_count"][0]
+        if blows_up:
+            assert 1 < first <= depth
+            assert np.all(counts[: first - 1] == 0) and np.all(counts[first - 1:] > 0)
+            assert np.all(np.isfinite(f["activation_mean"][0, : first - 1]))
+            assert f"note: point 0 blew up: the first inf/NaN activation is at layer {first} (" in stdout
+        else:
+            assert first == 0 and np.all(counts == 0)
+            assert np.all(np.isfinite(f["activation_var"][0]))
+            assert "blew up" not in stdout
+
+
+def test_float64_statistics_beyond_the_double_range_are_flagged(run, tmp_path):
+    """Entries of float64 can pass 1e154 while finite; their squares cannot be summed in double.
+    The statistics read inf or nan there, nonfinite_count stays 0, and the summary says so."""
+    config = {"name": "wide_range", "seed": 3, "precision": "float64", "network": {"depth": 30, "width": 16},
+              "activation": "relu", "init": {"weight_variance": 1e20}, "monte_carlo": {"trials": 3, "batch": 16}}
+    out, stdout = run_config(run, tmp_path, config, "w")
+    with h5py.File(out, "r") as f:
+        assert f["first_nonfinite_layer"][0] == 0
+        assert np.all(f["nonfinite_count"][0] == 0)
+        bad = ~np.isfinite(f["activation_msq"][0])
+        assert bad.any() and not bad[0]
+        first_bad = int(np.argmax(bad)) + 1
+    assert re.search(rf"^note: point 0: at layers (\d+-)?\d+(,\d+(-\d+)?)* some statistics exceed the range of a "
+                     rf"double although every entry is finite", stdout, re.M), stdout
+    assert f"{first_bad}-30 some statistics" in stdout or f",{first_bad}-30 some" in stdout, stdout
