@@ -167,7 +167,17 @@ bool already_complete(const fs::path& path, const io::Experiment& ex, const std:
   }
   const bool same_shard = (!h.shard && !shard) ||
                           (h.shard && shard && h.shard->index == shard->index && h.shard->count == shard->count);
-  return h.config_hash == ex.hash && same_shard;
+  return h.config_hash == ex.hash && same_shard && h.schema_version == io::kSchemaVersion;
+}
+
+// True if `path` holds this experiment in an older layout (schema version).
+bool older_schema(const fs::path& path, const io::Experiment& ex) {
+  try {
+    const io::FileHeader h = io::read_header(path);
+    return h.config_hash == ex.hash && h.schema_version < io::kSchemaVersion;
+  } catch (const std::exception&) {
+    return false;
+  }
 }
 
 // What a run of `points` holds in memory at its peak: the largest point's engine buffers and
@@ -265,6 +275,12 @@ int run_command(const RunArgs& args) {
     if (already_complete(out, ex, shard)) {
       if (!args.quiet) std::cerr << out.string() << " is already complete for this config; nothing to do" << std::endl;
       return 0;
+    }
+    if (older_schema(out, ex)) {
+      throw UsageError(out.string() + " holds this experiment in an older file layout (schema version " +
+                       std::to_string(io::read_header(out).schema_version) + "); pass --overwrite to recompute it in "
+                       "version " + std::to_string(io::kSchemaVersion) + " (the old file stays intact until the new "
+                       "one is complete)");
     }
     throw UsageError(out.string() + " already exists and holds other results; pass --overwrite to replace it (the "
                      "old file stays intact until the new one is complete) or choose another path with -o");
