@@ -177,29 +177,23 @@ template <class T>
 class Workspace {
  public:
   Workspace(const Geometry& g, int ranks) : g_(g) {
+    // Every array lives in one arena: one allocation, rounded to whole huge pages once rather than
+    // once per matrix (per-matrix rounding wasted up to half of each 4 MiB weight matrix).
+    std::size_t total = 0;
+    layout(ranks, [&](std::size_t count) {
+      total += round_up(count);
+      return Slice{};
+    });
+    arena_ = Buffer<T>(total);
+    T* next = arena_.data();
+    layout(ranks, [&](std::size_t count) {
+      const Slice slice{next, count};
+      next += round_up(count);
+      return slice;
+    });
     const auto L = static_cast<std::size_t>(g.depth);
-    weights.resize(L);
-    biases.resize(L);
-    deriv_t.resize(L);
-    colsum_offset.resize(L + 1, 0);
-    for (std::size_t l = 0; l < L; ++l) {
-      weights[l] = Buffer<T>(static_cast<std::size_t>(g.n[l] * g.ld[l + 1]));
-      if (g.bias) biases[l] = Buffer<T>(static_cast<std::size_t>(g.n[l + 1]));
-      deriv_t[l] = Buffer<T>(static_cast<std::size_t>(g.n[l + 1] * g.ld_batch));
-      colsum_offset[l + 1] = colsum_offset[l] + g.n[l + 1];
-    }
-    const std::size_t x_count = static_cast<std::size_t>(g.batch * g.ld_max);
-    if (g.weight_gradients) {
-      for (std::size_t l = 0; l <= L; ++l) xs.emplace_back(static_cast<std::size_t>(g.batch * g.ld[l]));
-    } else {
-      xs.emplace_back(x_count);
-      xs.emplace_back(x_count);
-    }
-    for (auto& d : delta_t) d = Buffer<T>(static_cast<std::size_t>(g.n_max * g.ld_batch));
-    for (int r = 0; r < ranks; ++r) {
-      scratch.emplace_back(static_cast<std::size_t>(kRowBlock * g.ld_max));
-      if (g.weight_gradients) grad_scratch.emplace_back(static_cast<std::size_t>(kGradRows * g.ld_max));
-    }
+    colsum_offset.assign(L + 1, 0);
+    for (std::size_t l = 0; l < L; ++l) colsum_offset[l + 1] = colsum_offset[l] + g.n[l + 1];
     stats.resize(static_cast<std::size_t>(g.blocks) * L);
     colsums.resize(static_cast<std::size_t>(g.blocks) * static_cast<std::size_t>(colsum_offset[L]));
     if (g.weight_gradients) {
@@ -248,13 +242,20 @@ class Workspace {
            static_cast<std::size_t>(colsum_offset[static_cast<std::size_t>(l - 1)]);
   }
 
-  std::vector<Buffer<T>> weights;  // W_l at [l-1]: n_{l-1} x n_l, ld[l]
-  std::vector<Buffer<T>> biases;   // b_l at [l-1]
-  std::vector<Buffer<T>> deriv_t;  // f'(h_l)^T at [l-1]: n_l x B, ld_batch (times the dropout factor)
-  std::vector<Buffer<T>> xs;       // activations (all layers with weight gradients, else ping-pong)
-  std::array<Buffer<T>, 2> delta_t;  // dL/dx^T and dL/dh^T, ping-pong: n x B, ld_batch
-  std::vector<Buffer<T>> scratch;    // per rank: one row block
-  std::vector<Buffer<T>> grad_scratch;  // per rank: kGradRows rows of G^T
+  // A piece of the arena.
+  struct Slice {
+    T* ptr = nullptr;
+    std::size_t count = 0;
+    T* data() const { return ptr; }
+  };
+
+  std::vector<Slice> weights;  // W_l at [l-1]: n_{l-1} x n_l, ld[l]
+  std::vector<Slice> biases;   // b_l at [l-1]
+  std::vector<Slice> deriv_t;  // f'(h_l)^T at [l-1]: n_l x B, ld_batch (times the dropout factor)
+  std::vector<Slice> xs;       // activations (all layers with weight gradients, else ping-pong)
+  std::array<Slice, 2> delta_t;  // dL/dx^T and dL/dh^T, ping-pong: n x B, ld_batch
+  std::vector<Slice> scratch;    // per rank: one row block
+  std::vector<Slice> grad_scratch;  // per rank: kGradRows rows of G^T
   std::vector<BlockLayerStats> stats;
   std::vector<double> colsums;          // per block, per layer, per unit: sum over the block's rows
   std::vector<std::int64_t> colsum_offset;
@@ -262,7 +263,42 @@ class Workspace {
   std::vector<std::size_t> grad_offset;
 
  private:
+  // Counts rounded to whole 64-byte lines, so that every slice starts on a line.
+  static std::size_t round_up(std::size_t count) {
+    constexpr std::size_t line = 64 / sizeof(T);
+    return (count + line - 1) / line * line;
+  }
+
+  // Assigns every slice, in a fixed order, from take(count).
+  template <class Take>
+  void layout(int ranks, Take&& take) {
+    const Geometry& g = g_;
+    const auto L = static_cast<std::size_t>(g.depth);
+    weights.assign(L, Slice{});
+    biases.assign(L, Slice{});
+    deriv_t.assign(L, Slice{});
+    for (std::size_t l = 0; l < L; ++l) {
+      weights[l] = take(static_cast<std::size_t>(g.n[l] * g.ld[l + 1]));
+      if (g.bias) biases[l] = take(static_cast<std::size_t>(g.n[l + 1]));
+      deriv_t[l] = take(static_cast<std::size_t>(g.n[l + 1] * g.ld_batch));
+    }
+    xs.clear();
+    if (g.weight_gradients) {
+      for (std::size_t l = 0; l <= L; ++l) xs.push_back(take(static_cast<std::size_t>(g.batch * g.ld[l])));
+    } else {
+      for (int k = 0; k < 2; ++k) xs.push_back(take(static_cast<std::size_t>(g.batch * g.ld_max)));
+    }
+    for (auto& d : delta_t) d = take(static_cast<std::size_t>(g.n_max * g.ld_batch));
+    scratch.clear();
+    grad_scratch.clear();
+    for (int r = 0; r < ranks; ++r) {
+      scratch.push_back(take(static_cast<std::size_t>(kRowBlock * g.ld_max)));
+      if (g.weight_gradients) grad_scratch.push_back(take(static_cast<std::size_t>(kGradRows * g.ld_max)));
+    }
+  }
+
   const Geometry& g_;
+  Buffer<T> arena_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -471,7 +507,7 @@ class TrialRunner {
       const T v = h[j];
       T y, dy;
       act_.eval(v, y, dy);
-      bad += static_cast<std::int64_t>(!(finite(v) && finite(y)));
+      bad += static_cast<std::int64_t>(!(finite(v) & finite(y)));
       h[j] = y;
       d[j] = dy;
     }
@@ -487,24 +523,33 @@ class TrialRunner {
     double s1[kLanes] = {};
     double s2[kLanes] = {};
     std::int64_t bad = 0;
-    auto step = [&](std::int64_t j, int k) {
-      const T v = h[j];
-      T y, dy;
-      act_.eval(v, y, dy);
-      bad += static_cast<std::int64_t>(!(finite(v) & finite(y)));
-      h[j] = y;
-      d[j] = dy;
-      const double yd = static_cast<double>(y);
-      const double dev = yd - shift;
-      s1[k] += dev;
-      s2[k] += dev * dev;
-      colsum[j] += yd;
-    };
-    std::int64_t j = 0;
-    for (; j + kLanes <= n; j += kLanes) {
-      for (int k = 0; k < kLanes; ++k) step(j + k, k);
+    // Chunks of kLanes entries: the activation over the chunk, then its sums, two simple loops
+    // the compiler vectorises (one fused loop with both it does not).
+    for (std::int64_t j0 = 0; j0 < n; j0 += kLanes) {
+      const int m = static_cast<int>(std::min<std::int64_t>(kLanes, n - j0));
+      T* hc = h + j0;
+      T* dc = d + j0;
+      double* cc = colsum + j0;
+      if (m == kLanes) {
+        bad += activate_row(hc, dc, kLanes);
+        for (int k = 0; k < kLanes; ++k) {
+          const double yd = static_cast<double>(hc[k]);
+          const double dev = yd - shift;
+          s1[k] += dev;
+          s2[k] += dev * dev;
+          cc[k] += yd;
+        }
+      } else {
+        bad += activate_row(hc, dc, m);
+        for (int k = 0; k < m; ++k) {
+          const double yd = static_cast<double>(hc[k]);
+          const double dev = yd - shift;
+          s1[k] += dev;
+          s2[k] += dev * dev;
+          cc[k] += yd;
+        }
+      }
     }
-    for (int k = 0; j < n; ++j, ++k) step(j, k);
     act.merge(moments_from_sums(n, shift, combine_lanes(s1), combine_lanes(s2)));
     return bad;
   }
