@@ -21,6 +21,7 @@
 #include "core/moments.hpp"
 #include "core/parallel.hpp"
 #include "core/random.hpp"
+#include "core/transpose.hpp"
 
 namespace selfnorm {
 
@@ -371,21 +372,6 @@ double row_sum_sq(const T* x, std::int64_t n) {
     s[k] += v * v;
   }
   return combine_lanes(s);
-}
-
-// dst (cols x rows, leading dimension ldd) = src^T (src rows x cols, leading dimension lds).
-template <class T>
-void transpose(const T* src, std::ptrdiff_t lds, std::int64_t rows, std::int64_t cols, T* dst, std::ptrdiff_t ldd) {
-  constexpr std::int64_t tile = 16;
-  for (std::int64_t i0 = 0; i0 < rows; i0 += tile) {
-    const std::int64_t i1 = std::min(rows, i0 + tile);
-    for (std::int64_t j0 = 0; j0 < cols; j0 += tile) {
-      const std::int64_t j1 = std::min(cols, j0 + tile);
-      for (std::int64_t j = j0; j < j1; ++j) {
-        for (std::int64_t i = i0; i < i1; ++i) dst[j * ldd + i] = src[i * lds + j];
-      }
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

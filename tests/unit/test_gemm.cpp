@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/gemm.hpp"
+#include "core/transpose.hpp"
 
 using namespace selfnorm;
 
@@ -80,5 +81,23 @@ TEST_CASE("padded leading dimensions avoid multiples of 1024 bytes", "[gemm]") {
     CHECK(padded_ld(n, 4) >= n);
     CHECK((padded_ld(n, 4) * 4) % 1024 != 0);
     CHECK((padded_ld(n, 4) * 4) % 64 == 0);
+  }
+}
+
+TEMPLATE_TEST_CASE("transpose moves every element and nothing else", "[gemm]", float, double) {
+  using T = TestType;
+  for (auto [rows, cols] : {std::pair<int, int>{16, 16}, {128, 1024}, {37, 50}, {7, 3}, {44, 33}, {8, 17}}) {
+    const std::ptrdiff_t lds = padded_ld(cols, sizeof(T)), ldd = padded_ld(rows, sizeof(T)) + 3;
+    std::vector<T> src(static_cast<std::size_t>(rows * lds)), dst(static_cast<std::size_t>(cols * ldd), T(-1));
+    for (int i = 0; i < rows; ++i) {
+      for (int j = 0; j < cols; ++j) src[i * lds + j] = static_cast<T>(i * 10000 + j);
+    }
+    transpose<T>(src.data(), lds, rows, cols, dst.data(), ldd);
+    for (int j = 0; j < cols; ++j) {
+      for (std::ptrdiff_t i = 0; i < ldd; ++i) {
+        INFO(rows << "x" << cols << " at " << j << "," << i);
+        REQUIRE(dst[j * ldd + i] == (i < rows ? static_cast<T>(i * 10000 + j) : T(-1)));
+      }
+    }
   }
 }
