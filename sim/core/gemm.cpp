@@ -13,7 +13,7 @@ namespace {
 // Length of the k blocks. Part of the numerics (see the determinism contract in gemm.hpp): it
 // must not depend on the problem's shape or on the number of threads.
 template <class T>
-constexpr std::ptrdiff_t kKc = 256;
+constexpr std::ptrdiff_t kKc = 512;
 
 #if defined(__AVX512F__)
 
