@@ -134,6 +134,7 @@ struct Geometry {
   std::vector<std::int64_t> n;   // widths n_0..n_L
   std::vector<std::ptrdiff_t> ld;  // row leading dimension for width n_l
   std::int64_t batch = 0;
+  std::int64_t rows_per_block = 128;
   std::int64_t blocks = 0;
   std::int64_t n_max = 0;
   std::ptrdiff_t ld_max = 0;
@@ -146,7 +147,8 @@ struct Geometry {
     depth = spec.network.depth();
     n = spec.network.widths;
     batch = spec.monte_carlo.batch;
-    blocks = (batch + kRowBlock - 1) / kRowBlock;
+    rows_per_block = row_block(batch);
+    blocks = (batch + rows_per_block - 1) / rows_per_block;
     for (auto w : n) {
       ld.push_back(padded_ld(w, element_size));
       n_max = std::max(n_max, w);
@@ -157,7 +159,7 @@ struct Geometry {
     weight_gradients = spec.monte_carlo.weight_gradients;
     dropout = spec.alpha_dropout.enabled();
   }
-  std::int64_t block_rows(std::int64_t b) const { return std::min(kRowBlock, batch - b * kRowBlock); }
+  std::int64_t block_rows(std::int64_t b) const { return std::min(rows_per_block, batch - b * rows_per_block); }
 };
 
 // Rows of G^T computed per task when weight gradients are on.
@@ -223,7 +225,7 @@ class Workspace {
       count += 2 * d(g.batch) * d(g.ld_max);
     }
     count += 2 * d(g.n_max) * d(g.ld_batch);
-    count += d(ranks) * d(kRowBlock) * d(g.ld_max);
+    count += d(ranks) * d(g.rows_per_block) * d(g.ld_max);
     if (g.weight_gradients) count += d(ranks) * d(kGradRows) * d(g.ld_max);
     return count * d(sizeof(T)) + d(g.blocks) * colsum * d(sizeof(double)) +
            d(g.blocks) * d(g.depth) * d(sizeof(BlockLayerStats));
@@ -293,7 +295,7 @@ class Workspace {
     scratch.clear();
     grad_scratch.clear();
     for (int r = 0; r < ranks; ++r) {
-      scratch.push_back(take(static_cast<std::size_t>(kRowBlock * g.ld_max)));
+      scratch.push_back(take(static_cast<std::size_t>(g.rows_per_block * g.ld_max)));
       if (g.weight_gradients) grad_scratch.push_back(take(static_cast<std::size_t>(kGradRows * g.ld_max)));
     }
   }
@@ -442,8 +444,8 @@ class TrialRunner {
     const std::uint64_t input_key = key(StreamKind::inputs, trial, 0);
     for (std::int64_t b = 0; b < g_.blocks; ++b) {
       if (!team.owns(b)) continue;
-      generate_inputs<T>(spec_.input, input_key, g_.n[0], b * kRowBlock, g_.block_rows(b),
-                         ws.x(0) + b * kRowBlock * ws.x_ld(0), ws.x_ld(0));
+      generate_inputs<T>(spec_.input, input_key, g_.n[0], b * g_.rows_per_block, g_.block_rows(b),
+                         ws.x(0) + b * g_.rows_per_block * ws.x_ld(0), ws.x_ld(0));
     }
     T* scratch = ws.scratch[static_cast<std::size_t>(team.rank())].data();
     for (int l = 1; l <= g_.depth; ++l) {
@@ -457,8 +459,8 @@ class TrialRunner {
       for (std::int64_t b = 0; b < g_.blocks; ++b) {
         if (!team.owns(b)) continue;
         const std::int64_t rows = g_.block_rows(b);
-        const T* x_in = ws.x(l - 1) + b * kRowBlock * ld_in;
-        T* h = ws.x(l) + b * kRowBlock * ld_out;
+        const T* x_in = ws.x(l - 1) + b * g_.rows_per_block * ld_in;
+        T* h = ws.x(l) + b * g_.rows_per_block * ld_out;
         gemm<T>(rows, n_out, n_in, x_in, ld_in, w, g_.ld[l], h, ld_out, GemmUpdate::overwrite);
         BlockLayerStats& st = ws.stat(b, l);
         st = BlockLayerStats{};
@@ -473,14 +475,14 @@ class TrialRunner {
           st.pre.merge(row_moments(hr, n_out));
           if (g_.dropout) {
             st.nonfinite += activate_row(hr, dr, n_out);
-            apply_dropout_row(dropout_key, b * kRowBlock + r, hr, dr, n_out);
+            apply_dropout_row(dropout_key, b * g_.rows_per_block + r, hr, dr, n_out);
             st.act.merge(row_moments(hr, n_out));
             for (std::int64_t j = 0; j < n_out; ++j) colsum[j] += static_cast<double>(hr[j]);
           } else {
             st.nonfinite += activate_row_with_stats(hr, dr, n_out, colsum, st.act);
           }
         }
-        transpose(scratch, g_.ld_max, rows, n_out, ws.deriv_t[l - 1].data() + b * kRowBlock, g_.ld_batch);
+        transpose(scratch, g_.ld_max, rows, n_out, ws.deriv_t[l - 1].data() + b * g_.rows_per_block, g_.ld_batch);
       }
       if (team.rank() == 0) tick();
     }
@@ -573,10 +575,10 @@ class TrialRunner {
       if (!team.owns(b)) continue;
       const std::int64_t rows = g_.block_rows(b);
       for (std::int64_t r = 0; r < rows; ++r) {
-        fill_normal<T>(upstream_key, static_cast<std::uint64_t>((b * kRowBlock + r) * g_.n[L]),
+        fill_normal<T>(upstream_key, static_cast<std::uint64_t>((b * g_.rows_per_block + r) * g_.n[L]),
                        static_cast<std::size_t>(g_.n[L]), scratch + r * g_.ld_max, T(0), T(1));
       }
-      transpose(scratch, g_.ld_max, rows, g_.n[L], ws.delta_t[L % 2].data() + b * kRowBlock, ldb);
+      transpose(scratch, g_.ld_max, rows, g_.n[L], ws.delta_t[L % 2].data() + b * g_.rows_per_block, ldb);
     }
     for (int l = L; l >= 1; --l) {
       const std::int64_t n_out = g_.n[l];
@@ -587,7 +589,7 @@ class TrialRunner {
       for (std::int64_t b = 0; b < g_.blocks; ++b) {
         if (!team.owns(b)) continue;
         const std::int64_t rows = g_.block_rows(b);
-        const std::int64_t c0 = b * kRowBlock;
+        const std::int64_t c0 = b * g_.rows_per_block;
         BlockLayerStats& st = ws.stat(b, l);
         for (std::int64_t j = 0; j < n_out; ++j) {
           T* dr = delta + j * ldb + c0;

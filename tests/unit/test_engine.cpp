@@ -55,6 +55,11 @@ TEST_CASE("results are bit-identical for any thread count and parallel mode", "[
   spec.init.bias_variance = 0.05;
   spec.monte_carlo.weight_gradients = true;
   SECTION("float32 with biases and weight gradients") {}
+  SECTION("a batch of 1100: row blocks of 256, the last one short") {
+    spec.monte_carlo.batch = 1100;
+    spec.monte_carlo.weight_gradients = false;
+    spec.network.widths = {20, 24, 16, 24, 20, 12};
+  }
   SECTION("float64 with alpha dropout") {
     spec.precision = Precision::float64;
     spec.monte_carlo.weight_gradients = false;
