@@ -9,8 +9,8 @@
 //
 // Normals come from the Box-Muller transform evaluated with vectorisable log/sin/cos: float
 // streams use one word per pair (32-bit uniforms, |z| up to 6.8), double streams two words per
-// pair (53-bit uniforms). Elements are grouped 32 at a time: element 32g + k (k < 16) is
-// r_k cos(theta_k) and element 32g + 16 + k is r_k sin(theta_k) of pair 16g + k.
+// pair (53-bit uniforms). Elements are grouped 128 at a time: element 128g + k (k < 64) is
+// r_k cos(theta_k) and element 128g + 64 + k is r_k sin(theta_k) of pair 64g + k.
 #pragma once
 
 #include <cstddef>
