@@ -43,13 +43,20 @@ require_packages() {
   fi
 }
 
+# Whether CMake finished generating a build system in folder $1. A configure that failed (a missing
+# package, say) leaves a cache but no build system behind, and must run again.
+has_build_system() {
+  [ -f "$1/build.ninja" ] || [ -f "$1/Makefile" ]
+}
+
 # Configures (Release by default) and builds into $SELFNORM_BUILD.
 build_selfnorm() {
   local generator=()
   command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
-  if [ ! -f "$SELFNORM_BUILD/CMakeCache.txt" ]; then
+  if ! has_build_system "$SELFNORM_BUILD"; then
+    [ -f "$SELFNORM_BUILD/CMakeCache.txt" ] && generator=()
     log "configuring in $SELFNORM_BUILD"
-    cmake -S "$SELFNORM_ROOT" -B "$SELFNORM_BUILD" "${generator[@]}" -DSELFNORM_PYTHON="$SELFNORM_PYTHON" >/dev/null
+    cmake -S "$SELFNORM_ROOT" -B "$SELFNORM_BUILD" "${generator[@]}" -DSELFNORM_PYTHON="$SELFNORM_PYTHON" >/dev/null || return 1
   fi
   log "building"
   cmake --build "$SELFNORM_BUILD" --parallel "$(nproc)"
@@ -63,7 +70,8 @@ build_checking() {
   shift 2
   local generator=()
   command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
-  if [ ! -f "$folder/CMakeCache.txt" ]; then
+  if ! has_build_system "$folder"; then
+    [ -f "$folder/CMakeCache.txt" ] && generator=()
     log "configuring $folder"
     CC=clang-14 CXX=clang++-14 cmake -S "$SELFNORM_ROOT" -B "$folder" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG" -DCMAKE_C_FLAGS_RELEASE="-O1 -DNDEBUG" \
