@@ -94,11 +94,21 @@ bool is_default_parameter(const json& resolved, const std::string& key, const js
 void print_blowup_notes(std::ostream& out, const std::string& label, const io::PointRecord& r) {
   const int first = r.first_nonfinite_layer;
   if (first > 0) {
+    // The statistics of a layer are NaN exactly where it holds inf/NaN entries. A layer after the
+    // first can be finite again: relu maps an overflowed -inf preactivation to an exact 0.
+    int blown = 0;
+    for (int l = first; l <= r.depth; ++l) blown += r.nonfinite_count[static_cast<std::size_t>(l - 1)] > 0 ? 1 : 0;
+    const int after = r.depth - first + 1;
     out << "\nnote: " << label << " blew up: the first inf/NaN activation is at layer " << first << " ("
         << r.nonfinite_count[static_cast<std::size_t>(first - 1)] << " entries there, see nonfinite_count in the "
-        << "file); its statistics from there on are NaN, and so are its gradient statistics at every layer (the "
-        << "backward pass runs through the blown-up layers); the statistics of layers 1 to " << first - 1
-        << " are unaffected\n";
+        << "file); its statistics are NaN at the " << blown << " of layers " << first << " to " << r.depth
+        << " that hold inf/NaN entries";
+    if (blown < after) {
+      out << " (the other " << after - blown << " are finite: an activation can map every overflowed entry of a "
+          << "layer to a finite value, as relu maps -inf to 0, and the next layer starts afresh)";
+    }
+    out << ", and its gradient statistics are NaN at every layer (the backward pass runs through the blown-up "
+        << "layers); the statistics of layers 1 to " << first - 1 << " are unaffected\n";
   } else {
     int top = 0;  // the backward pass starts at the last layer: the highest layer is where it blew up
     for (int l = r.depth; l >= 1 && top == 0; --l) {
