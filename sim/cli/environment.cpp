@@ -11,6 +11,7 @@
 #include "cli/errors.hpp"
 #include "core/gemm.hpp"
 #include "core/parallel.hpp"
+#include "selfnorm_git_commit.hpp"  // generated at build time (sim/cli/CMakeLists.txt)
 
 namespace selfnorm::cli {
 namespace {

@@ -1,10 +1,13 @@
 """The selfnorm command line as a user meets it: exit codes, messages, files."""
 import json
+import re
+import subprocess
 
 import h5py
 import numpy as np
+import pytest
 
-from conftest import TINY
+from conftest import ROOT, TINY
 
 
 def test_version_and_help(run):
@@ -15,6 +18,16 @@ def test_version_and_help(run):
     assert r.returncode == 0
     for command in ("run", "validate", "print-config", "activations"):
         assert command in r.stdout
+
+
+def test_version_names_the_commit_the_binary_was_built_from(run):
+    """The commit is read at build time, so an incremental build after a commit stamps the new one
+    (into --version and every result file), not the one that was checked out at configure time."""
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout: the binary says 'unknown' and there is no commit to compare")
+    commit = re.search(r"\(git ([0-9a-f]{12}|unknown)(-dirty)?,", run("--version").stdout)
+    assert commit and commit[1] == head.stdout.strip()
 
 
 def test_activations_lists_every_activation_with_defaults(run):
