@@ -322,6 +322,16 @@ def torch_available():
         return "(version unknown)"
 
 
+def torch_blas():
+    """The BLAS library Debian's torch does its GEMMs with: libblas.so.3 is an alternative, the
+    reference implementation (libblas3, which python3-torch pulls in) unless OpenBLAS is installed."""
+    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"):
+        lib = Path(folder) / "libblas.so.3"
+        if lib.exists():
+            return os.path.realpath(lib)
+    return None
+
+
 def summarise(runs, gflop, peak):
     walls = [r["wall_s"] for r in runs]
     med = statistics.median(walls)
@@ -389,7 +399,7 @@ def reference_table(args, ref, peaks, torch_version, workdir):
         notes.append("PyTorch skipped (--no-torch).")
     else:
         notes.append(f"PyTorch skipped: torch is not importable under {sys.executable} "
-                     "(install Debian's python3-torch to compare).")
+                     "(install Debian's python3-torch and libopenblas0-pthread to compare).")
     runs = {name: [] for name, _ in programs}
     outputs = {}
     for rep in range(args.repeat):
@@ -701,7 +711,14 @@ def main(argv):
     info["torch"] = torch_version
     print_header(info, args, peaks)
     if torch_version:
-        print(f"PyTorch {torch_version} under {sys.executable}, script {display_path(TORCH_SCRIPT)}\n")
+        blas = torch_blas()
+        info["torch_blas"] = blas
+        print(f"PyTorch {torch_version} under {sys.executable}, script {display_path(TORCH_SCRIPT)}, "
+              f"BLAS {blas or '(not found)'}")
+        if blas and "openblas" not in blas:
+            print("warning: PyTorch's GEMMs go to the reference BLAS, some 50x slower than OpenBLAS, so this is not "
+                  "its best configuration: install Debian's libopenblas0-pthread to compare fairly.")
+        print()
 
     sizes = SIZES[args.mode]
     if args.mode == "full":
