@@ -34,10 +34,26 @@ ROOT = Path(__file__).resolve().parents[2]
 TORCH_SCRIPT = Path(__file__).resolve().parent / "torch_reference.py"
 REFERENCE = ROOT / "configs" / "bench" / "reference.json"
 
-# The machine's peak, from /work/shared/MACHINE.md (the project's 2-core AMD EPYC Zen 5): 3.58 GHz
-# x 2 FMA pipes of 512 bits x 2 flop per FMA = 229 GFLOP/s per core in float32 (16 lanes), 115 in
-# float64 (8 lanes); these are the figures for both cores. --peak-gflops overrides them.
+# The machine's peak is measured by fma_peak (scripts/bench/fma_peak.cpp, built beside selfnorm):
+# independent FMAs on every processor, best of 3 rounds. Without it, the figures of the project's
+# 2-core machines (/work/shared/MACHINE.md: 3.58 GHz x 2 FMA pipes of 512 bits x 2 flop per FMA = 229
+# GFLOP/s per core in float32, 115 in float64) stand in. --peak-gflops overrides both.
 PEAK_GFLOPS = {"float32": 458.0, "float64": 229.0}
+
+
+def measure_peak(selfnorm, threads):
+    """(peaks, source): the peak of `threads` threads from fma_peak, else MACHINE.md's figures."""
+    probe = Path(selfnorm).resolve().parent / "fma_peak"
+    if probe.exists():
+        try:
+            out = subprocess.run([str(probe), "--threads", str(threads)], capture_output=True, text=True, timeout=120,
+                                 check=True).stdout
+            got = json.loads(out)
+            return ({"float32": got["float32_gflops"], "float64": got["float64_gflops"]},
+                    f"measured by {display_path(probe)} ({got['isa']} FMAs on {threads} threads, best of 3)")
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
+            return dict(PEAK_GFLOPS), f"MACHINE.md's figures: {display_path(probe)} failed ({e})"
+    return dict(PEAK_GFLOPS), f"MACHINE.md's figures for 2 cores ({display_path(probe)} not built)"
 
 # Statistics compared between selfnorm and PyTorch (names as in selfnorm's result files).
 CHECK_STATS = ["preactivation_mean", "preactivation_var", "activation_mean", "activation_var", "activation_msq",
@@ -85,8 +101,8 @@ def parse_args(argv):
     size.add_argument("--smoke", action="store_true", help="tiny jobs, one run each: exercises every path in seconds")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads (default: all processors)")
     p.add_argument("--peak-gflops", type=float,
-                   help=f"float32 peak of this machine in GFLOP/s (default {PEAK_GFLOPS['float32']:g}; "
-                        "float64 is taken as half)")
+                   help="float32 peak of this machine in GFLOP/s (default: measured by fma_peak, built beside "
+                        "selfnorm; float64 is taken as half)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     p.add_argument("--torch-scaling", action="store_true",
@@ -170,7 +186,7 @@ def print_header(info, args, peaks):
     print(f"  selfnorm  {info['selfnorm']}")
     print(f"  python    {info['python']}")
     print(f"  peak      float32 {peaks['float32']:g} GFLOP/s, float64 {peaks['float64']:g} GFLOP/s "
-          f"({'--peak-gflops' if args.peak_gflops else 'MACHINE.md: 2 cores x 3.58 GHz x 2 AVX-512 FMA pipes'})")
+          f"({info['peak_source']})")
     print(f"  runs      median of {args.repeat} per figure, wall time of the whole process, {args.threads} threads")
     print()
 
@@ -703,10 +719,12 @@ def main(argv):
     except (OSError, json.JSONDecodeError) as e:
         print(f"bench.py: error: cannot read {args.config} ({e})", file=sys.stderr)
         return 2
-    peaks = dict(PEAK_GFLOPS)
     if args.peak_gflops:
-        peaks = {"float32": args.peak_gflops, "float64": args.peak_gflops / 2}
+        peaks, peak_source = {"float32": args.peak_gflops, "float64": args.peak_gflops / 2}, "--peak-gflops"
+    else:
+        peaks, peak_source = measure_peak(args.selfnorm, args.threads)
     info = machine_info(args)
+    info["peak_source"] = peak_source
     torch_version = None if args.no_torch else torch_available()
     info["torch"] = torch_version
     print_header(info, args, peaks)
