@@ -216,17 +216,25 @@ std::string memory_problem(const std::string& config, const io::Experiment& ex, 
   const std::optional<MachineMemory> machine = machine_memory();
   if (!machine) return {};
   const MemoryNeed need = memory_need(ex, points, options);
-  if (need.bytes <= static_cast<double>(machine->available)) return {};
+  const auto usable = static_cast<double>(machine->usable());
+  if (need.bytes <= usable) return {};
   std::string msg = config + ": the run needs " + need.text() + " of memory (engine buffers and statistics of its "
                     "largest point";
   if (ex.points.size() > 1) msg += ", point " + std::to_string(need.largest_point);
-  msg += ", with " + plural(options.threads, "thread") + "), but this machine has " +
-         format_bytes(static_cast<double>(machine->available)) + " available of " +
-         format_bytes(static_cast<double>(machine->total)) + " (MemAvailable and MemTotal in /proc/meminfo); ";
+  msg += ", with " + plural(options.threads, "thread") + "), but ";
+  if (machine->cgroup_bound()) {
+    const io::CgroupMemory& group = *machine->cgroup;
+    msg += "this process's control group may take only " + format_bytes(usable) + " more (its memory limit is " +
+           format_bytes(static_cast<double>(group.limit)) + ", " + group.file + ", with " +
+           format_bytes(static_cast<double>(group.usage)) + " in use; under Slurm, --mem sets it); ";
+  } else {
+    msg += "this machine has " + format_bytes(usable) + " available of " +
+           format_bytes(static_cast<double>(machine->total)) + " (MemAvailable and MemTotal in /proc/meminfo); ";
+  }
   RunOptions one = options;
   one.threads = 1;
   const MemoryNeed single = memory_need(ex, points, one);
-  if (options.threads > 1 && single.bytes <= static_cast<double>(machine->available)) {
+  if (options.threads > 1 && single.bytes <= usable) {
     msg += "--threads 1 needs only " + format_bytes(single.bytes) + "; ";
   }
   return msg + "reduce monte_carlo.batch, monte_carlo.trials or the widths, or pass --allow-large-memory to run "
@@ -503,7 +511,7 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
                       {"max_point_gflop", max_point_flop * 1e-9},
                       {"buffer_bytes", peak_bytes},
                       {"memory_bytes", memory_bytes},
-                      {"memory_available_bytes", machine ? json(machine->available) : json(nullptr)},
+                      {"memory_available_bytes", machine ? json(machine->usable()) : json(nullptr)},
                       {"fits_in_memory", memory_warning.empty()},
                       {"threads", threads.threads}}
                      .dump(2)
@@ -528,7 +536,10 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
   std::cout << "  memory       " << (need.beyond_address_space ? "more than " : "")
             << format_bytes(static_cast<double>(peak_bytes)) << " of engine buffers at the "
             << "largest point with " << plural(threads.threads, "thread") << ", " << need.text() << " in all";
-  if (machine) std::cout << " (" << format_bytes(static_cast<double>(machine->available)) << " available here)";
+  if (machine) {
+    std::cout << " (" << format_bytes(static_cast<double>(machine->usable())) << " available here"
+              << (machine->cgroup_bound() ? ", under this process's control-group memory limit)" : ")");
+  }
   std::cout << "\n";
   return 0;
 }

@@ -74,6 +74,7 @@ std::optional<MachineMemory> machine_memory() {
     }
   }
   if (!total || !available) return std::nullopt;
+  m.cgroup = io::own_cgroup_memory();
   return m;
 }
 

@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--quiet", run.quiet, "no progress and no summary");
   run_cmd->add_flag("--overwrite", run.overwrite, "replace an existing result file");
   run_cmd->add_flag("--allow-large-memory", run.allow_large_memory,
-                    "run even if the memory estimate exceeds the memory available (MemAvailable)");
+                    "run even if the memory estimate exceeds the memory available (MemAvailable, or the control group's limit)");
 
   std::string config;
   std::optional<int> threads;

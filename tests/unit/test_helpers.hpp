@@ -1,12 +1,15 @@
 // Helpers shared by the unit tests: floating-point distance in ulps, k-sigma checks, small
-// engine specs.
+// engine specs, temporary folders.
 #pragma once
 
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <limits>
+#include <random>
 #include <string>
+#include <system_error>
 
 #include "core/engine.hpp"
 #include "core/moments.hpp"
@@ -48,5 +51,21 @@ inline PointSpec make_spec(Activation act, int depth, std::int64_t width, std::i
   s.precision = precision;
   return s;
 }
+
+// A fresh temporary folder, removed with everything in it at the end of the test.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::random_device rd;
+    path = std::filesystem::temp_directory_path() / ("selfnorm-test-" + std::to_string(rd()));
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
 
 }  // namespace selfnorm::test

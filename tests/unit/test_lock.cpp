@@ -13,6 +13,7 @@
 #include "io/lock.hpp"
 #include "io/results.hpp"
 #include "io/shards.hpp"
+#include "test_helpers.hpp"
 
 using namespace selfnorm;
 using namespace selfnorm::io;
@@ -20,18 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("selfnorm-lock-test-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using test::TempDir;
 
 std::size_t entries(const fs::path& folder) {
   return static_cast<std::size_t>(std::distance(fs::directory_iterator(folder), fs::directory_iterator()));

@@ -9,6 +9,7 @@
 #include "io/config.hpp"
 #include "io/hdf5.hpp"
 #include "io/results.hpp"
+#include "test_helpers.hpp"
 
 using namespace selfnorm;
 using namespace selfnorm::io;
@@ -16,19 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh temporary folder, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("selfnorm-test-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using test::TempDir;
 
 Provenance test_provenance() {
   Provenance p;

@@ -8,6 +8,7 @@
 #include "io/hdf5.hpp"
 #include "io/results.hpp"
 #include "io/shards.hpp"
+#include "test_helpers.hpp"
 
 using namespace selfnorm;
 using namespace selfnorm::io;
@@ -15,18 +16,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("selfnorm-shards-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using test::TempDir;
 
 const char* kConfig = R"({"name": "m", "seed": 4, "network": {"depth": 3, "width": 8},
   "monte_carlo": {"trials": 2, "batch": 9},
