@@ -27,7 +27,8 @@ def test_version_names_the_commit_the_binary_was_built_from(run):
     if head.returncode != 0:
         pytest.skip("not a git checkout: the binary says 'unknown' and there is no commit to compare")
     commit = re.search(r"\(git ([0-9a-f]{12}|unknown)(-dirty)?,", run("--version").stdout)
-    assert commit and commit[1] == head.stdout.strip()
+    assert commit, run("--version").stdout
+    assert commit[1] == head.stdout.strip(), "the binary is older than the checkout: rebuild (scripts/test.sh does)"
 
 
 def test_activations_lists_every_activation_with_defaults(run):
