@@ -17,6 +17,7 @@
 #include <new>
 #include <stdexcept>
 
+#include "cli/device.hpp"
 #include "cli/display.hpp"
 #include "cli/environment.hpp"
 #include "cli/errors.hpp"
@@ -245,8 +246,37 @@ int run_command(const RunArgs& args) {
   const std::optional<io::ShardInfo> shard = parse_shard(args.shard);
   const auto mine = io::shard_points(static_cast<std::int64_t>(ex.points.size()), shard);
 
+  // The device: the config's, unless --device overrides it. It enters the config hash (on the
+  // GPU), so a result or checkpoint of one device is never taken for the other's.
+  io::DeviceOptions device = ex.device;
+  std::string device_source = "\"device\": \"" + std::string(io::to_string(device.device)) + "\" in " + args.config;
+  if (args.device) {
+    if (*args.device != "cpu" && *args.device != "cuda") {
+      throw UsageError("--device " + *args.device + " is not valid; use cpu or cuda");
+    }
+    device.device = *args.device == "cuda" ? io::Device::cuda : io::Device::cpu;
+    device_source = "--device " + *args.device;
+  }
+  if (args.tf32) {
+    if (device.device != io::Device::cuda) {
+      throw UsageError("--tf32 chooses the GPU's GEMM arithmetic, but this run is on the CPU; add --device cuda or "
+                       "drop --tf32");
+    }
+    device.tf32 = true;
+  }
+  ex = io::with_device(ex, device);
+  // A device that cannot be used ends the run here, before any file exists (exit status 4).
+  const std::unique_ptr<PointRunner> runner = make_runner(device, options, threads.source, device_source);
+
   // Refused before anything is allocated or written.
-  if (!args.allow_large_memory) {
+  if (device.device == io::Device::cuda) {
+    for (std::int64_t p : mine) {
+      const std::string problem = runner->check(ex.points[static_cast<std::size_t>(p)].spec);
+      if (!problem.empty()) {
+        throw UsageError(args.config + ": point " + std::to_string(p) + " cannot run on the GPU: " + problem);
+      }
+    }
+  } else if (!args.allow_large_memory) {
     const std::string problem = memory_problem(args.config, ex, mine, options);
     if (!problem.empty()) throw UsageError(problem);
   }
@@ -308,11 +338,12 @@ int run_command(const RunArgs& args) {
     if (!records.empty()) {
       std::cerr << " (" << records.size() << " already done in " << checkpoint.folder().string() << ", resuming)";
     }
-    std::cerr << ", " << total_flop * 1e-9 << " GFLOP to do, buffers " << format_bytes(static_cast<double>(peak_bytes))
-              << ", " << plural(threads.threads, "thread") << " (" << threads.source << ")" << std::endl;
+    std::cerr << ", " << total_flop * 1e-9 << " GFLOP to do, " << runner->start_note(static_cast<double>(peak_bytes))
+              << std::endl;
   }
 
-  const io::Provenance provenance = current_provenance(threads.threads, args.command_line);
+  io::Provenance provenance = current_provenance(threads.threads, args.command_line);
+  runner->describe(provenance);
   StopSignals signals;
   ProgressDisplay progress(!args.quiet, static_cast<std::int64_t>(todo.size()), total_flop);
   std::int64_t ordinal = 0;
@@ -322,8 +353,8 @@ int run_command(const RunArgs& args) {
     progress.start_point(ordinal++, point_label(ex, p), point.spec.monte_carlo.trials, flop);
     PointResult result;
     try {
-      result = simulate_point(point.spec, StreamSeed{ex.seed, static_cast<std::uint64_t>(p)}, options,
-                              [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
+      result = runner->run(point.spec, StreamSeed{ex.seed, static_cast<std::uint64_t>(p)},
+                           [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
     } catch (const std::bad_alloc&) {
       progress.finish();
       throw std::runtime_error(args.config + ": point " + std::to_string(p) + ": out of memory (the operating system "
@@ -337,6 +368,7 @@ int run_command(const RunArgs& args) {
     progress.finish_point();
     records.push_back(io::make_record(p, result, ex.output.per_trial));
     io::add_predictions(records.back(), point.spec);
+    runner->describe(provenance);
     try {
       checkpoint.save(ex, records.back(), provenance, shard);
     } catch (const io::WriteError& e) {
@@ -371,9 +403,9 @@ int run_command(const RunArgs& args) {
   if (!args.quiet) {
     print_summary(std::cout, ex, records);
     std::cout << "\nwrote " << out.string() << " (" << plural(static_cast<std::int64_t>(records.size()), "point")
-              << ", " << format_duration(seconds) << " on " << plural(threads.threads, "thread");
+              << ", " << format_duration(seconds) << " on " << runner->where();
     if (total_flop > 0) std::cout << ", " << total_flop * 1e-9 / std::max(seconds, 1e-9) << " GFLOP/s";
-    std::cout << ")" << std::endl;
+    std::cout << runner->timing_note() << ")" << std::endl;
   }
   return 0;
 }
@@ -476,11 +508,13 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
   double total_flop = 0.0;
   double max_point_flop = 0.0;
   std::size_t peak_bytes = 0;
+  double peak_gpu_bytes = -1.0;
   for (const auto& point : ex.points) {
     const WorkEstimate e = estimate_work(point.spec, options);
     total_flop += e.gemm_flop;
     max_point_flop = std::max(max_point_flop, e.gemm_flop);
     peak_bytes = std::max(peak_bytes, e.buffer_bytes);
+    if (ex.device.device == io::Device::cuda) peak_gpu_bytes = std::max(peak_gpu_bytes, gpu_bytes(point.spec));
   }
   std::vector<std::int64_t> all(ex.points.size());
   for (std::size_t p = 0; p < all.size(); ++p) all[p] = static_cast<std::int64_t>(p);
@@ -505,7 +539,9 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
                       {"memory_bytes", memory_bytes},
                       {"memory_available_bytes", machine ? json(machine->available) : json(nullptr)},
                       {"fits_in_memory", memory_warning.empty()},
-                      {"threads", threads.threads}}
+                      {"threads", threads.threads},
+                      {"device", std::string(io::to_string(ex.device.device))},
+                      {"gpu_memory_bytes", peak_gpu_bytes >= 0 ? json(peak_gpu_bytes) : json(nullptr)}}
                      .dump(2)
               << std::endl;
     return 0;
@@ -530,6 +566,15 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
             << "largest point with " << plural(threads.threads, "thread") << ", " << need.text() << " in all";
   if (machine) std::cout << " (" << format_bytes(static_cast<double>(machine->available)) << " available here)";
   std::cout << "\n";
+  if (ex.device.device == io::Device::cuda) {
+    std::cout << "  device       cuda" << (ex.device.tf32 ? " (TF32 GEMMs)" : "") << ": ";
+    if (peak_gpu_bytes >= 0) {
+      std::cout << format_bytes(peak_gpu_bytes) << " of GPU memory at the largest point\n";
+    } else {
+      std::cout << (has_cuda_backend() ? "a point exceeds the CUDA backend's sizes" : "this build has no CUDA backend")
+                << "\n";
+    }
+  }
   return 0;
 }
 

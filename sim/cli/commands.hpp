@@ -18,6 +18,8 @@ struct RunArgs {
   bool quiet = false;
   bool overwrite = false;
   bool allow_large_memory = false;    // run even if the memory estimate exceeds MemAvailable
+  std::optional<std::string> device;  // cpu | cuda: overrides the config's "device"
+  bool tf32 = false;                  // TF32 GEMMs on the GPU (the config's cuda.tf32)
   std::string command_line;
 };
 

@@ -6,6 +6,7 @@
 #include <new>
 
 #include "cli/commands.hpp"
+#include "cli/device.hpp"
 #include "cli/environment.hpp"
 #include "cli/errors.hpp"
 #include "cli/theory_command.hpp"
@@ -43,6 +44,11 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--overwrite", run.overwrite, "replace an existing result file");
   run_cmd->add_flag("--allow-large-memory", run.allow_large_memory,
                     "run even if the memory estimate exceeds the memory available (MemAvailable)");
+  run_cmd->add_option("--device", run.device,
+                      std::string("compute on cpu or cuda (an NVIDIA GPU), overriding the config's \"device\"") +
+                          (has_cuda_backend() ? "" : "; this build has no CUDA backend"));
+  run_cmd->add_flag("--tf32", run.tf32, "with --device cuda: float32 GEMMs on TF32 tensor cores (faster, ~1e-3 "
+                                        "relative error in each product; the config's cuda.tf32)");
 
   std::string config;
   std::optional<int> threads;
@@ -155,6 +161,9 @@ int main(int argc, char** argv) {
   } catch (const selfnorm::io::LockedError& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 3;
+  } catch (const DeviceError& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 4;
   } catch (const std::bad_alloc&) {
     std::cerr << "error: out of memory (the operating system refused an allocation); `selfnorm validate CONFIG` "
                  "estimates what a run needs"
