@@ -1,10 +1,14 @@
 // The CUDA backend against the CPU engine: the same statistics within standard errors (the random
 // streams differ, so agreement is statistical), the same bookkeeping of blow-ups, and bit-for-bit
-// determinism on the GPU. Run by selfnorm_cuda_tests (cuda_main.cpp), which skips without a GPU.
+// determinism on the GPU. They need an NVIDIA GPU: without one the program says why and exits with
+// status 77, which CTest reports as skipped (tests/CMakeLists.txt), instead of failing.
+#define CATCH_CONFIG_EXTERNAL_INTERFACES  // for the listener below
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -14,6 +18,28 @@
 
 using namespace selfnorm;
 using selfnorm::test::make_spec;
+
+namespace {
+
+// Before the first test: find the GPU, or skip the whole program.
+struct RequireGpu : Catch::TestEventListenerBase {
+  using TestEventListenerBase::TestEventListenerBase;
+  void testRunStarting(const Catch::TestRunInfo& info) override {
+    TestEventListenerBase::testRunStarting(info);
+    try {
+      const cuda::DeviceProperties d = cuda::probe_device();
+      std::cout << "GPU tests on " << d.name << " (compute capability " << d.compute_major << "."
+                << d.compute_minor << ", " << d.multiprocessors << " multiprocessors)" << std::endl;
+    } catch (const cuda::NoDeviceError& e) {
+      std::cout << "SKIPPED: the GPU unit tests need an NVIDIA GPU: " << e.what() << std::endl;
+      std::exit(77);
+    }
+  }
+};
+
+}  // namespace
+
+CATCH_REGISTER_LISTENER(RequireGpu)
 
 namespace {
 
