@@ -234,6 +234,25 @@ std::string memory_problem(const std::string& config, const io::Experiment& ex, 
                "anyway";
 }
 
+// The experiment with the command line's --device and --tf32 applied (UsageError if invalid).
+io::Experiment override_device(const io::Experiment& ex, const std::optional<std::string>& device_arg, bool tf32) {
+  io::DeviceOptions device = ex.device;
+  if (device_arg) {
+    if (*device_arg != "cpu" && *device_arg != "cuda") {
+      throw UsageError("--device " + *device_arg + " is not valid; use cpu or cuda");
+    }
+    device.device = *device_arg == "cuda" ? io::Device::cuda : io::Device::cpu;
+  }
+  if (tf32) {
+    if (device.device != io::Device::cuda) {
+      throw UsageError("--tf32 chooses the GPU's GEMM arithmetic, but this run is on the CPU; add --device cuda or "
+                       "drop --tf32");
+    }
+    device.tf32 = true;
+  }
+  return io::with_device(ex, device);
+}
+
 }  // namespace
 
 int run_command(const RunArgs& args) {
@@ -248,23 +267,11 @@ int run_command(const RunArgs& args) {
 
   // The device: the config's, unless --device overrides it. It enters the config hash (on the
   // GPU), so a result or checkpoint of one device is never taken for the other's.
-  io::DeviceOptions device = ex.device;
-  std::string device_source = "\"device\": \"" + std::string(io::to_string(device.device)) + "\" in " + args.config;
-  if (args.device) {
-    if (*args.device != "cpu" && *args.device != "cuda") {
-      throw UsageError("--device " + *args.device + " is not valid; use cpu or cuda");
-    }
-    device.device = *args.device == "cuda" ? io::Device::cuda : io::Device::cpu;
-    device_source = "--device " + *args.device;
-  }
-  if (args.tf32) {
-    if (device.device != io::Device::cuda) {
-      throw UsageError("--tf32 chooses the GPU's GEMM arithmetic, but this run is on the CPU; add --device cuda or "
-                       "drop --tf32");
-    }
-    device.tf32 = true;
-  }
-  ex = io::with_device(ex, device);
+  ex = override_device(ex, args.device, args.tf32);
+  const io::DeviceOptions device = ex.device;
+  const std::string device_source = args.device ? "--device " + *args.device
+                                                : "\"device\": \"" + std::string(io::to_string(device.device)) +
+                                                      "\" in " + args.config;
   // A device that cannot be used ends the run here, before any file exists (exit status 4).
   const std::unique_ptr<PointRunner> runner = make_runner(device, options, threads.source, device_source);
 
@@ -439,8 +446,8 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
 }
 
 int status_command(const std::string& config, const std::string& shards_text, const std::string& folder_arg,
-                   bool missing_only) {
-  const io::Experiment ex = io::load_experiment(config);
+                   bool missing_only, const std::optional<std::string>& device, bool tf32) {
+  const io::Experiment ex = override_device(io::load_experiment(config), device, tf32);
   const std::int64_t shards = parse_count(shards_text, "--shards", io::kMaxPoints, 1);
   const fs::path folder = folder_arg.empty() ? fs::path("results") / ex.name : fs::path(folder_arg);
   std::vector<std::int64_t> missing;

@@ -27,7 +27,9 @@ int run_command(const RunArgs& args);
 int validate_command(const std::string& config, std::optional<int> threads, bool json);
 int merge_command(const std::vector<std::string>& shards, const std::string& output, bool overwrite,
                   const std::string& command_line);
-int status_command(const std::string& config, const std::string& shards, const std::string& folder, bool missing_only);
+// `device`, `tf32`: as given to the runs (--device, --tf32), which change the config hash on the GPU.
+int status_command(const std::string& config, const std::string& shards, const std::string& folder, bool missing_only,
+                   const std::optional<std::string>& device = std::nullopt, bool tf32 = false);
 int print_config_command(const std::string& config);
 int activations_command(bool json);
 

@@ -74,6 +74,10 @@ int main(int argc, char** argv) {
   status_cmd->add_option("--shards", shard_count, "number of shards N the run was split into")->required();
   status_cmd->add_option("--dir", status_folder, "folder of the shard files (default results/<name>)");
   status_cmd->add_flag("--missing", missing_only, "print only the incomplete shards, in sbatch --array= form");
+  std::optional<std::string> status_device;
+  bool status_tf32 = false;
+  status_cmd->add_option("--device", status_device, "the --device the shards were run with (cpu or cuda)");
+  status_cmd->add_flag("--tf32", status_tf32, "the shards were run with --tf32");
 
   auto* print_cmd = app.add_subcommand("print-config", "Print a config with every default filled in");
   print_cmd->add_option("config", config, "experiment config (JSON)")->required();
@@ -140,7 +144,7 @@ int main(int argc, char** argv) {
     if (*run_cmd) return run_command(run);
     if (*validate_cmd) return validate_command(config, threads, validate_json);
     if (*merge_cmd) return merge_command(shard_files, merge_output, merge_overwrite, command_line);
-    if (*status_cmd) return status_command(config, shard_count, status_folder, missing_only);
+    if (*status_cmd) return status_command(config, shard_count, status_folder, missing_only, status_device, status_tf32);
     if (*print_cmd) return print_config_command(config);
     if (*act_cmd) return activations_command(as_json);
     for (auto* verb : theory_verbs) {

@@ -87,3 +87,18 @@ def test_device_cpu_overrides_the_config_and_keeps_the_cpu_hash(run, write_confi
     # So the plain config finds the overridden run's file complete.
     r = run("run", write_config(TINY, "plain.json"), "-o", out)
     assert r.returncode == 0 and "is already complete for this config" in r.stderr
+
+
+def test_status_judges_shards_by_the_device_they_ran_on(run, write_config, tmp_path):
+    cfg = write_config(dict(TINY, device="cuda"))
+    for k in range(2):
+        r = run("run", cfg, "--shard", f"{k}/2", "--device", "cpu", "--quiet", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    # The config says cuda, whose hash differs: the CPU shards are another experiment's files...
+    r = run("status", cfg, "--shards", "2", cwd=tmp_path)
+    assert r.returncode == 0 and "0 of 2 shards complete" in r.stdout, r.stdout
+    # ...unless status is told the device they ran on.
+    r = run("status", cfg, "--shards", "2", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0 and "2 of 2 shards complete" in r.stdout, r.stdout
+    r = run("status", cfg, "--shards", "2", "--device", "tpu", cwd=tmp_path)
+    assert r.returncode == 2 and "--device tpu is not valid; use cpu or cuda" in r.stderr
