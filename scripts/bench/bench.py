@@ -8,6 +8,7 @@ gradients.
     /usr/bin/python3 scripts/bench/bench.py --smoke         # a few seconds: every code path, for CI
     /usr/bin/python3 scripts/bench/bench.py --check         # selfnorm vs PyTorch statistics, selu and relu
     /usr/bin/python3 scripts/bench/bench.py --torch-configs # PyTorch's configurations side by side
+    /usr/bin/python3 scripts/bench/bench.py --device cuda   # the reference and the large job on the GPU
 
 Every figure is the median over --repeat runs (default 3) of the whole process's wall time, and
 the runs of the programs compared in one table are interleaved, so a burst of load from another
@@ -54,6 +55,24 @@ def measure_peak(selfnorm, threads):
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
             return dict(PEAK_GFLOPS), f"MACHINE.md's figures: {display_path(probe)} failed ({e})"
     return dict(PEAK_GFLOPS), f"MACHINE.md's figures for 2 cores ({display_path(probe)} not built)"
+
+
+# FP32 peak (no tensor cores) of NVIDIA's H100 SXM and H200 SXM: 132 SMs x 128 FP32 lanes x 2 flop per
+# FMA x 1.98 GHz boost = 67 TFLOP/s (NVIDIA's data sheets); --gpu-peak-tflops overrides it.
+GPU_PEAK_TFLOPS = 67.0
+
+# The GPU jobs (--device cuda): the reference job and the large one of the GPU issue, with the
+# figures PyTorch 2.11 reached for the same work on an H100 80GB (forward and backward, per-layer
+# statistics, weights drawn on the GPU), quoted, not measured here.
+GPU_JOBS = {
+    "full": [("reference", {"trials": 8, "depth": 64, "width": 1024, "batch": 1024}),
+             ("large", {"trials": 64, "depth": 256, "width": 4096, "batch": 4096})],
+    "quick": [("reference", {"trials": 8, "depth": 64, "width": 1024, "batch": 1024}),
+              ("large, 4 of 64 trials", {"trials": 4, "depth": 256, "width": 4096, "batch": 4096})],
+    "smoke": [("reference", {"trials": 2, "depth": 8, "width": 64, "batch": 128}),
+              ("large", {"trials": 2, "depth": 16, "width": 256, "batch": 256})],
+}
+TORCH_H100 = {"reference": {"fp32": 0.21}, "large": {"fp32": 97.0, "tf32": 21.0}}
 
 # Statistics compared between selfnorm and PyTorch (names as in selfnorm's result files).
 CHECK_STATS = ["preactivation_mean", "preactivation_var", "activation_mean", "activation_var", "activation_msq",
@@ -103,6 +122,11 @@ def parse_args(argv):
     p.add_argument("--peak-gflops", type=float,
                    help="float32 peak of this machine in GFLOP/s (default: measured by fma_peak, built beside "
                         "selfnorm; float64 is taken as half)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: time the reference job and the large one (T=64, L=256, n=4096, B=4096) on the "
+                        "GPU, FP32 and TF32, instead of the CPU tables")
+    p.add_argument("--gpu-peak-tflops", type=float, default=GPU_PEAK_TFLOPS,
+                   help=f"the GPU's FP32 peak in TFLOP/s (default {GPU_PEAK_TFLOPS:g}, H100/H200 SXM)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     p.add_argument("--torch-scaling", action="store_true",
@@ -111,6 +135,8 @@ def parse_args(argv):
                    help="only compare selfnorm's and PyTorch's statistics, selu and relu at a small size")
     p.add_argument("--torch-configs", action="store_true",
                    help="only time PyTorch's configurations (mode, threads, wait policy, OpenBLAS core type)")
+    p.add_argument("--large-repeat", type=int, default=1,
+                   help="with --device cuda: runs of the large job (default 1; it takes minutes)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every measurement to OUT")
     p.add_argument("--workdir", type=Path, help="keep configs and outputs here (default: a temporary folder)")
     args = p.parse_args(argv)
@@ -705,6 +731,82 @@ def torch_configs_mode(args, ref, peaks, workdir, variants=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# The GPU
+
+
+def gpu_mode(args, base_cfg, workdir):
+    """The GPU jobs through `selfnorm run --device cuda`, FP32 then TF32, runs interleaved. Wall time
+    is the whole process (CUDA start-up and the result file included); GPU and GEMM seconds come from
+    the CUDA events selfnorm records (the result file's gpu_seconds, gpu_gemm_seconds)."""
+    import h5py
+
+    probe = make_config(base_cfg, trials=1, depth=2, width=8, batch=8)
+    probe_path = workdir / "gpu_probe.json"
+    probe_path.write_text(json.dumps(probe))
+    r = run_child([str(args.selfnorm), "run", str(probe_path), "-o", str(workdir / "gpu_probe.h5"), "--overwrite",
+                   "--quiet", "--device", "cuda"])
+    if r["rc"] == 4:
+        reason = (r["stderr"].strip().splitlines() or ["(no message)"])[-1]
+        print(f"GPU benchmark skipped: {reason}")
+        return {"skipped": reason}
+    checked(r, "selfnorm run --device cuda (probe)")
+    with h5py.File(workdir / "gpu_probe.h5", "r") as f:
+        gpu_name = str(f.attrs["gpu_name"])
+    peak = args.gpu_peak_tflops
+    print(f"GPU       {gpu_name}; FP32 peak {peak:g} TFLOP/s"
+          f" ({'--gpu-peak-tflops' if peak != GPU_PEAK_TFLOPS else 'H100/H200 SXM data sheet'})")
+    print()
+    jobs = []
+    for label, size in GPU_JOBS[args.mode]:
+        for arith in ("FP32", "TF32"):
+            job = Job(label, make_config(base_cfg, **size, precision="float32"), 1)
+            job.prepare(workdir, 300 + len(jobs), args.selfnorm)
+            jobs.append((label, arith, job))
+    runs = {id(job): [] for _, _, job in jobs}
+    for rep in range(args.repeat):
+        for label, arith, job in jobs:
+            if label.startswith("large") and rep >= args.large_repeat:
+                continue
+            out = workdir / "gpu.h5"
+            cmd = [str(args.selfnorm), "run", str(job.path), "-o", str(out), "--overwrite", "--quiet", "--device",
+                   "cuda"] + (["--tf32"] if arith == "TF32" else [])
+            r = checked(run_child(cmd), f"selfnorm run --device cuda ({label}, {arith})")
+            with h5py.File(out, "r") as f:
+                r["gpu_s"] = float(f.attrs["gpu_seconds"])
+                r["gemm_s"] = float(f.attrs["gpu_gemm_seconds"])
+            runs[id(job)].append(r)
+            print(f"  [{label}, {arith}] run {len(runs[id(job)])}: {r['wall_s']:.2f} s (GPU {r['gpu_s']:.2f} s)",
+                  file=sys.stderr, flush=True)
+    rows, out_rows = [], []
+    for label, arith, job in jobs:
+        rs = runs[id(job)]
+        wall = statistics.median(x["wall_s"] for x in rs)
+        gpu_s = statistics.median(x["gpu_s"] for x in rs)
+        gemm_s = statistics.median(x["gemm_s"] for x in rs)
+        tflop = job.gflop / 1000
+        t, l, n, b = job.shape
+        torch = TORCH_H100.get(label, {}).get(arith.lower())
+        rows.append([label, arith, t, l, n, b, f"{tflop:.1f}", f"{wall:.3f}", len(rs), f"{gpu_s:.3f}", f"{gemm_s:.3f}",
+                     f"{100 * (1 - gemm_s / gpu_s):.1f}%", f"{tflop / wall:.1f}", f"{tflop / gpu_s:.1f}",
+                     f"{100 * tflop / wall / peak:.0f}%", "" if torch is None else f"{torch:g}"])
+        out_rows.append({"job": label, "gemm": arith, "trials": t, "depth": l, "width": n, "batch": b,
+                         "tflop": tflop, "median_wall_s": wall, "runs": len(rs), "gpu_s": gpu_s, "gemm_s": gemm_s,
+                         "outside_gemm": 1 - gemm_s / gpu_s, "tflops_wall": tflop / wall,
+                         "tflops_gpu": tflop / gpu_s, "peak_fraction": tflop / wall / peak,
+                         "torch_h100_s": torch})
+    print(f"selfnorm on the GPU ({gpu_name}), median of {args.repeat} runs (large: {args.large_repeat})")
+    print(fmt_table(["job", "GEMM", "T", "L", "n", "B", "TFLOP", "wall s", "runs", "GPU s", "GEMM s",
+                     "outside GEMM", "TFLOP/s (wall)", "TFLOP/s (GPU)", "of FP32 peak", "PyTorch H100 s (quoted)"],
+                    rows))
+    print("(wall: the whole process, CUDA start-up and the result file included; GPU s: CUDA events from each "
+          "trial's first to its last kernel; GEMM s: inside cuBLAS; 'outside GEMM': the rest of the GPU time "
+          "(weights, inputs, activations, statistics); TFLOP counts GEMM work as `selfnorm validate`; the PyTorch "
+          "column quotes the figures measured on an H100 80GB for the same jobs, not a run here)")
+    print()
+    return {"gpu_name": gpu_name, "peak_tflops": peak, "rows": out_rows}
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main(argv):
@@ -725,7 +827,7 @@ def main(argv):
         peaks, peak_source = measure_peak(args.selfnorm, args.threads)
     info = machine_info(args)
     info["peak_source"] = peak_source
-    torch_version = None if args.no_torch else torch_available()
+    torch_version = None if args.no_torch or args.device == "cuda" else torch_available()
     info["torch"] = torch_version
     print_header(info, args, peaks)
     if torch_version:
@@ -752,6 +854,12 @@ def main(argv):
         tmp = tempfile.TemporaryDirectory(prefix="selfnorm-bench-")
         workdir = Path(tmp.name)
     try:
+        if args.device == "cuda":
+            report["gpu"] = gpu_mode(args, base_cfg, workdir)
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=1, default=str))
+                print(f"wrote {args.json}")
+            return 0
         ref = Job("reference", make_config(base_cfg, **sizes["reference"]), args.threads)
         ref.prepare(workdir, 0, args.selfnorm)
         if args.check:

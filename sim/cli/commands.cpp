@@ -17,6 +17,7 @@
 #include <new>
 #include <stdexcept>
 
+#include "cli/device.hpp"
 #include "cli/display.hpp"
 #include "cli/environment.hpp"
 #include "cli/errors.hpp"
@@ -241,6 +242,25 @@ std::string memory_problem(const std::string& config, const io::Experiment& ex, 
                "anyway";
 }
 
+// The experiment with the command line's --device and --tf32 applied (UsageError if invalid).
+io::Experiment override_device(const io::Experiment& ex, const std::optional<std::string>& device_arg, bool tf32) {
+  io::DeviceOptions device = ex.device;
+  if (device_arg) {
+    if (*device_arg != "cpu" && *device_arg != "cuda") {
+      throw UsageError("--device " + *device_arg + " is not valid; use cpu or cuda");
+    }
+    device.device = *device_arg == "cuda" ? io::Device::cuda : io::Device::cpu;
+  }
+  if (tf32) {
+    if (device.device != io::Device::cuda) {
+      throw UsageError("--tf32 chooses the GPU's GEMM arithmetic, but this run is on the CPU; add --device cuda or "
+                       "drop --tf32");
+    }
+    device.tf32 = true;
+  }
+  return io::with_device(ex, device);
+}
+
 }  // namespace
 
 int run_command(const RunArgs& args) {
@@ -253,8 +273,25 @@ int run_command(const RunArgs& args) {
   const std::optional<io::ShardInfo> shard = parse_shard(args.shard);
   const auto mine = io::shard_points(static_cast<std::int64_t>(ex.points.size()), shard);
 
+  // The device: the config's, unless --device overrides it. It enters the config hash (on the
+  // GPU), so a result or checkpoint of one device is never taken for the other's.
+  ex = override_device(ex, args.device, args.tf32);
+  const io::DeviceOptions device = ex.device;
+  const std::string device_source = args.device ? "--device " + *args.device
+                                                : "\"device\": \"" + std::string(io::to_string(device.device)) +
+                                                      "\" in " + args.config;
+  // A device that cannot be used ends the run here, before any file exists (exit status 4).
+  const std::unique_ptr<PointRunner> runner = make_runner(device, options, threads.source, device_source);
+
   // Refused before anything is allocated or written.
-  if (!args.allow_large_memory) {
+  if (device.device == io::Device::cuda) {
+    for (std::int64_t p : mine) {
+      const std::string problem = runner->check(ex.points[static_cast<std::size_t>(p)].spec);
+      if (!problem.empty()) {
+        throw UsageError(args.config + ": point " + std::to_string(p) + " cannot run on the GPU: " + problem);
+      }
+    }
+  } else if (!args.allow_large_memory) {
     const std::string problem = memory_problem(args.config, ex, mine, options);
     if (!problem.empty()) throw UsageError(problem);
   }
@@ -316,11 +353,12 @@ int run_command(const RunArgs& args) {
     if (!records.empty()) {
       std::cerr << " (" << records.size() << " already done in " << checkpoint.folder().string() << ", resuming)";
     }
-    std::cerr << ", " << total_flop * 1e-9 << " GFLOP to do, buffers " << format_bytes(static_cast<double>(peak_bytes))
-              << ", " << plural(threads.threads, "thread") << " (" << threads.source << ")" << std::endl;
+    std::cerr << ", " << total_flop * 1e-9 << " GFLOP to do, " << runner->start_note(static_cast<double>(peak_bytes))
+              << std::endl;
   }
 
-  const io::Provenance provenance = current_provenance(threads.threads, args.command_line);
+  io::Provenance provenance = current_provenance(threads.threads, args.command_line);
+  runner->describe(provenance);
   StopSignals signals;
   ProgressDisplay progress(!args.quiet, static_cast<std::int64_t>(todo.size()), total_flop);
   std::int64_t ordinal = 0;
@@ -330,8 +368,8 @@ int run_command(const RunArgs& args) {
     progress.start_point(ordinal++, point_label(ex, p), point.spec.monte_carlo.trials, flop);
     PointResult result;
     try {
-      result = simulate_point(point.spec, StreamSeed{ex.seed, static_cast<std::uint64_t>(p)}, options,
-                              [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
+      result = runner->run(point.spec, StreamSeed{ex.seed, static_cast<std::uint64_t>(p)},
+                           [&](std::int64_t done, std::int64_t total) { progress.update(done, total); });
     } catch (const std::bad_alloc&) {
       progress.finish();
       throw std::runtime_error(args.config + ": point " + std::to_string(p) + ": out of memory (the operating system "
@@ -345,6 +383,7 @@ int run_command(const RunArgs& args) {
     progress.finish_point();
     records.push_back(io::make_record(p, result, ex.output.per_trial));
     io::add_predictions(records.back(), point.spec);
+    runner->describe(provenance);
     try {
       checkpoint.save(ex, records.back(), provenance, shard);
     } catch (const io::WriteError& e) {
@@ -379,9 +418,9 @@ int run_command(const RunArgs& args) {
   if (!args.quiet) {
     print_summary(std::cout, ex, records);
     std::cout << "\nwrote " << out.string() << " (" << plural(static_cast<std::int64_t>(records.size()), "point")
-              << ", " << format_duration(seconds) << " on " << plural(threads.threads, "thread");
+              << ", " << format_duration(seconds) << " on " << runner->where();
     if (total_flop > 0) std::cout << ", " << total_flop * 1e-9 / std::max(seconds, 1e-9) << " GFLOP/s";
-    std::cout << ")" << std::endl;
+    std::cout << runner->timing_note() << ")" << std::endl;
   }
   return 0;
 }
@@ -415,8 +454,8 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
 }
 
 int status_command(const std::string& config, const std::string& shards_text, const std::string& folder_arg,
-                   bool missing_only) {
-  const io::Experiment ex = io::load_experiment(config);
+                   bool missing_only, const std::optional<std::string>& device, bool tf32) {
+  const io::Experiment ex = override_device(io::load_experiment(config), device, tf32);
   const std::int64_t shards = parse_count(shards_text, "--shards", io::kMaxPoints, 1);
   const fs::path folder = folder_arg.empty() ? fs::path("results") / ex.name : fs::path(folder_arg);
   std::vector<std::int64_t> missing;
@@ -484,11 +523,13 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
   double total_flop = 0.0;
   double max_point_flop = 0.0;
   std::size_t peak_bytes = 0;
+  double peak_gpu_bytes = -1.0;
   for (const auto& point : ex.points) {
     const WorkEstimate e = estimate_work(point.spec, options);
     total_flop += e.gemm_flop;
     max_point_flop = std::max(max_point_flop, e.gemm_flop);
     peak_bytes = std::max(peak_bytes, e.buffer_bytes);
+    if (ex.device.device == io::Device::cuda) peak_gpu_bytes = std::max(peak_gpu_bytes, gpu_bytes(point.spec));
   }
   std::vector<std::int64_t> all(ex.points.size());
   for (std::size_t p = 0; p < all.size(); ++p) all[p] = static_cast<std::int64_t>(p);
@@ -513,7 +554,9 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
                       {"memory_bytes", memory_bytes},
                       {"memory_available_bytes", machine ? json(machine->usable()) : json(nullptr)},
                       {"fits_in_memory", memory_warning.empty()},
-                      {"threads", threads.threads}}
+                      {"threads", threads.threads},
+                      {"device", std::string(io::to_string(ex.device.device))},
+                      {"gpu_memory_bytes", peak_gpu_bytes >= 0 ? json(peak_gpu_bytes) : json(nullptr)}}
                      .dump(2)
               << std::endl;
     return 0;
@@ -541,6 +584,15 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
               << (machine->cgroup_bound() ? ", under this process's control-group memory limit)" : ")");
   }
   std::cout << "\n";
+  if (ex.device.device == io::Device::cuda) {
+    std::cout << "  device       cuda" << (ex.device.tf32 ? " (TF32 GEMMs)" : "") << ": ";
+    if (peak_gpu_bytes >= 0) {
+      std::cout << format_bytes(peak_gpu_bytes) << " of GPU memory at the largest point\n";
+    } else {
+      std::cout << (has_cuda_backend() ? "a point exceeds the CUDA backend's sizes" : "this build has no CUDA backend")
+                << "\n";
+    }
+  }
   return 0;
 }
 

@@ -18,6 +18,8 @@ struct RunArgs {
   bool quiet = false;
   bool overwrite = false;
   bool allow_large_memory = false;    // run even if the memory estimate exceeds MemAvailable
+  std::optional<std::string> device;  // cpu | cuda: overrides the config's "device"
+  bool tf32 = false;                  // TF32 GEMMs on the GPU (the config's cuda.tf32)
   std::string command_line;
 };
 
@@ -25,7 +27,9 @@ int run_command(const RunArgs& args);
 int validate_command(const std::string& config, std::optional<int> threads, bool json);
 int merge_command(const std::vector<std::string>& shards, const std::string& output, bool overwrite,
                   const std::string& command_line);
-int status_command(const std::string& config, const std::string& shards, const std::string& folder, bool missing_only);
+// `device`, `tf32`: as given to the runs (--device, --tf32), which change the config hash on the GPU.
+int status_command(const std::string& config, const std::string& shards, const std::string& folder, bool missing_only,
+                   const std::optional<std::string>& device = std::nullopt, bool tf32 = false);
 int print_config_command(const std::string& config);
 int activations_command(bool json);
 

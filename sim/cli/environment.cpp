@@ -79,8 +79,13 @@ std::optional<MachineMemory> machine_memory() {
 }
 
 std::string version_line() {
+#if defined(SELFNORM_HAVE_CUDA)
+  const std::string cuda = ", CUDA backend for architectures " SELFNORM_CUDA_ARCHITECTURES;
+#else
+  const std::string cuda = ", no CUDA backend";
+#endif
   return std::string("selfnorm ") + SELFNORM_VERSION + " (git " + SELFNORM_GIT_COMMIT + ", " + compiler() + ", " +
-         SELFNORM_BUILD_TYPE + ", " + std::string(gemm_backend()) + " GEMM)";
+         SELFNORM_BUILD_TYPE + ", " + std::string(gemm_backend()) + " GEMM" + cuda + ")";
 }
 
 std::string utc_now() {

@@ -10,4 +10,10 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The device the run asked for cannot be used: no CUDA backend in this build, no GPU, or a GPU
+// that fails to start (exit status 4). Nothing has been written.
+class DeviceError : public std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 }  // namespace selfnorm::cli

@@ -6,6 +6,7 @@
 #include <new>
 
 #include "cli/commands.hpp"
+#include "cli/device.hpp"
 #include "cli/environment.hpp"
 #include "cli/errors.hpp"
 #include "cli/theory_command.hpp"
@@ -42,7 +43,13 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--quiet", run.quiet, "no progress and no summary");
   run_cmd->add_flag("--overwrite", run.overwrite, "replace an existing result file");
   run_cmd->add_flag("--allow-large-memory", run.allow_large_memory,
-                    "run even if the memory estimate exceeds the memory available (MemAvailable, or the control group's limit)");
+                    "run even if the memory estimate exceeds the memory available (MemAvailable, or the "
+                    "control group's limit)");
+  run_cmd->add_option("--device", run.device,
+                      std::string("compute on cpu or cuda (an NVIDIA GPU), overriding the config's \"device\"") +
+                          (has_cuda_backend() ? "" : "; this build has no CUDA backend"));
+  run_cmd->add_flag("--tf32", run.tf32, "with --device cuda: float32 GEMMs on TF32 tensor cores (faster, ~1e-3 "
+                                        "relative error in each product; the config's cuda.tf32)");
 
   std::string config;
   std::optional<int> threads;
@@ -68,6 +75,10 @@ int main(int argc, char** argv) {
   status_cmd->add_option("--shards", shard_count, "number of shards N the run was split into")->required();
   status_cmd->add_option("--dir", status_folder, "folder of the shard files (default results/<name>)");
   status_cmd->add_flag("--missing", missing_only, "print only the incomplete shards, in sbatch --array= form");
+  std::optional<std::string> status_device;
+  bool status_tf32 = false;
+  status_cmd->add_option("--device", status_device, "the --device the shards were run with (cpu or cuda)");
+  status_cmd->add_flag("--tf32", status_tf32, "the shards were run with --tf32");
 
   auto* print_cmd = app.add_subcommand("print-config", "Print a config with every default filled in");
   print_cmd->add_option("config", config, "experiment config (JSON)")->required();
@@ -134,7 +145,7 @@ int main(int argc, char** argv) {
     if (*run_cmd) return run_command(run);
     if (*validate_cmd) return validate_command(config, threads, validate_json);
     if (*merge_cmd) return merge_command(shard_files, merge_output, merge_overwrite, command_line);
-    if (*status_cmd) return status_command(config, shard_count, status_folder, missing_only);
+    if (*status_cmd) return status_command(config, shard_count, status_folder, missing_only, status_device, status_tf32);
     if (*print_cmd) return print_config_command(config);
     if (*act_cmd) return activations_command(as_json);
     for (auto* verb : theory_verbs) {
@@ -155,6 +166,9 @@ int main(int argc, char** argv) {
   } catch (const selfnorm::io::LockedError& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 3;
+  } catch (const DeviceError& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 4;
   } catch (const std::bad_alloc&) {
     std::cerr << "error: out of memory (the operating system refused an allocation); `selfnorm validate CONFIG` "
                  "estimates what a run needs"

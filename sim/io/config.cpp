@@ -267,13 +267,15 @@ constexpr std::int64_t kMaxCount = std::int64_t(1) << 40;
 
 const std::vector<std::string> kTopKeys = {"name",  "description", "seed",    "precision",     "network",
                                            "activation", "init",   "input",   "alpha_dropout", "monte_carlo",
-                                           "output", "sweep"};
+                                           "output", "sweep", "device", "cuda"};
 const std::vector<std::string> kNetworkKeys = {"depth", "width", "widths"};
 const std::vector<std::string> kInitKeys = {"name", "weight_mean", "weight_variance", "bias_mean", "bias_variance"};
 const std::vector<std::string> kInputKeys = {"distribution", "mean", "variance"};
 const std::vector<std::string> kDropoutKeys = {"keep_probability", "fixed_point_mean", "fixed_point_variance"};
 const std::vector<std::string> kMonteCarloKeys = {"trials", "batch", "weight_gradients"};
 const std::vector<std::string> kOutputKeys = {"per_trial"};
+const std::vector<std::string> kDevices = {"cpu", "cuda"};
+const std::vector<std::string> kCudaKeys = {"tf32"};
 const std::vector<std::string> kPrecisions = {"float32", "float64"};
 const std::vector<std::string> kInits = {"lecun_normal", "lecun_uniform",  "he_normal",
                                          "glorot_normal", "orthogonal",    "truncated_normal"};
@@ -461,6 +463,33 @@ OutputSpec parse_output(const json& root, Checker& c) {
   c.known_keys(j, path, kOutputKeys);
   out.per_trial = c.boolean(j, "per_trial", path, false);
   return out;
+}
+
+// The top-level "device" and "cuda" keys. Other programs' names for the devices are suggested.
+DeviceOptions parse_device(const json& root, Checker& c) {
+  DeviceOptions d;
+  const std::string device = c.choice(root, "device", "", "cpu", kDevices,
+                                      {{"gpu", "cuda"}, {"nvidia", "cuda"}, {"cuda:0", "cuda"}, {"host", "cpu"}});
+  d.device = device == "cuda" ? Device::cuda : Device::cpu;
+  const std::string path = "cuda";
+  if (!root.contains(path)) return d;
+  const json& j = root.at(path);
+  if (!c.object(j, path, kCudaKeys, j.is_boolean() ? "tf32" : "")) return d;
+  c.known_keys(j, path, kCudaKeys);
+  d.tf32 = c.boolean(j, "tf32", path, false);
+  return d;
+}
+
+// The hash of a resolved config: what changes the statistics. The device and its options count
+// only on the GPU, so that a CPU result keeps the hash it had before devices existed.
+std::string experiment_hash(const json& resolved, const DeviceOptions& device) {
+  json hashed = resolved;
+  for (const char* k : {"name", "description", "output"}) hashed.erase(k);
+  if (device.device == Device::cpu) {
+    hashed.erase("device");
+    hashed.erase("cuda");
+  }
+  return hash_hex(hashed.dump());
 }
 
 // Parses one point's config (no sweep section; "activation" is a single activation).
@@ -695,10 +724,11 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
   const std::string description = c.string(root, "description", "", "");
   ex.seed = static_cast<std::uint64_t>(c.integer(root, "seed", "", 0, 0, std::numeric_limits<std::int64_t>::max()));
   ex.output = parse_output(root, c);
+  ex.device = parse_device(root, c);
 
   // The points: the sweep section (or a list of activations) varies keys of the base config.
   json base = root;
-  for (const char* k : {"name", "description", "seed", "output", "sweep"}) base.erase(k);
+  for (const char* k : {"name", "description", "seed", "output", "sweep", "device", "cuda"}) base.erase(k);
   // A sweep of activation.alpha with no activation given sweeps the default activation.
   if (!base.contains("activation")) base["activation"] = "selu";
   const std::size_t before_sweep = c.issues.size();
@@ -771,6 +801,8 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
   ex.resolved["name"] = ex.name;
   if (!description.empty()) ex.resolved["description"] = description;
   ex.resolved["seed"] = ex.seed;
+  ex.resolved["device"] = std::string(to_string(ex.device.device));
+  ex.resolved["cuda"] = {{"tf32", ex.device.tf32}};
   ex.resolved["output"] = {{"per_trial", ex.output.per_trial}};
   if (!plan.resolved_sweep.is_null()) ex.resolved["sweep"] = plan.resolved_sweep;
   if (plan.activation_list) {
@@ -782,9 +814,7 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
     }
     ex.resolved["activation"] = list;
   }
-  json hashed = ex.resolved;
-  for (const char* k : {"name", "description", "output"}) hashed.erase(k);
-  ex.hash = hash_hex(hashed.dump());
+  ex.hash = experiment_hash(ex.resolved, ex.device);
   return ex;
 }
 
@@ -820,10 +850,19 @@ Experiment with_seed(const Experiment& experiment, std::uint64_t seed) {
   Experiment ex = experiment;
   ex.seed = seed;
   ex.resolved["seed"] = seed;
-  json hashed = ex.resolved;
-  for (const char* k : {"name", "description", "output"}) hashed.erase(k);
-  ex.hash = hash_hex(hashed.dump());
+  ex.hash = experiment_hash(ex.resolved, ex.device);
   return ex;
 }
+
+Experiment with_device(const Experiment& experiment, const DeviceOptions& device) {
+  Experiment ex = experiment;
+  ex.device = device;
+  ex.resolved["device"] = std::string(to_string(device.device));
+  ex.resolved["cuda"] = {{"tf32", device.tf32}};
+  ex.hash = experiment_hash(ex.resolved, ex.device);
+  return ex;
+}
+
+std::string_view to_string(Device d) { return d == Device::cuda ? "cuda" : "cpu"; }
 
 }  // namespace selfnorm::io

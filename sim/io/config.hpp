@@ -45,6 +45,18 @@ class FileError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Where the matrix work runs.
+enum class Device { cpu, cuda };
+
+// How an experiment is computed: the config's "device" and "cuda" keys, which the command line's
+// --device and --tf32 override. On the CPU the CUDA options change nothing.
+struct DeviceOptions {
+  Device device = Device::cpu;
+  bool tf32 = false;  // cuda.tf32: float32 GEMMs on TF32 tensor cores (10-bit mantissa inputs)
+};
+
+std::string_view to_string(Device d);
+
 // What a run writes besides the statistics.
 struct OutputSpec {
   bool per_trial = false;  // also write [point, trial, layer] datasets
@@ -70,9 +82,12 @@ struct VariedKey {
 struct Experiment {
   std::string name;
   std::uint64_t seed = 0;
+  DeviceOptions device;
   OutputSpec output;
   nlohmann::ordered_json resolved;  // the whole config with every default filled in
-  std::string hash;         // 16 hex digits over everything that affects the statistics
+  // 16 hex digits over everything that affects the statistics: the device and its options count
+  // only on the GPU, so that CPU results keep their hash.
+  std::string hash;
   std::vector<VariedKey> varied;
   std::vector<std::int64_t> grid_shape;  // shape of a grid sweep over the varied keys, else empty
   std::vector<ConfigPoint> points;
@@ -87,6 +102,9 @@ Experiment load_experiment(const std::filesystem::path& file);
 
 // The same experiment with a different seed (the command line's --seed).
 Experiment with_seed(const Experiment& experiment, std::uint64_t seed);
+
+// The same experiment on another device (the command line's --device and --tf32).
+Experiment with_device(const Experiment& experiment, const DeviceOptions& device);
 
 // The nearest of `candidates` to `word` by edit distance, or "" if none is plausibly meant.
 std::string nearest_key(std::string_view word, const std::vector<std::string>& candidates);

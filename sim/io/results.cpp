@@ -163,6 +163,12 @@ std::vector<unsigned char> build_image(const fs::path& path, const Experiment& e
   h5::write_attribute(file, "host", prov.host);
   h5::write_attribute(file, "created_utc", prov.created_utc);
   h5::write_attribute(file, "command_line", prov.command_line);
+  h5::write_attribute(file, "device", prov.device);
+  if (prov.device == "cuda") {
+    h5::write_attribute(file, "gpu_name", prov.gpu_name);
+    h5::write_attribute(file, "gpu_seconds", prov.gpu_seconds);
+    h5::write_attribute(file, "gpu_gemm_seconds", prov.gpu_gemm_seconds);
+  }
   std::vector<std::string> varied_keys;
   for (const auto& v : ex.varied) varied_keys.push_back(v.key);
   h5::write_attribute(file, "varied_keys", varied_keys);
@@ -498,6 +504,8 @@ FileHeader read_header(const fs::path& path) {
   if (h5::has_attribute(file, "shard_count")) {
     h.shard = ShardInfo{h5::read_int_attribute(file, "shard_index"), h5::read_int_attribute(file, "shard_count")};
   }
+  if (h5::has_attribute(file, "device")) h.device = h5::read_string_attribute(file, "device");
+  if (h5::has_attribute(file, "gpu_name")) h.gpu_name = h5::read_string_attribute(file, "gpu_name");
   return h;
 }
 

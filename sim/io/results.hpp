@@ -7,7 +7,8 @@
 //   /<statistic>_per_trial [P, T, L]           when output.per_trial is set
 //   /nonfinite_count, /grad_nonfinite_count [P, L], /first_nonfinite_layer [P]
 //   /point_config [P]                          each point's resolved config as JSON
-//   root attributes: schema, schema_version, config, config_hash, seed, provenance, grid shape
+//   root attributes: schema, schema_version, config, config_hash, seed, provenance (with the device,
+//                    and on a GPU its name and the device time), grid shape
 // Layers beyond a point's depth hold NaN (statistics) or -1 (counts).
 //
 // The file follows the netCDF-4 and CF conventions, so xarray.open_dataset(path,
@@ -65,6 +66,10 @@ struct Provenance {
   std::string created_utc;  // ISO 8601, e.g. 2026-11-23T23:24:09Z
   std::string command_line;
   std::int64_t threads = 1;
+  std::string device = "cpu";      // "cpu" or "cuda"
+  std::string gpu_name;            // on "cuda": the GPU, its compute capability and CUDA versions
+  double gpu_seconds = -1.0;       // on "cuda": device time of the points this process computed
+  double gpu_gemm_seconds = -1.0;  // of which inside cuBLAS GEMMs
 };
 
 // Which share of the points a file holds: shard `index` of `count` (points p with p % count == index).
@@ -119,6 +124,8 @@ struct FileHeader {
   std::string config_hash;
   std::int64_t point_total = 0;  // points in the whole experiment
   std::optional<ShardInfo> shard;
+  std::string device = "cpu";  // the provenance attribute "device" ("cpu" in files older than it)
+  std::string gpu_name;        // and "gpu_name", where present
 };
 
 // Reads the header; throws h5::Error or std::runtime_error if `path` is not a selfnorm result.

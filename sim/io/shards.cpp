@@ -175,7 +175,11 @@ void merge_shards(const std::vector<fs::path>& shards, const fs::path& output, c
     for (auto& r : part) records.push_back(std::move(r));
   }
   std::sort(records.begin(), records.end(), [](const PointRecord& a, const PointRecord& b) { return a.index < b.index; });
-  write_results(output, experiment, records, provenance);
+  // The merged file says where its statistics were computed: the shards' device, not the merge's.
+  Provenance merged = provenance;
+  merged.device = first.device;
+  merged.gpu_name = first.gpu_name;
+  write_results(output, experiment, records, merged);
 }
 
 }  // namespace selfnorm::io

@@ -46,6 +46,12 @@ std::vector<std::string> all_sweepable_keys() {
 std::string check_key(const std::string& key) {
   const auto all = all_sweepable_keys();
   if (std::find(all.begin(), all.end(), key) != all.end()) return {};
+  for (const char* whole : {"device", "cuda"}) {
+    if (key == whole || key.rfind(std::string(whole) + ".", 0) == 0) {
+      return "cannot be swept: '" + std::string(whole) + "' chooses where the whole experiment runs; run the "
+             "config once per device (or with --device)";
+    }
+  }
   for (const char* fixed : {"name", "description", "seed", "output", "sweep"}) {
     if (key == fixed || key.rfind(std::string(fixed) + ".", 0) == 0) {
       return "cannot be swept: '" + std::string(fixed) +

@@ -51,3 +51,20 @@ def test_bad_binary_is_reported(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "selfnorm binary not found" in r.stderr
+
+
+def test_gpu_smoke_runs_on_a_gpu_and_skips_cleanly_without_one(selfnorm_bin, tmp_path):
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--device", "cuda", "--selfnorm", str(BIN),
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(out.read_text())["gpu"]
+    if "skipped" in report:
+        assert "GPU benchmark skipped: " in r.stdout
+        assert "--device cuda" in report["skipped"]
+        return
+    assert "selfnorm on the GPU" in r.stdout
+    assert [(row["job"], row["gemm"]) for row in report["rows"]] == [
+        ("reference", "FP32"), ("reference", "TF32"), ("large", "FP32"), ("large", "TF32")]
+    for row in report["rows"]:
+        assert row["median_wall_s"] > 0 and 0 < row["gemm_s"] < row["gpu_s"] and 0 <= row["outside_gemm"] < 1

@@ -78,6 +78,32 @@ TEST_CASE("the config hash covers what changes results and nothing else", "[conf
   CHECK(a.hash.size() == 16);
 }
 
+TEST_CASE("the device: cpu by default, checked, and in the hash only on the GPU", "[config]") {
+  const std::string net = R"("network": {"depth": 2, "width": 8})";
+  const Experiment a = parse("{" + net + "}");
+  CHECK(a.device.device == Device::cpu);
+  CHECK_FALSE(a.device.tf32);
+  CHECK(a.resolved.at("device") == "cpu");
+  CHECK(a.resolved.at("cuda").at("tf32") == false);
+  // On the CPU the CUDA options change nothing, so a CPU result keeps its hash.
+  CHECK(parse(R"({"device": "cpu", "cuda": {"tf32": true}, )" + net + "}").hash == a.hash);
+  const Experiment g = parse(R"({"device": "cuda", )" + net + "}");
+  CHECK(g.device.device == Device::cuda);
+  CHECK(g.hash != a.hash);
+  const Experiment t = parse(R"({"device": "cuda", "cuda": {"tf32": true}, )" + net + "}");
+  CHECK(t.device.tf32);
+  CHECK(t.hash != g.hash);
+  CHECK(with_device(a, DeviceOptions{Device::cuda, false}).hash == g.hash);
+  CHECK(with_device(g, DeviceOptions{}).hash == a.hash);
+  CHECK(with_seed(g, 0).hash == g.hash);
+  CHECK(parse(t.resolved.dump()).hash == t.hash);  // the resolved config reproduces it
+  CHECK(problems(R"({"device": "tpu"})") ==
+        std::vector<std::string>{"device: unknown value 'tpu'; did you mean 'cpu'? (valid: cpu, cuda)"});
+  CHECK(problems(R"({"device": "gpu", "cuda": true})") ==
+        std::vector<std::string>{"device: unknown value 'gpu'; did you mean 'cuda'? (valid: cpu, cuda)",
+                                 "cuda: must be an object {...} with keys tf32, got a boolean true"});
+}
+
 TEST_CASE("config errors: every problem at once, with its path and a remedy", "[config][errors]") {
   const auto p = problems(R"({"netwrok": {}, "precision": "float16",
       "activation": {"name": "celu", "alpha": 0},
@@ -85,7 +111,7 @@ TEST_CASE("config errors: every problem at once, with its path and a remedy", "[
       "monte_carlo": {"trials": 0, "batch": "many"}, "input": {"variance": -1}})");
   const std::vector<std::string> expected = {
       "netwrok: unknown key; did you mean 'network'? (valid keys: name, description, seed, precision, network, "
-      "activation, init, input, alpha_dropout, monte_carlo, output, sweep)",
+      "activation, init, input, alpha_dropout, monte_carlo, output, sweep, device, cuda)",
       "precision: unknown value 'float16'; did you mean 'float32'? (valid: float32, float64)",
       "activation.alpha: must be > 0 (celu computes exp(x / alpha); as alpha -> 0 it tends to relu, so use \"relu\" "
       "for that limit), got 0",

@@ -84,6 +84,8 @@ TEST_CASE("a tiny golden run has the documented schema", "[results]") {
     INFO(attr);
     CHECK(h5::has_attribute(f, attr));
   }
+  CHECK(h5::read_string_attribute(f, "device") == "cpu");
+  CHECK_FALSE(h5::has_attribute(f, "gpu_name"));
   // Coordinates and descriptors.
   CHECK(h5::read_ints(f, "point") == std::vector<std::int64_t>{0, 1});
   CHECK(h5::read_ints(f, "layer") == std::vector<std::int64_t>{1, 2, 3});
@@ -237,4 +239,27 @@ TEST_CASE("the reader takes every schema version it knows and names the others",
   CHECK_THROWS_WITH(read_records(file), Catch::Contains("has schema version 3 (this selfnorm reads versions 1 to 2)"));
   set_version(0);
   CHECK_THROWS_WITH(read_records(file), Catch::Contains("has schema version 0"));
+}
+
+TEST_CASE("a GPU result names its device, GPU and device time, and the header reads them back", "[results]") {
+  TempDir dir;
+  const Experiment ex = with_device(parse_experiment(kGoldenConfig, "golden.json", "golden"), DeviceOptions{Device::cuda});
+  Provenance p = test_provenance();
+  p.device = "cuda";
+  p.gpu_name = "NVIDIA H200 (compute capability 9.0)";
+  p.gpu_seconds = 1.5;
+  p.gpu_gemm_seconds = 1.25;
+  const fs::path file = dir.path / "gpu.h5";
+  write_results(file, ex, run_all(ex), p);
+  {
+    h5::Id f = h5::open_file(file);
+    CHECK(h5::read_string_attribute(f, "device") == "cuda");
+    CHECK(h5::read_string_attribute(f, "gpu_name") == p.gpu_name);
+    CHECK(h5::has_attribute(f, "gpu_seconds"));
+    CHECK(h5::has_attribute(f, "gpu_gemm_seconds"));
+  }
+  const FileHeader h = read_header(file);
+  CHECK(h.device == "cuda");
+  CHECK(h.gpu_name == p.gpu_name);
+  CHECK(h.config_hash == ex.hash);
 }
