@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -209,6 +210,12 @@ MemoryNeed memory_need(const io::Experiment& ex, const std::vector<std::int64_t>
   }
   need.bytes = std::max(largest, 0.0) + 2.0 * records;
   return need;
+}
+
+// A byte count for JSON: an integer, or the estimate as a number where it passes 2^64 bytes.
+json byte_count(double bytes) {
+  if (bytes >= 0.0 && bytes < 18446744073709551616.0) return json(static_cast<std::uint64_t>(std::ceil(bytes)));
+  return json(bytes);
 }
 
 // Why `points` will not fit in this machine's memory, or "" if they do (or it cannot be told).
@@ -551,12 +558,12 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
                       {"gemm_gflop", total_flop * 1e-9},
                       {"max_point_gflop", max_point_flop * 1e-9},
                       {"buffer_bytes", peak_bytes},
-                      {"memory_bytes", memory_bytes},
+                      {"memory_bytes", byte_count(memory_bytes)},
                       {"memory_available_bytes", machine ? json(machine->usable()) : json(nullptr)},
                       {"fits_in_memory", memory_warning.empty()},
                       {"threads", threads.threads},
                       {"device", std::string(io::to_string(ex.device.device))},
-                      {"gpu_memory_bytes", peak_gpu_bytes >= 0 ? json(peak_gpu_bytes) : json(nullptr)}}
+                      {"gpu_memory_bytes", peak_gpu_bytes >= 0 ? byte_count(peak_gpu_bytes) : json(nullptr)}}
                      .dump(2)
               << std::endl;
     return 0;

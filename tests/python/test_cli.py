@@ -115,6 +115,11 @@ def test_validate_prints_the_work_estimate(run, write_config):
     # 2 points x 3 trials x (4 forward + 3 backward) GEMMs x 2 x 20 x 16 x 16 FLOP
     assert f"{2 * 3 * 7 * 2 * 20 * 16 * 16 * 1e-9:g} GFLOP" in r.stdout
     assert "memory" in r.stdout
+    report = json.loads(run("validate", write_config(TINY), "--json").stdout)
+    assert report["gemm_gflop"] == pytest.approx(2 * 3 * 7 * 2 * 20 * 16 * 16 * 1e-9, rel=1e-12)
+    for key in ("buffer_bytes", "memory_bytes", "memory_available_bytes"):
+        assert isinstance(report[key], int) and report[key] > 0, key  # whole bytes, not 1.2e6
+    assert report["memory_bytes"] >= report["buffer_bytes"]
 
 
 def test_print_config_fills_in_every_default(run, write_config):
