@@ -42,7 +42,10 @@ std::string with_error(double mean, double sem) {
     const int decimals = 1 - static_cast<int>(std::floor(std::log10(sem)));
     // Fixed notation while it stays short: moderate values, or small ones consistent with 0.
     if (decimals <= 8 && mag < 1e5 && (mag >= 1e-3 || mag < 10 * sem)) {
-      std::snprintf(buf, sizeof buf, "%.*f±%.*f", std::max(decimals, 0), mean, std::max(decimals, 0), sem);
+      const int shown = std::max(decimals, 0);
+      // A mean that rounds to zero at these decimals prints as 0, not -0.0000.
+      const double rounded = mag < 0.5 * std::pow(10.0, -shown) ? 0.0 : mean;
+      std::snprintf(buf, sizeof buf, "%.*f±%.*f", shown, rounded, shown, sem);
     } else {
       std::snprintf(buf, sizeof buf, "%.3e±%.1e", mean, sem);
     }

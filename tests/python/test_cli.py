@@ -143,3 +143,18 @@ def test_results_depend_only_on_config_and_seed(run, write_config, tmp_path):
             assert np.array_equal(fa[name][:], fb[name][:])  # bit for bit
             assert not np.array_equal(fa[name][:], fc[name][:])
         assert fc.attrs["seed"] == 8
+
+
+def test_summary_prints_a_mean_that_rounds_to_zero_without_a_sign(run, write_config, tmp_path):
+    """Seed 35 gives tanh's activation mean at layer 8 as -3.8e-5 with standard error 0.0047: at the
+    4 decimals the error warrants that is 0.0000, and a "-0.0000" would suggest a sign it lacks."""
+    config = {"name": "z", "seed": 35, "network": {"depth": 8, "width": 16}, "activation": "tanh",
+              "monte_carlo": {"trials": 4, "batch": 16}}
+    out = tmp_path / "z.h5"
+    r = run("run", write_config(config), "-o", out)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        mean, sem = f["activation_mean"][0, 7], f["activation_mean_sem"][0, 7]
+    assert -1e-4 < mean < 0 and 0.001 < sem < 0.01  # the case this test is about
+    assert f"0.0000±{sem:.4f}" in r.stdout
+    assert not re.search(r"-0\.0+±", r.stdout), r.stdout
