@@ -194,34 +194,23 @@ unsigned grid_for(std::int64_t work) {
   return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, 65536));
 }
 
-// out[e] = mean + stddev * z_e.
-template <class T>
-__global__ void fill_normal_kernel(T* out, std::int64_t count, std::uint64_t key, T mean, T stddev) {
+// out[e] = offset + scale * v_e, v the standard normals (Normal) or the uniforms on (0, 1) of the
+// stream, drawn a group at a time.
+template <class T, bool Normal>
+__global__ void fill_kernel(T* out, std::int64_t count, std::uint64_t key, T offset, T scale) {
   constexpr int G = Group<T>::size;
   const std::int64_t groups = (count + G - 1) / G;
   for (std::int64_t g = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; g < groups;
        g += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    T z[G];
-    normals(key, static_cast<std::uint64_t>(g), z);
-    for (int k = 0; k < G; ++k) {
-      const std::int64_t e = g * G + k;
-      if (e < count) out[e] = mean + stddev * z[k];
+    T v[G];
+    if constexpr (Normal) {
+      normals(key, static_cast<std::uint64_t>(g), v);
+    } else {
+      uniforms(key, static_cast<std::uint64_t>(g), v);
     }
-  }
-}
-
-// out[e] = lo + (hi - lo) * u_e.
-template <class T>
-__global__ void fill_uniform_kernel(T* out, std::int64_t count, std::uint64_t key, T lo, T hi) {
-  constexpr int G = Group<T>::size;
-  const std::int64_t groups = (count + G - 1) / G;
-  for (std::int64_t g = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; g < groups;
-       g += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    T u[G];
-    uniforms(key, static_cast<std::uint64_t>(g), u);
     for (int k = 0; k < G; ++k) {
       const std::int64_t e = g * G + k;
-      if (e < count) out[e] = lo + (hi - lo) * u[k];
+      if (e < count) out[e] = offset + scale * v[k];
     }
   }
 }
@@ -237,16 +226,16 @@ __global__ void fill_truncated_kernel(T* out, std::int64_t count, std::uint64_t 
 
 template <class T>
 void fill_normal(cudaStream_t stream, T* out, std::int64_t count, std::uint64_t key, double mean, double stddev) {
-  fill_normal_kernel<T><<<grid_for((count + Group<T>::size - 1) / Group<T>::size), kThreads, 0, stream>>>(
+  fill_kernel<T, true><<<grid_for((count + Group<T>::size - 1) / Group<T>::size), kThreads, 0, stream>>>(
       out, count, key, static_cast<T>(mean), static_cast<T>(stddev));
-  SELFNORM_LAUNCHED("fill_normal_kernel");
+  SELFNORM_LAUNCHED("fill_kernel (normal)");
 }
 
 template <class T>
 void fill_uniform(cudaStream_t stream, T* out, std::int64_t count, std::uint64_t key, double lo, double hi) {
-  fill_uniform_kernel<T><<<grid_for((count + Group<T>::size - 1) / Group<T>::size), kThreads, 0, stream>>>(
-      out, count, key, static_cast<T>(lo), static_cast<T>(hi));
-  SELFNORM_LAUNCHED("fill_uniform_kernel");
+  fill_kernel<T, false><<<grid_for((count + Group<T>::size - 1) / Group<T>::size), kThreads, 0, stream>>>(
+      out, count, key, static_cast<T>(lo), static_cast<T>(hi) - static_cast<T>(lo));
+  SELFNORM_LAUNCHED("fill_kernel (uniform)");
 }
 
 // ---------------------------------------------------------------------------------------------
