@@ -128,17 +128,32 @@ class Buffer {
   std::size_t size_ = 0;
 };
 
-// Sizes of everything a trial touches, derived from the spec alone.
+// Sizes and layouts of everything a trial touches, derived from the spec alone.
+//
+// Matrices are unit-major (a row per unit, the samples along it), in the layouts of gemm.hpp:
+//   W_l^T          strips of kStrip units, each k-major over the inputs; the inputs are rounded up
+//                  to a multiple of kStrip with zero rows, so that the same strips, read as panels
+//                  of width kStrip, are W_l for the backward product;
+//   X_l^T, dL/dH_l^T  the whole batch in panels of kPanel samples; row block b owns panels
+//                  [b R / kPanel, ...), and the last panel's columns past B are zeros;
+//   f'(h_l)        per row block, n_l rows of R samples.
 struct Geometry {
   int depth = 0;
-  std::vector<std::int64_t> n;   // widths n_0..n_L
-  std::vector<std::ptrdiff_t> ld;  // row leading dimension for width n_l
+  std::vector<std::int64_t> n;  // widths n_0..n_L
   std::int64_t batch = 0;
   std::int64_t rows_per_block = 128;
   std::int64_t blocks = 0;
   std::int64_t n_max = 0;
-  std::ptrdiff_t ld_max = 0;
-  std::ptrdiff_t ld_batch = 0;  // leading dimension of transposed (n_l x B) matrices
+  std::int64_t panel = 0;             // kPanel<T>: samples per panel
+  std::int64_t panels = 0;            // panels of the whole batch
+  std::int64_t panels_per_block = 0;  // R / panel
+  std::ptrdiff_t panel_stride = 0;    // of the batch's panels: n_max rounded up to kStrip rows, padded
+  std::vector<std::int64_t> strips;   // ceil(n_l / kStrip), at [l - 1]
+  std::vector<std::ptrdiff_t> strip_stride;  // of W_l^T, at [l - 1]
+  std::ptrdiff_t ld_rows = 0;         // leading dimension of sample-major rows of n_max values
+  std::ptrdiff_t ld_units = 0;        // leading dimension of unit-major rows of R samples
+  std::int64_t unit_panels = 0;       // ceil(n_max / panel): X_{l-1} in panels of units (dL/dW)
+  std::ptrdiff_t unit_panel_stride = 0;
   bool bias = false;
   bool weight_gradients = false;
   bool dropout = false;
@@ -149,21 +164,30 @@ struct Geometry {
     batch = spec.monte_carlo.batch;
     rows_per_block = row_block(batch);
     blocks = (batch + rows_per_block - 1) / rows_per_block;
-    for (auto w : n) {
-      ld.push_back(padded_ld(w, element_size));
-      n_max = std::max(n_max, w);
+    for (auto w : n) n_max = std::max(n_max, w);
+    panel = 128 / static_cast<std::int64_t>(element_size);
+    panels = (batch + panel - 1) / panel;
+    panels_per_block = rows_per_block / panel;
+    panel_stride = padded_ld(round_up_to_strip(n_max) * panel, element_size);
+    for (int l = 1; l <= depth; ++l) {
+      strips.push_back((n[l] + kStrip - 1) / kStrip);
+      strip_stride.push_back(padded_ld(round_up_to_strip(n[l - 1]) * kStrip, element_size));
     }
-    ld_max = padded_ld(n_max, element_size);
-    ld_batch = padded_ld(batch, element_size);
+    ld_rows = padded_ld(n_max, element_size);
+    ld_units = padded_ld(rows_per_block, element_size);
+    unit_panels = (n_max + panel - 1) / panel;
+    unit_panel_stride = padded_ld(batch * panel, element_size);
     bias = spec.init.has_bias();
     weight_gradients = spec.monte_carlo.weight_gradients;
     dropout = spec.alpha_dropout.enabled();
   }
+  static std::int64_t round_up_to_strip(std::int64_t v) { return (v + kStrip - 1) / kStrip * kStrip; }
   std::int64_t block_rows(std::int64_t b) const { return std::min(rows_per_block, batch - b * rows_per_block); }
+  std::int64_t block_panels(std::int64_t b) const { return (block_rows(b) + panel - 1) / panel; }
+  std::int64_t first_panel(std::int64_t b) const { return b * panels_per_block; }
+  // Chunks of kBlockRows rows of dL/dW_l^T, the unit of the weight-gradient sums.
+  std::int64_t grad_chunks(int l) const { return (n[static_cast<std::size_t>(l)] + kBlockRows - 1) / kBlockRows; }
 };
-
-// Rows of G^T computed per task when weight gradients are on.
-constexpr std::int64_t kGradRows = 64;
 
 // Per-block, per-layer partial statistics, merged in block order.
 struct BlockLayerStats {
@@ -180,29 +204,29 @@ template <class T>
 class Workspace {
  public:
   Workspace(const Geometry& g, int ranks) : g_(g) {
-    // Every array lives in one arena: one allocation, rounded to whole huge pages once rather than
-    // once per matrix (per-matrix rounding wasted up to half of each 4 MiB weight matrix).
+    // Every array lives in one arena: one allocation, each slice starting on a cache line.
     std::size_t total = 0;
-    layout(ranks, [&](std::size_t count) {
-      total += round_up(count);
+    assign(g, ranks, [&](double count) {
+      total += round_up(static_cast<std::size_t>(count));
       return Slice{};
-    });
+    }, nullptr);
     arena_ = Buffer<T>(total);
     T* next = arena_.data();
-    layout(ranks, [&](std::size_t count) {
-      const Slice slice{next, count};
-      next += round_up(count);
+    assign(g, ranks, [&](double count) {
+      const auto c = static_cast<std::size_t>(count);
+      const Slice slice{next, c};
+      next += round_up(c);
       return slice;
-    });
+    }, this);
     const auto L = static_cast<std::size_t>(g.depth);
     colsum_offset.assign(L + 1, 0);
     for (std::size_t l = 0; l < L; ++l) colsum_offset[l + 1] = colsum_offset[l] + g.n[l + 1];
     stats.resize(static_cast<std::size_t>(g.blocks) * L);
     colsums.resize(static_cast<std::size_t>(g.blocks) * static_cast<std::size_t>(colsum_offset[L]));
     if (g.weight_gradients) {
-      for (std::size_t l = 0; l < L; ++l) {
+      for (int l = 1; l <= g.depth; ++l) {
         grad_offset.push_back(grad_sq.size());
-        grad_sq.resize(grad_sq.size() + static_cast<std::size_t>((g.n[l + 1] + kGradRows - 1) / kGradRows));
+        grad_sq.resize(grad_sq.size() + static_cast<std::size_t>(g.grad_chunks(l)));
       }
     }
   }
@@ -210,33 +234,33 @@ class Workspace {
   // Bytes the constructor allocates, without allocating. Counted in double, so that absurd sizes
   // (a batch of 2^40 at width 2^24) give a huge estimate instead of wrapping around.
   static double bytes(const Geometry& g, int ranks) {
-    auto d = [](auto v) { return static_cast<double>(v); };
     double count = 0;
+    assign(g, ranks, [&](double c) {
+      count += c;
+      return Slice{};
+    }, nullptr);
     double colsum = 0;
-    for (int l = 0; l < g.depth; ++l) {
-      count += d(g.n[l]) * d(g.ld[l + 1]);
-      if (g.bias) count += d(g.n[l + 1]);
-      count += d(g.n[l + 1]) * d(g.ld_batch);
-      colsum += d(g.n[l + 1]);
-    }
-    if (g.weight_gradients) {
-      for (int l = 0; l <= g.depth; ++l) count += d(g.batch) * d(g.ld[l]);
-    } else {
-      count += 2 * d(g.batch) * d(g.ld_max);
-    }
-    count += 2 * d(g.n_max) * d(g.ld_batch);
-    count += d(ranks) * d(g.rows_per_block) * d(g.ld_max);
-    if (g.weight_gradients) count += d(ranks) * d(kGradRows) * d(g.ld_max);
-    return count * d(sizeof(T)) + d(g.blocks) * colsum * d(sizeof(double)) +
-           d(g.blocks) * d(g.depth) * d(sizeof(BlockLayerStats));
+    for (int l = 1; l <= g.depth; ++l) colsum += static_cast<double>(g.n[static_cast<std::size_t>(l)]);
+    const double blocks = static_cast<double>(g.blocks);
+    return count * static_cast<double>(sizeof(T)) + blocks * colsum * static_cast<double>(sizeof(double)) +
+           blocks * static_cast<double>(g.depth) * static_cast<double>(sizeof(BlockLayerStats));
   }
 
-  // x_l: the activations of layer l (l = 0 is the input), B x n_l with leading dimension x_ld(l).
-  T* x(int l) const { return g_.weight_gradients ? xs[static_cast<std::size_t>(l)].data() : xs[l % 2].data(); }
-  // The ping-pong buffers keep one row stride for every layer: with a per-layer stride, rows of a
-  // block at layer l would overlap rows of another block at layer l - 2, which a rank that is a
-  // layer behind may still be reading.
-  std::ptrdiff_t x_ld(int l) const { return g_.weight_gradients ? g_.ld[static_cast<std::size_t>(l)] : g_.ld_max; }
+  // W_l^T as strips, and the same memory as W_l in panels of kStrip.
+  StripView<T> weights_t(int l) const {
+    return {weight_slices[static_cast<std::size_t>(l - 1)].ptr, g_.strip_stride[static_cast<std::size_t>(l - 1)]};
+  }
+  PanelView<T> weights(int l) const {
+    return {weight_slices[static_cast<std::size_t>(l - 1)].ptr, g_.strip_stride[static_cast<std::size_t>(l - 1)], kStrip};
+  }
+  // X_l^T for the whole batch (l = 0 is the input).
+  T* x(int l) const { return (g_.weight_gradients ? xs[static_cast<std::size_t>(l)] : xs[l % 2]).ptr; }
+  // dL/dH_l^T for the whole batch (ping-pong).
+  T* dh(int l) const { return dhs[l % 2].ptr; }
+  // f'(h_l) of row block b: n_l rows of R.
+  T* deriv(int l, std::int64_t b) const {
+    return derivs[static_cast<std::size_t>(l - 1)].ptr + b * g_.n[static_cast<std::size_t>(l)] * g_.rows_per_block;
+  }
   BlockLayerStats& stat(std::int64_t block, int l) {
     return stats[static_cast<std::size_t>(block * g_.depth + l - 1)];
   }
@@ -249,20 +273,28 @@ class Workspace {
   struct Slice {
     T* ptr = nullptr;
     std::size_t count = 0;
-    T* data() const { return ptr; }
   };
 
-  std::vector<Slice> weights;  // W_l at [l-1]: n_{l-1} x n_l, ld[l]
-  std::vector<Slice> biases;   // b_l at [l-1]
-  std::vector<Slice> deriv_t;  // f'(h_l)^T at [l-1]: n_l x B, ld_batch (times the dropout factor)
-  std::vector<Slice> xs;       // activations (all layers with weight gradients, else ping-pong)
-  std::array<Slice, 2> delta_t;  // dL/dx^T and dL/dh^T, ping-pong: n x B, ld_batch
-  std::vector<Slice> scratch;    // per rank: one row block
-  std::vector<Slice> grad_scratch;  // per rank: kGradRows rows of G^T
+  // Per rank: one block of C for the products, sample-major rows (inputs, upstream gradients,
+  // rows of weights being drawn) and unit-major rows (the upstream gradient turned over).
+  struct RankScratch {
+    Slice c_block;
+    Slice rows;
+    Slice units;
+    Slice grad_block;  // C blocks of dL/dW^T (weight gradients only)
+  };
+
+  std::vector<Slice> weight_slices;  // W_l^T at [l-1]
+  std::vector<Slice> biases;    // b_l at [l-1]
+  std::vector<Slice> derivs;    // f'(h_l) at [l-1], blocks x n_l x R
+  std::vector<Slice> xs;        // X^T (all layers with weight gradients, else ping-pong)
+  std::array<Slice, 2> dhs;     // dL/dH^T, ping-pong
+  Slice x_units;                // X_{l-1} in panels of units (weight gradients only)
+  std::vector<RankScratch> scratch;
   std::vector<BlockLayerStats> stats;
-  std::vector<double> colsums;          // per block, per layer, per unit: sum over the block's rows
+  std::vector<double> colsums;  // per block, per layer, per unit: sum of x over the block's samples
   std::vector<std::int64_t> colsum_offset;
-  std::vector<double> grad_sq;          // per layer, per G^T row chunk: sum of squares
+  std::vector<double> grad_sq;  // per layer, per chunk of kBlockRows rows of dL/dW^T: sum of squares
   std::vector<std::size_t> grad_offset;
 
  private:
@@ -272,31 +304,45 @@ class Workspace {
     return (count + line - 1) / line * line;
   }
 
-  // Assigns every slice, in a fixed order, from take(count).
+  // Assigns every slice, in a fixed order, from take(count); with ws == nullptr it only counts.
   template <class Take>
-  void layout(int ranks, Take&& take) {
-    const Geometry& g = g_;
-    const auto L = static_cast<std::size_t>(g.depth);
-    weights.assign(L, Slice{});
-    biases.assign(L, Slice{});
-    deriv_t.assign(L, Slice{});
-    for (std::size_t l = 0; l < L; ++l) {
-      weights[l] = take(static_cast<std::size_t>(g.n[l] * g.ld[l + 1]));
-      if (g.bias) biases[l] = take(static_cast<std::size_t>(g.n[l + 1]));
-      deriv_t[l] = take(static_cast<std::size_t>(g.n[l + 1] * g.ld_batch));
+  static void assign(const Geometry& g, int ranks, Take&& take, Workspace* ws) {
+    auto d = [](auto v) { return static_cast<double>(v); };
+    auto put = [&](std::vector<Slice>* v, double count) {
+      const Slice s = take(count);
+      if (ws) v->push_back(s);
+    };
+    if (ws) {
+      ws->weight_slices.clear();
+      ws->biases.clear();
+      ws->derivs.clear();
+      ws->xs.clear();
+      ws->scratch.clear();
     }
-    xs.clear();
-    if (g.weight_gradients) {
-      for (std::size_t l = 0; l <= L; ++l) xs.push_back(take(static_cast<std::size_t>(g.batch * g.ld[l])));
-    } else {
-      for (int k = 0; k < 2; ++k) xs.push_back(take(static_cast<std::size_t>(g.batch * g.ld_max)));
+    const double batch_panels = d(g.panels) * d(g.panel_stride);
+    for (int l = 1; l <= g.depth; ++l) {
+      const auto i = static_cast<std::size_t>(l - 1);
+      put(ws ? &ws->weight_slices : nullptr, d(g.strips[i]) * d(g.strip_stride[i]));
+      put(ws ? &ws->biases : nullptr, g.bias ? d(g.n[i + 1]) : 0.0);
+      put(ws ? &ws->derivs : nullptr, d(g.blocks) * d(g.n[i + 1]) * d(g.rows_per_block));
     }
-    for (auto& d : delta_t) d = take(static_cast<std::size_t>(g.n_max * g.ld_batch));
-    scratch.clear();
-    grad_scratch.clear();
+    const int x_buffers = g.weight_gradients ? g.depth + 1 : 2;
+    for (int k = 0; k < x_buffers; ++k) put(ws ? &ws->xs : nullptr, batch_panels);
+    for (int k = 0; k < 2; ++k) {
+      const Slice s = take(batch_panels);
+      if (ws) ws->dhs[static_cast<std::size_t>(k)] = s;
+    }
+    {
+      const Slice s = take(g.weight_gradients ? d(g.unit_panels) * d(g.unit_panel_stride) : 0.0);
+      if (ws) ws->x_units = s;
+    }
     for (int r = 0; r < ranks; ++r) {
-      scratch.push_back(take(static_cast<std::size_t>(g.rows_per_block * g.ld_max)));
-      if (g.weight_gradients) grad_scratch.push_back(take(static_cast<std::size_t>(kGradRows * g.ld_max)));
+      RankScratch rs;
+      rs.c_block = take(d(gemm_block_size<T>(g.panels_per_block)));
+      rs.rows = take(d(g.rows_per_block) * d(g.ld_rows));
+      rs.units = take(d(g.n_max) * d(g.ld_units));
+      rs.grad_block = take(g.weight_gradients ? d(gemm_block_size<T>(g.unit_panels)) : 0.0);
+      if (ws) ws->scratch.push_back(rs);
     }
   }
 
@@ -305,15 +351,16 @@ class Workspace {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Row kernels. Sums run over 32 independent lanes so the compiler vectorises them without
-// reordering a reduction; the lanes are then combined in a fixed order.
+// Row kernels. Sums run over independent lanes of doubles (one per column of a panel) so the
+// compiler vectorises them without reordering a reduction; the lanes are then combined in a fixed
+// order.
 
-constexpr int kLanes = 32;
-
+template <int N>
 inline double combine_lanes(const double* s) {
-  double r[kLanes / 2];
-  for (int k = 0; k < kLanes / 2; ++k) r[k] = s[k] + s[k + kLanes / 2];
-  for (int w = kLanes / 4; w >= 1; w /= 2) {
+  static_assert(N >= 2 && (N & (N - 1)) == 0);
+  double r[N / 2];
+  for (int k = 0; k < N / 2; ++k) r[k] = s[k] + s[k + N / 2];
+  for (int w = N / 4; w >= 1; w /= 2) {
     for (int k = 0; k < w; ++k) r[k] += r[k + w];
   }
   return r[0];
@@ -324,7 +371,9 @@ inline bool finite(T v) {
   return std::isfinite(v);
 }
 
-// Moments of n values from their sums of deviations from `shift`, and of squared deviations.
+// Moments of n values from their sums of deviations from `shift`, and of squared deviations
+// (Chan, Golub, LeVeque 1983, "shifted data": stable when the values are within a few standard
+// deviations of the shift).
 inline Moments moments_from_sums(std::int64_t n, double shift, double sum, double sum_sq) {
   const double nd = static_cast<double>(n);
   Moments m;
@@ -335,32 +384,10 @@ inline Moments moments_from_sums(std::int64_t n, double shift, double sum, doubl
   return m;
 }
 
-// Moments of x[0..n) with one pass of shifted sums around x[0]: stable when the values are
-// within a few standard deviations of x[0] (Chan, Golub, LeVeque 1983, "shifted data").
-template <class T>
-Moments row_moments(const T* x, std::int64_t n) {
-  const double shift = static_cast<double>(x[0]);
-  double s1[kLanes] = {};
-  double s2[kLanes] = {};
-  std::int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int k = 0; k < kLanes; ++k) {
-      const double d = static_cast<double>(x[j + k]) - shift;
-      s1[k] += d;
-      s2[k] += d * d;
-    }
-  }
-  for (int k = 0; j < n; ++j, ++k) {
-    const double d = static_cast<double>(x[j]) - shift;
-    s1[k] += d;
-    s2[k] += d * d;
-  }
-  return moments_from_sums(n, shift, combine_lanes(s1), combine_lanes(s2));
-}
-
 // Sum of squares of x[0..n) in double, in lanes.
 template <class T>
 double row_sum_sq(const T* x, std::int64_t n) {
+  constexpr int kLanes = 32;
   double s[kLanes] = {};
   std::int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
@@ -373,7 +400,7 @@ double row_sum_sq(const T* x, std::int64_t n) {
     const double v = static_cast<double>(x[j]);
     s[k] += v * v;
   }
-  return combine_lanes(s);
+  return combine_lanes<kLanes>(s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,6 +415,8 @@ struct DropoutParams {
 
 template <class T, class Act>
 class TrialRunner {
+  static constexpr int P = static_cast<int>(kPanel<T>);
+
  public:
   TrialRunner(const PointSpec& spec, const Geometry& g, const Act& act, const StreamSeed& seed,
               const DropoutParams& dropout)
@@ -406,244 +435,319 @@ class TrialRunner {
   }
 
  private:
+  using Scratch = typename Workspace<T>::RankScratch;
+
   std::uint64_t key(StreamKind kind, std::int64_t trial, int layer) const {
     return stream_key(seed_.seed, seed_.point, kind, static_cast<std::uint64_t>(trial),
                       static_cast<std::uint64_t>(layer));
   }
 
-  // Weights and biases, split into tasks of 64 rows (or whole matrices for orthogonal) dealt
+  // Weights and biases, split into tasks of 64 rows of W (or whole matrices for orthogonal) dealt
   // round-robin over the ranks. Values depend only on the stream keys.
   void generate_parameters(std::int64_t trial, const Team& team, Workspace<T>& ws) const {
     constexpr std::int64_t rows_per_task = 64;
+    static_assert(rows_per_task <= 128, "a task's rows must fit the rank's row scratch (R >= 128)");
     const bool elementwise = init_is_elementwise(spec_.init.kind);
+    const Scratch& scratch = ws.scratch[static_cast<std::size_t>(team.rank())];
     std::int64_t task = 0;
     for (int l = 1; l <= g_.depth; ++l) {
       const std::int64_t fan_in = g_.n[l - 1];
       const std::int64_t fan_out = g_.n[l];
-      T* w = ws.weights[l - 1].data();
       const std::uint64_t wkey = key(StreamKind::weights, trial, l);
       if (elementwise) {
         for (std::int64_t r0 = 0; r0 < fan_in; r0 += rows_per_task, ++task) {
           if (!team.owns(task)) continue;
-          generate_weight_rows<T>(spec_.init, wkey, fan_in, fan_out, r0, std::min(fan_in, r0 + rows_per_task), w,
-                                  g_.ld[l]);
+          const std::int64_t r1 = std::min(fan_in, r0 + rows_per_task);
+          generate_weight_rows<T>(spec_.init, wkey, fan_in, fan_out, r0, r1, scratch.rows.ptr, g_.ld_rows);
+          store_weight_rows(l, r0, r1, scratch.rows.ptr, g_.ld_rows, ws);
         }
       } else if (team.owns(task++)) {
-        generate_weights<T>(spec_.init, wkey, fan_in, fan_out, w, g_.ld[l]);
+        std::vector<T> w(static_cast<std::size_t>(fan_in * fan_out));
+        generate_weights<T>(spec_.init, wkey, fan_in, fan_out, w.data(), fan_out);
+        store_weight_rows(l, 0, fan_in, w.data(), fan_out, ws);
       }
       if (g_.bias && team.owns(task++)) {
         fill_normal<T>(key(StreamKind::biases, trial, l), 0, static_cast<std::size_t>(fan_out),
-                       ws.biases[l - 1].data(), static_cast<T>(spec_.init.bias_mean),
+                       ws.biases[static_cast<std::size_t>(l - 1)].ptr, static_cast<T>(spec_.init.bias_mean),
                        static_cast<T>(std::sqrt(spec_.init.bias_variance)));
+      }
+    }
+  }
+
+  // Rows [r0, r1) of W_l (sample-major at w, leading dimension ld) into the strips of W_l^T; the
+  // task holding the last row also writes the zero rows that round the inputs up to kStrip.
+  void store_weight_rows(int l, std::int64_t r0, std::int64_t r1, const T* w, std::ptrdiff_t ld,
+                         Workspace<T>& ws) const {
+    const std::int64_t fan_in = g_.n[l - 1];
+    const std::int64_t fan_out = g_.n[l];
+    const std::ptrdiff_t ss = g_.strip_stride[static_cast<std::size_t>(l - 1)];
+    T* strips = ws.weight_slices[static_cast<std::size_t>(l - 1)].ptr;
+    const std::int64_t pad_end = r1 == fan_in ? Geometry::round_up_to_strip(fan_in) : r1;
+    for (std::int64_t s = 0; s < g_.strips[static_cast<std::size_t>(l - 1)]; ++s) {
+      const std::int64_t j0 = s * kStrip;
+      const std::int64_t cols = std::min(kStrip, fan_out - j0);
+      T* strip = strips + s * ss;
+      for (std::int64_t i = r0; i < pad_end; ++i) {
+        T* dst = strip + i * kStrip;
+        const T* src = w + (i - r0) * ld + j0;
+        for (std::int64_t j = 0; j < kStrip; ++j) dst[j] = (i < r1 && j < cols) ? src[j] : T(0);
       }
     }
   }
 
   template <class Tick>
   void forward(std::int64_t trial, const Team& team, Workspace<T>& ws, const Tick& tick) const {
+    const Scratch& scratch = ws.scratch[static_cast<std::size_t>(team.rank())];
     const std::uint64_t input_key = key(StreamKind::inputs, trial, 0);
     for (std::int64_t b = 0; b < g_.blocks; ++b) {
       if (!team.owns(b)) continue;
-      generate_inputs<T>(spec_.input, input_key, g_.n[0], b * g_.rows_per_block, g_.block_rows(b),
-                         ws.x(0) + b * g_.rows_per_block * ws.x_ld(0), ws.x_ld(0));
+      generate_inputs<T>(spec_.input, input_key, g_.n[0], b * g_.rows_per_block, g_.block_rows(b), scratch.rows.ptr,
+                         g_.ld_rows);
+      to_panels(scratch.rows.ptr, g_.ld_rows, b, g_.n[0], ws.x(0));
     }
-    T* scratch = ws.scratch[static_cast<std::size_t>(team.rank())].data();
     for (int l = 1; l <= g_.depth; ++l) {
-      const std::int64_t n_in = g_.n[l - 1];
-      const std::int64_t n_out = g_.n[l];
-      const std::ptrdiff_t ld_in = ws.x_ld(l - 1);
-      const std::ptrdiff_t ld_out = ws.x_ld(l);
-      const T* w = ws.weights[l - 1].data();
-      const T* bias = g_.bias ? ws.biases[l - 1].data() : nullptr;
       const std::uint64_t dropout_key = key(StreamKind::dropout, trial, l);
       for (std::int64_t b = 0; b < g_.blocks; ++b) {
         if (!team.owns(b)) continue;
-        const std::int64_t rows = g_.block_rows(b);
-        const T* x_in = ws.x(l - 1) + b * g_.rows_per_block * ld_in;
-        T* h = ws.x(l) + b * g_.rows_per_block * ld_out;
-        gemm<T>(rows, n_out, n_in, x_in, ld_in, w, g_.ld[l], h, ld_out, GemmUpdate::overwrite);
-        BlockLayerStats& st = ws.stat(b, l);
-        st = BlockLayerStats{};
-        double* colsum = ws.colsum(b, l);
-        std::fill(colsum, colsum + n_out, 0.0);
-        for (std::int64_t r = 0; r < rows; ++r) {
-          T* hr = h + r * ld_out;
-          T* dr = scratch + r * g_.ld_max;
-          if (bias) {
-            for (std::int64_t j = 0; j < n_out; ++j) hr[j] += bias[j];
-          }
-          st.pre.merge(row_moments(hr, n_out));
-          if (g_.dropout) {
-            st.nonfinite += activate_row(hr, dr, n_out);
-            apply_dropout_row(dropout_key, b * g_.rows_per_block + r, hr, dr, n_out);
-            st.act.merge(row_moments(hr, n_out));
-            for (std::int64_t j = 0; j < n_out; ++j) colsum[j] += static_cast<double>(hr[j]);
-          } else {
-            st.nonfinite += activate_row_with_stats(hr, dr, n_out, colsum, st.act);
-          }
-        }
-        transpose(scratch, g_.ld_max, rows, n_out, ws.deriv_t[l - 1].data() + b * g_.rows_per_block, g_.ld_batch);
+        ws.stat(b, l) = BlockLayerStats{};
+        const PanelView<T> x_in{ws.x(l - 1) + g_.first_panel(b) * g_.panel_stride, g_.panel_stride, P};
+        gemm<T>(g_.n[l], g_.n[l - 1], g_.block_panels(b), ws.weights_t(l), x_in, scratch.c_block.ptr,
+                [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
+                  forward_rows(l, b, row0, rows, c, ldc, dropout_key, ws);
+                });
       }
       if (team.rank() == 0) tick();
     }
   }
 
-  // x = f(h) in place, d = f'(h); returns the number of entries where h or x is not finite.
-  std::int64_t activate_row(T* h, T* d, std::int64_t n) const {
-    std::int64_t bad = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-      const T v = h[j];
-      T y, dy;
-      act_.eval(v, y, dy);
-      // Bitwise on ints, not &&: no branch, so the loop vectorises.
-      bad += 1 - (static_cast<int>(finite(v)) & static_cast<int>(finite(y)));
-      h[j] = y;
-      d[j] = dy;
-    }
-    return bad;
-  }
-
-  // activate_row, the moments of x merged into `act` and x added to `colsum`, in one pass over
-  // the row (the same shifted sums as row_moments).
-  std::int64_t activate_row_with_stats(T* h, T* d, std::int64_t n, double* colsum, Moments& act) const {
-    T y0, d0;
-    act_.eval(h[0], y0, d0);
-    const double shift = static_cast<double>(y0);
-    double s1[kLanes] = {};
-    double s2[kLanes] = {};
-    std::int64_t bad = 0;
-    // Chunks of kLanes entries: the activation over the chunk, then its sums, two simple loops
-    // the compiler vectorises (one fused loop with both it does not).
-    for (std::int64_t j0 = 0; j0 < n; j0 += kLanes) {
-      const int m = static_cast<int>(std::min<std::int64_t>(kLanes, n - j0));
-      T* hc = h + j0;
-      T* dc = d + j0;
-      double* cc = colsum + j0;
-      if (m == kLanes) {
-        bad += activate_row(hc, dc, kLanes);
-        for (int k = 0; k < kLanes; ++k) {
-          const double yd = static_cast<double>(hc[k]);
-          const double dev = yd - shift;
-          s1[k] += dev;
-          s2[k] += dev * dev;
-          cc[k] += yd;
-        }
-      } else {
-        bad += activate_row(hc, dc, m);
-        for (int k = 0; k < m; ++k) {
-          const double yd = static_cast<double>(hc[k]);
-          const double dev = yd - shift;
-          s1[k] += dev;
-          s2[k] += dev * dev;
-          cc[k] += yd;
-        }
+  // Sample-major rows of block b (rows x width at src, leading dimension lds) into the batch's
+  // panels at dst; the columns of the last panel past the batch are zeroed.
+  void to_panels(const T* src, std::ptrdiff_t lds, std::int64_t b, std::int64_t width, T* dst) const {
+    const std::int64_t rows = g_.block_rows(b);
+    for (std::int64_t q = 0; q < g_.block_panels(b); ++q) {
+      const std::int64_t s0 = q * P;
+      const std::int64_t m = std::min<std::int64_t>(P, rows - s0);
+      T* panel = dst + (g_.first_panel(b) + q) * g_.panel_stride;
+      transpose<T>(src + s0 * lds, lds, m, width, panel, P);
+      if (m < P) {
+        for (std::int64_t j = 0; j < width; ++j) std::fill(panel + j * P + m, panel + (j + 1) * P, T(0));
       }
     }
-    act.merge(moments_from_sums(n, shift, combine_lanes(s1), combine_lanes(s2)));
+  }
+
+  // The forward pass after the product, on rows [row0, row0 + rows) of H_l^T for block b (the
+  // block's samples along each row, at c with leading dimension ldc): bias, activation,
+  // derivative, alpha dropout and every forward statistic, in one pass. x_l goes to the panels of
+  // X_l^T and f'(h_l) to the block's derivative rows.
+  void forward_rows(int l, std::int64_t b, std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc,
+                    std::uint64_t dropout_key, Workspace<T>& ws) const {
+    const std::int64_t count = g_.block_rows(b);
+    const std::int64_t n_out = g_.n[l];
+    const T* bias = g_.bias ? ws.biases[static_cast<std::size_t>(l - 1)].ptr : nullptr;
+    T* x_out = ws.x(l) + g_.first_panel(b) * g_.panel_stride;
+    T* deriv = ws.deriv(l, b);
+    double* colsum = ws.colsum(b, l);
+    // Shifted sums around the block's first pre-activation and activation.
+    T y0, d0;
+    const T h0 = c[0] + (bias ? bias[row0] : T(0));
+    act_.eval(h0, y0, d0);
+    const double pre_shift = static_cast<double>(h0);
+    const double act_shift = static_cast<double>(y0);
+    double pre_s1[P] = {}, pre_s2[P] = {}, act_s2[P] = {};
+    double act_s1 = 0.0;
+    std::int64_t bad = 0;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t j = row0 + r;
+      const T* h_row = c + r * ldc;
+      const T bj = bias ? bias[j] : T(0);
+      T* d_row = deriv + j * g_.rows_per_block;
+      double row_sum[P] = {};
+      for (std::int64_t q = 0; q * P < count; ++q) {
+        const int m = static_cast<int>(std::min<std::int64_t>(P, count - q * P));
+        T h[P], y[P], dy[P];
+        for (int k = 0; k < P; ++k) h[k] = h_row[q * P + k] + bj;
+        for (int k = 0; k < P; ++k) act_.eval(h[k], y[k], dy[k]);
+        bad += m == P ? count_nonfinite<P>(h, y) : count_nonfinite<0>(h, y, m);
+        if (g_.dropout) apply_dropout(dropout_key, b * g_.rows_per_block + q * P, j, n_out, y, dy);
+        if (m == P) {
+          accumulate_forward<P>(h, y, pre_shift, act_shift, pre_s1, pre_s2, act_s2, row_sum);
+        } else {
+          accumulate_forward<0>(h, y, pre_shift, act_shift, pre_s1, pre_s2, act_s2, row_sum, m);
+          for (int k = m; k < P; ++k) y[k] = T(0);
+        }
+        T* x_dst = x_out + q * g_.panel_stride + j * P;
+        for (int k = 0; k < P; ++k) x_dst[k] = y[k];
+        for (int k = 0; k < m; ++k) d_row[q * P + k] = dy[k];
+      }
+      const double unit_sum = combine_lanes<P>(row_sum);
+      colsum[j] = unit_sum;
+      act_s1 += unit_sum - static_cast<double>(count) * act_shift;
+    }
+    BlockLayerStats& st = ws.stat(b, l);
+    const std::int64_t entries = rows * count;
+    st.pre.merge(moments_from_sums(entries, pre_shift, combine_lanes<P>(pre_s1), combine_lanes<P>(pre_s2)));
+    st.act.merge(moments_from_sums(entries, act_shift, act_s1, combine_lanes<P>(act_s2)));
+    st.nonfinite += bad;
+  }
+
+  // Entries where h or f(h) is not finite: all P columns (M = P), or the first m (M = 0).
+  template <int M>
+  static std::int64_t count_nonfinite(const T* h, const T* y, int m = P) {
+    const int end = M == P ? P : m;
+    std::int64_t bad = 0;
+    // Bitwise on ints, not &&: no branch, so the loop vectorises.
+    for (int k = 0; k < end; ++k) bad += 1 - (static_cast<int>(finite(h[k])) & static_cast<int>(finite(y[k])));
     return bad;
   }
 
-  // Alpha dropout on one row (sample `sample`): keep with probability q, else the saturation
-  // value; then a x + b. The derivative picks up a (kept) or 0 (dropped).
-  void apply_dropout_row(std::uint64_t dropout_key, std::int64_t sample, T* x, T* d, std::int64_t n) const {
+  // Adds one panel row to the forward sums: all P columns (M = P), or the first m (M = 0).
+  template <int M>
+  static void accumulate_forward(const T* h, const T* y, double pre_shift, double act_shift, double* pre_s1,
+                                 double* pre_s2, double* act_s2, double* row_sum, int m = P) {
+    const int end = M == P ? P : m;
+    for (int k = 0; k < end; ++k) {
+      const double dh = static_cast<double>(h[k]) - pre_shift;
+      const double yd = static_cast<double>(y[k]);
+      const double dy = yd - act_shift;
+      pre_s1[k] += dh;
+      pre_s2[k] += dh * dh;
+      act_s2[k] += dy * dy;
+      row_sum[k] += yd;
+    }
+  }
+
+  // Alpha dropout on P consecutive samples of unit j (first sample `sample`): keep with
+  // probability q, else the saturation value; then a x + b. The derivative picks up a (kept) or
+  // 0 (dropped). The uniform of (sample s, unit j) is element s n + j of the dropout stream.
+  void apply_dropout(std::uint64_t dropout_key, std::int64_t sample, std::int64_t j, std::int64_t n, T* y,
+                     T* dy) const {
     const T keep = static_cast<T>(dropout_.keep);
     const T a = static_cast<T>(dropout_.a);
     const T b = static_cast<T>(dropout_.b);
     const T dropped = static_cast<T>(dropout_.a * dropout_.saturation + dropout_.b);
-    // Uniforms in chunks on the stack, element sample * n + j of the dropout stream.
-    constexpr std::int64_t chunk = 256;
-    T buf[chunk];
-    for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
-      const std::int64_t m = std::min(chunk, n - j0);
-      fill_uniform<T>(dropout_key, static_cast<std::uint64_t>(sample * n + j0), static_cast<std::size_t>(m), buf,
-                      T(0), T(1));
-      for (std::int64_t j = 0; j < m; ++j) {
-        const bool kept = buf[j] < keep;
-        x[j0 + j] = kept ? a * x[j0 + j] + b : dropped;
-        d[j0 + j] = kept ? a * d[j0 + j] : T(0);
-      }
+    for (int k = 0; k < P; ++k) {
+      const T u = uniform_element<T>(dropout_key, static_cast<std::uint64_t>((sample + k) * n + j));
+      const bool kept = u < keep;
+      y[k] = kept ? a * y[k] + b : dropped;
+      dy[k] = kept ? a * dy[k] : T(0);
     }
   }
 
   template <class Tick>
   void backward(std::int64_t trial, const Team& team, Workspace<T>& ws, const Tick& tick) const {
     const int L = g_.depth;
-    const std::ptrdiff_t ldb = g_.ld_batch;
-    T* scratch = ws.scratch[static_cast<std::size_t>(team.rank())].data();
-    // Upstream gradient g = dL/dx_L, element sample * n_L + j of its stream, stored transposed.
+    const Scratch& scratch = ws.scratch[static_cast<std::size_t>(team.rank())];
+    // Upstream gradient g = dL/dx_L, element sample * n_L + j of its stream, turned unit-major.
     const std::uint64_t upstream_key = key(StreamKind::upstream, trial, L);
     for (std::int64_t b = 0; b < g_.blocks; ++b) {
       if (!team.owns(b)) continue;
       const std::int64_t rows = g_.block_rows(b);
       for (std::int64_t r = 0; r < rows; ++r) {
         fill_normal<T>(upstream_key, static_cast<std::uint64_t>((b * g_.rows_per_block + r) * g_.n[L]),
-                       static_cast<std::size_t>(g_.n[L]), scratch + r * g_.ld_max, T(0), T(1));
+                       static_cast<std::size_t>(g_.n[L]), scratch.rows.ptr + r * g_.ld_rows, T(0), T(1));
       }
-      transpose(scratch, g_.ld_max, rows, g_.n[L], ws.delta_t[L % 2].data() + b * g_.rows_per_block, ldb);
+      transpose<T>(scratch.rows.ptr, g_.ld_rows, rows, g_.n[L], scratch.units.ptr, g_.ld_units);
+      backward_rows(L, b, 0, g_.n[L], scratch.units.ptr, g_.ld_units, ws);
     }
     for (int l = L; l >= 1; --l) {
-      const std::int64_t n_out = g_.n[l];
-      const std::int64_t n_in = g_.n[l - 1];
-      T* delta = ws.delta_t[l % 2].data();  // dL/dx_l^T in, dL/dh_l^T out
-      T* next = ws.delta_t[(l - 1) % 2].data();
-      const T* deriv = ws.deriv_t[l - 1].data();
-      for (std::int64_t b = 0; b < g_.blocks; ++b) {
-        if (!team.owns(b)) continue;
-        const std::int64_t rows = g_.block_rows(b);
-        const std::int64_t c0 = b * g_.rows_per_block;
-        BlockLayerStats& st = ws.stat(b, l);
-        for (std::int64_t j = 0; j < n_out; ++j) {
-          T* dr = delta + j * ldb + c0;
-          const T* fr = deriv + j * ldb + c0;
-          // dL/dh = dL/dx * f'(h) in place, with both sums of squares, in one pass.
-          double sx[kLanes] = {};
-          double sh[kLanes] = {};
-          std::int64_t bad = 0;
-          auto step = [&](std::int64_t i, int k) {
-            const T gx = dr[i];
-            const T gh = gx * fr[i];
-            bad += static_cast<std::int64_t>(!finite(gh));
-            dr[i] = gh;
-            const double a = static_cast<double>(gx), c = static_cast<double>(gh);
-            sx[k] += a * a;
-            sh[k] += c * c;
-          };
-          std::int64_t i = 0;
-          for (; i + kLanes <= rows; i += kLanes) {
-            for (int k = 0; k < kLanes; ++k) step(i + k, k);
-          }
-          for (int k = 0; i < rows; ++i, ++k) step(i, k);
-          st.grad_act_sq += combine_lanes(sx);
-          st.grad_pre_sq += combine_lanes(sh);
-          st.grad_nonfinite += bad;
-        }
-        if (l > 1) {
-          gemm<T>(n_in, rows, n_out, ws.weights[l - 1].data(), g_.ld[l], delta + c0, ldb, next + c0, ldb,
-                  GemmUpdate::overwrite);
+      if (g_.weight_gradients) weight_gradient(l, team, ws);
+      if (l > 1) {
+        for (std::int64_t b = 0; b < g_.blocks; ++b) {
+          if (!team.owns(b)) continue;
+          const PanelView<T> dh{ws.dh(l) + g_.first_panel(b) * g_.panel_stride, g_.panel_stride, P};
+          gemm<T>(g_.n[l - 1], g_.n[l], g_.block_panels(b), ws.weights(l), dh, scratch.c_block.ptr,
+                  [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
+                    backward_rows(l - 1, b, row0, rows, c, ldc, ws);
+                  });
         }
       }
-      if (g_.weight_gradients) weight_gradient(l, team, ws, delta);
       if (team.rank() == 0) tick();
     }
   }
 
-  // Sum of squares of G_l^T = (dL/dh_l)^T x_{l-1} (n_l x n_{l-1}), in chunks of kGradRows rows
-  // dealt over the ranks. Needs every block's dL/dh_l, hence the barriers.
-  void weight_gradient(int l, const Team& team, Workspace<T>& ws, const T* delta) const {
-    team.barrier();
+  // The backward pass after the product, on rows [row0, row0 + rows) of dL/dX_l^T for block b:
+  // dL/dh_l = dL/dx_l * f'(h_l) into the panels of dL/dH_l^T, with both sums of squares.
+  void backward_rows(int l, std::int64_t b, std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc,
+                     Workspace<T>& ws) const {
+    const std::int64_t count = g_.block_rows(b);
+    T* dh_out = ws.dh(l) + g_.first_panel(b) * g_.panel_stride;
+    const T* deriv = ws.deriv(l, b);
+    double sx[P] = {}, sh[P] = {};
+    std::int64_t bad = 0;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t j = row0 + r;
+      const T* g_row = c + r * ldc;
+      const T* d_row = deriv + j * g_.rows_per_block;
+      for (std::int64_t q = 0; q * P < count; ++q) {
+        const int m = static_cast<int>(std::min<std::int64_t>(P, count - q * P));
+        T* dst = dh_out + q * g_.panel_stride + j * P;
+        const T* gq = g_row + q * P;
+        const T* dq = d_row + q * P;
+        if (m == P) {
+          for (int k = 0; k < P; ++k) {
+            const T gh = gq[k] * dq[k];
+            bad += static_cast<std::int64_t>(!finite(gh));
+            dst[k] = gh;
+            const double a = static_cast<double>(gq[k]), e = static_cast<double>(gh);
+            sx[k] += a * a;
+            sh[k] += e * e;
+          }
+        } else {
+          for (int k = 0; k < m; ++k) {
+            const T gh = gq[k] * dq[k];
+            bad += static_cast<std::int64_t>(!finite(gh));
+            dst[k] = gh;
+            const double a = static_cast<double>(gq[k]), e = static_cast<double>(gh);
+            sx[k] += a * a;
+            sh[k] += e * e;
+          }
+          for (int k = m; k < P; ++k) dst[k] = T(0);
+        }
+      }
+    }
+    BlockLayerStats& st = ws.stat(b, l);
+    st.grad_act_sq += combine_lanes<P>(sx);
+    st.grad_pre_sq += combine_lanes<P>(sh);
+    st.grad_nonfinite += bad;
+  }
+
+  // Sum of squares of dL/dW_l^T = dL/dH_l^T X_{l-1} (n_l x n_{l-1}, summed over the whole batch), in
+  // chunks of kBlockRows rows dealt over the ranks. X_{l-1} is first laid out in panels of units
+  // (every rank a share), and every block's dL/dh_l must be done: hence the barriers.
+  void weight_gradient(int l, const Team& team, Workspace<T>& ws) const {
     const std::int64_t n_out = g_.n[l];
     const std::int64_t n_in = g_.n[l - 1];
-    T* gbuf = ws.grad_scratch[static_cast<std::size_t>(team.rank())].data();
+    const std::int64_t unit_panels = (n_in + P - 1) / P;
+    team.barrier();
+    const T* x = ws.x(l - 1);
+    for (std::int64_t u = 0; u < unit_panels; ++u) {
+      if (!team.owns(u)) continue;
+      const std::int64_t j0 = u * P;
+      const std::int64_t units = std::min<std::int64_t>(P, n_in - j0);
+      T* dst = ws.x_units.ptr + u * g_.unit_panel_stride;
+      for (std::int64_t q = 0; q < g_.panels; ++q) {
+        const std::int64_t s0 = q * P;
+        const std::int64_t samples = std::min<std::int64_t>(P, g_.batch - s0);
+        transpose<T>(x + q * g_.panel_stride + j0 * P, P, units, samples, dst + s0 * P, P);
+        if (units < P) {
+          for (std::int64_t s = 0; s < samples; ++s) std::fill(dst + (s0 + s) * P + units, dst + (s0 + s + 1) * P, T(0));
+        }
+      }
+    }
+    team.barrier();
+    const Scratch& scratch = ws.scratch[static_cast<std::size_t>(team.rank())];
     const std::size_t offset = ws.grad_offset[static_cast<std::size_t>(l - 1)];
-    for (std::int64_t c = 0; c * kGradRows < n_out; ++c) {
-      if (!team.owns(c)) continue;
-      const std::int64_t i0 = c * kGradRows;
-      const std::int64_t rows = std::min(kGradRows, n_out - i0);
-      gemm<T>(rows, n_in, g_.batch, delta + i0 * g_.ld_batch, g_.ld_batch, ws.x(l - 1), ws.x_ld(l - 1), gbuf,
-              g_.ld_max, GemmUpdate::overwrite);
-      double sq = 0.0;
-      for (std::int64_t i = 0; i < rows; ++i) sq += row_sum_sq(gbuf + i * g_.ld_max, n_in);
-      ws.grad_sq[offset + static_cast<std::size_t>(c)] = sq;
+    const PanelView<T> x_units{ws.x_units.ptr, g_.unit_panel_stride, P};
+    for (std::int64_t chunk = 0; chunk < g_.grad_chunks(l); ++chunk) {
+      if (!team.owns(chunk)) continue;
+      const std::int64_t row0 = chunk * kBlockRows;
+      const PanelView<T> dh{ws.dh(l) + row0 * P, g_.panel_stride, P};
+      gemm<T>(std::min(kBlockRows, n_out - row0), g_.batch, unit_panels, dh, x_units, scratch.grad_block.ptr,
+              [&](std::int64_t, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
+                double sq = 0.0;
+                for (std::int64_t i = 0; i < rows; ++i) sq += row_sum_sq(c + i * ldc, n_in);
+                ws.grad_sq[offset + static_cast<std::size_t>(chunk)] = sq;
+              });
     }
     team.barrier();
   }
@@ -699,7 +803,7 @@ class TrialRunner {
       put(Stat::grad_preactivation_msq, total.grad_pre_sq / entries, backward_ok);
       if (g_.weight_gradients) {
         const std::size_t offset = ws.grad_offset[static_cast<std::size_t>(l - 1)];
-        const std::int64_t chunks = (n_out + kGradRows - 1) / kGradRows;
+        const std::int64_t chunks = g_.grad_chunks(l);
         double sq = 0.0;
         for (std::int64_t c = 0; c < chunks; ++c) sq += ws.grad_sq[offset + static_cast<std::size_t>(c)];
         put(Stat::grad_weight_msq, sq / static_cast<double>(n_out * g_.n[l - 1]), backward_ok);

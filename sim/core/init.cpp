@@ -46,7 +46,7 @@ void generate_weight_rows(const InitSpec& init, std::uint64_t key, std::int64_t 
   }
   const WeightScale s = weight_scale(init, fan_in, fan_out);
   for (std::int64_t i = row_begin; i < row_end; ++i) {
-    T* row = w + i * ld;
+    T* row = w + (i - row_begin) * ld;
     const auto first = static_cast<std::uint64_t>(i * fan_out);
     const auto n = static_cast<std::size_t>(fan_out);
     switch (init.kind) {

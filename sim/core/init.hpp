@@ -19,8 +19,8 @@ WeightScale weight_scale(const InitSpec& init, std::int64_t fan_in, std::int64_t
 // false for orthogonal, which needs the whole matrix at once.
 bool init_is_elementwise(InitKind kind);
 
-// Writes rows [row_begin, row_end) of W (fan_in x fan_out, leading dimension ld) for stream `key`.
-// Weight (i, j) is element i * fan_out + j of the stream, whatever the slice.
+// Writes rows [row_begin, row_end) of W (fan_in x fan_out) for stream `key`, row i at
+// w + (i - row_begin) * ld. Weight (i, j) is element i * fan_out + j of the stream, whatever the slice.
 template <class T>
 void generate_weight_rows(const InitSpec& init, std::uint64_t key, std::int64_t fan_in, std::int64_t fan_out,
                           std::int64_t row_begin, std::int64_t row_end, T* w, std::ptrdiff_t ld);

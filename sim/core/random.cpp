@@ -97,14 +97,7 @@ inline void normal_group(std::uint64_t key, std::uint64_t g, T* out) {
 
 template <class T>
 inline void uniform_group(std::uint64_t key, std::uint64_t g, T* out) {
-  for (int k = 0; k < kGroup; ++k) {
-    const std::uint64_t w = stream_word(key, g * kGroup + k);
-    if constexpr (std::is_same_v<T, float>) {
-      out[k] = (static_cast<float>(static_cast<std::uint32_t>(w >> 40)) + 0.5f) * 0x1.0p-24f;
-    } else {
-      out[k] = uniform_open(w);
-    }
-  }
+  for (int k = 0; k < kGroup; ++k) out[k] = uniform_element<T>(key, g * kGroup + k);
 }
 
 // Fills elements [first, first + count) of a grouped stream, then maps each value v to a + b v.

@@ -65,4 +65,17 @@ constexpr double uniform_open(std::uint64_t word) {
   return (static_cast<double>(word >> 11) + 0.5) * 0x1.0p-53;
 }
 
+// Element i of stream `key` as a uniform on (0, 1): exactly what fill_uniform(key, i, 1, out, 0, 1)
+// writes (24 random bits in float, 53 in double). Uniforms take one word each, so any element is
+// one mix away, in any order.
+template <class T>
+constexpr T uniform_element(std::uint64_t key, std::uint64_t i) {
+  const std::uint64_t w = stream_word(key, i);
+  if constexpr (sizeof(T) == 4) {
+    return (static_cast<float>(static_cast<std::uint32_t>(w >> 40)) + 0.5f) * 0x1.0p-24f;
+  } else {
+    return uniform_open(w);
+  }
+}
+
 }  // namespace selfnorm

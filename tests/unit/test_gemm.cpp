@@ -1,4 +1,5 @@
-// The GEMM kernels: correct against a naive product, and bitwise independent of how C is split.
+// The GEMM kernels: correct against a naive product in every layout and at every edge, and bitwise
+// independent of how the work is split (rows, columns, layout of A).
 #include <catch2/catch.hpp>
 
 #include <cstring>
@@ -12,64 +13,148 @@ using namespace selfnorm;
 
 namespace {
 
+// A dense row-major matrix with values in [-1, 1].
 template <class T>
-std::vector<T> random_matrix(std::int64_t rows, std::int64_t ld, std::mt19937_64& rng) {
-  std::uniform_real_distribution<double> u(-1.0, 1.0);
-  std::vector<T> m(static_cast<std::size_t>(rows * ld));
-  for (auto& v : m) v = static_cast<T>(u(rng));
-  return m;
+struct Dense {
+  std::int64_t rows = 0, cols = 0;
+  std::vector<T> v;
+  Dense(std::int64_t r, std::int64_t c, std::mt19937_64& rng) : rows(r), cols(c), v(static_cast<std::size_t>(r * c)) {
+    std::uniform_real_distribution<double> u(-1.0, 1.0);
+    for (auto& x : v) x = static_cast<T>(u(rng));
+  }
+  T operator()(std::int64_t i, std::int64_t j) const { return v[static_cast<std::size_t>(i * cols + j)]; }
+};
+
+std::int64_t round_up(std::int64_t v, std::int64_t to) { return (v + to - 1) / to * to; }
+
+// Storage for a matrix in strips (rows padded to kStrip) or in panels of `width` (rows padded to
+// kStrip, columns to the width). Padding holds `fill`, which must never reach a valid result.
+template <class T>
+struct Stored {
+  std::vector<T> data;
+  std::ptrdiff_t stride = 0;
+};
+
+template <class T>
+Stored<T> as_strips(const Dense<T>& a, T fill) {
+  Stored<T> s;
+  s.stride = round_up(a.cols, 16) * kStrip + 16;
+  s.data.assign(static_cast<std::size_t>(round_up(a.rows, kStrip) / kStrip * s.stride), fill);
+  for (std::int64_t i = 0; i < a.rows; ++i) {
+    for (std::int64_t p = 0; p < a.cols; ++p) {
+      s.data[static_cast<std::size_t>((i / kStrip) * s.stride + p * kStrip + i % kStrip)] = a(i, p);
+    }
+  }
+  return s;
+}
+
+template <class T>
+Stored<T> as_panels(const Dense<T>& a, std::int64_t width, T fill) {
+  Stored<T> s;
+  s.stride = round_up(a.rows, kStrip) * width + 8;
+  s.data.assign(static_cast<std::size_t>(round_up(a.cols, width) / width * s.stride), fill);
+  for (std::int64_t i = 0; i < a.rows; ++i) {
+    for (std::int64_t j = 0; j < a.cols; ++j) {
+      s.data[static_cast<std::size_t>((j / width) * s.stride + i * width + j % width)] = a(i, j);
+    }
+  }
+  return s;
+}
+
+// Runs a product and gathers C (m x n valid columns) from the blocks handed to `done`, checking
+// that the blocks come in row order, each kBlockRows long but the last, covering [0, m) once.
+template <class T, class AView>
+std::vector<T> product(std::int64_t m, std::int64_t k, std::int64_t n, AView a, PanelView<T> b) {
+  const std::int64_t panels = (n + kPanel<T> - 1) / kPanel<T>;
+  std::vector<T> c_block(gemm_block_size<T>(panels));
+  std::vector<T> c(static_cast<std::size_t>(m * n));
+  std::int64_t next_row = 0;
+  gemm<T>(m, k, panels, a, b, c_block.data(), [&](std::int64_t row0, std::int64_t rows, const T* cb, std::ptrdiff_t ldc) {
+    REQUIRE(row0 == next_row);
+    REQUIRE(rows == std::min(kBlockRows, m - row0));
+    REQUIRE(ldc >= panels * kPanel<T>);
+    for (std::int64_t i = 0; i < rows; ++i) std::memcpy(&c[static_cast<std::size_t>((row0 + i) * n)], cb + i * ldc, n * sizeof(T));
+    next_row += rows;
+  });
+  REQUIRE(next_row == m);
+  return c;
+}
+
+template <class T>
+bool same_bits(const std::vector<T>& x, const std::vector<T>& y) {
+  return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(T)) == 0;
 }
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("gemm matches a naive product for every edge case", "[gemm]", float, double) {
+TEMPLATE_TEST_CASE("gemm matches a naive product in every layout and at every edge", "[gemm]", float, double) {
   using T = TestType;
   std::mt19937_64 rng(2024);
-  for (auto [m, n, k] : {std::tuple<int, int, int>{1, 1, 1}, {6, 64, 256}, {7, 65, 257}, {13, 17, 600},
-                         {128, 130, 33}, {5, 200, 513}, {64, 16, 1}}) {
-    const std::ptrdiff_t lda = padded_ld(k, sizeof(T)), ldb = padded_ld(n, sizeof(T)), ldc = padded_ld(n, sizeof(T));
-    const auto a = random_matrix<T>(m, lda, rng);
-    const auto b = random_matrix<T>(k, ldb, rng);
-    auto c = random_matrix<T>(m, ldc, rng);
-    const auto c0 = c;
-    gemm<T>(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, GemmUpdate::accumulate);
-    for (int i = 0; i < m; ++i) {
-      for (int j = 0; j < n; ++j) {
-        long double ref = c0[i * ldc + j];
-        long double scale = std::abs(ref);
-        for (int p = 0; p < k; ++p) {
-          ref += static_cast<long double>(a[i * lda + p]) * b[p * ldb + j];
-          scale += std::abs(static_cast<long double>(a[i * lda + p]) * b[p * ldb + j]);
+  const auto P = kPanel<T>;
+  const auto K = kKBlock<T>;
+  // Shapes around the tile (12 x P), the row blocks (kBlockRows), the k blocks and the panels.
+  for (auto [m, k, n] : {std::tuple<std::int64_t, std::int64_t, std::int64_t>{1, 1, 1}, {12, 12, P}, {13, 7, P + 1},
+                         {kBlockRows + 5, K + 13, 2 * P}, {kBlockRows, 2 * K + 1, 3 * P - 5}, {37, K - 1, 1},
+                         {5, 3 * P + 7, P}, {2 * kBlockRows + 1, 40, P - 1}}) {
+    const Dense<T> a(m, k, rng), b(k, n, rng);
+    // NaN in every padding position: a padded element that reached a valid result would show.
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    const Stored<T> as = as_strips(a, nan), a12 = as_panels(a, kStrip, nan), ap = as_panels(a, P, nan);
+    const Stored<T> bs = as_panels(b, P, nan);
+    const PanelView<T> bv{bs.data.data(), bs.stride, P};
+    const auto c = product<T>(m, k, n, StripView<T>{as.data.data(), as.stride}, bv);
+    for (std::int64_t i = 0; i < m; ++i) {
+      for (std::int64_t j = 0; j < n; ++j) {
+        long double ref = 0, scale = 0;
+        for (std::int64_t p = 0; p < k; ++p) {
+          ref += static_cast<long double>(a(i, p)) * b(p, j);
+          scale += std::abs(static_cast<long double>(a(i, p)) * b(p, j));
         }
-        INFO("m=" << m << " n=" << n << " k=" << k << " at " << i << "," << j);
+        INFO("m=" << m << " k=" << k << " n=" << n << " at " << i << "," << j);
         // Rounding error bound of a length-k sum: k * eps * sum |terms| (Higham, ch. 3).
-        REQUIRE(std::abs(c[i * ldc + j] - ref) <= (k + 2) * std::numeric_limits<T>::epsilon() * scale);
+        REQUIRE(std::abs(c[static_cast<std::size_t>(i * n + j)] - ref) <= (k + 2) * std::numeric_limits<T>::epsilon() * scale);
       }
-      // Padding beyond column n is never written.
-      for (std::ptrdiff_t j = n; j < ldc; ++j) REQUIRE(c[i * ldc + j] == c0[i * ldc + j]);
+    }
+    // A in panels of either width runs the same operations in the same order: the same bits.
+    INFO("m=" << m << " k=" << k << " n=" << n);
+    CHECK(same_bits(c, product<T>(m, k, n, PanelView<T>{a12.data.data(), a12.stride, kStrip}, bv)));
+    CHECK(same_bits(c, product<T>(m, k, n, PanelView<T>{ap.data.data(), ap.stride, P}, bv)));
+  }
+}
+
+TEMPLATE_TEST_CASE("gemm results do not depend on how C is split", "[gemm][determinism]", float, double) {
+  using T = TestType;
+  std::mt19937_64 rng(7);
+  const auto P = kPanel<T>;
+  const std::int64_t m = 2 * kBlockRows + 30, k = 2 * kKBlock<T> + 50, n = 5 * P;
+  const Dense<T> a(m, k, rng), b(k, n, rng);
+  const Stored<T> as = as_strips(a, T(0)), bs = as_panels(b, P, T(0));
+  const auto whole = product<T>(m, k, n, StripView<T>{as.data.data(), as.stride}, PanelView<T>{bs.data.data(), bs.stride, P});
+  // Rows starting at other strips (so in other row blocks) and other runs of panels, as other
+  // thread counts and row blocks of the engine produce.
+  for (auto [s0, s1] : {std::pair<std::int64_t, std::int64_t>{0, 1}, {1, 9}, {3, (m + kStrip - 1) / kStrip}}) {
+    for (auto [q0, q1] : {std::pair<std::int64_t, std::int64_t>{0, 1}, {1, 4}, {2, 5}}) {
+      const std::int64_t r0 = s0 * kStrip, rows = std::min(m, s1 * kStrip) - r0;
+      const auto part = product<T>(rows, k, (q1 - q0) * P, StripView<T>{as.data.data() + s0 * as.stride, as.stride},
+                                   PanelView<T>{bs.data.data() + q0 * bs.stride, bs.stride, P});
+      for (std::int64_t i = 0; i < rows; ++i) {
+        INFO("rows from " << r0 << ", panels " << q0 << ".." << q1 << ", row " << i);
+        REQUIRE(std::memcmp(&part[static_cast<std::size_t>(i * (q1 - q0) * P)],
+                            &whole[static_cast<std::size_t>((r0 + i) * n + q0 * P)], (q1 - q0) * P * sizeof(T)) == 0);
+      }
     }
   }
 }
 
-TEMPLATE_TEST_CASE("gemm results do not depend on how C is partitioned", "[gemm][determinism]", float, double) {
-  using T = TestType;
-  std::mt19937_64 rng(7);
-  const int m = 97, n = 150, k = 700;
-  const std::ptrdiff_t lda = padded_ld(k, sizeof(T)), ldb = padded_ld(n, sizeof(T)), ldc = padded_ld(n, sizeof(T));
-  const auto a = random_matrix<T>(m, lda, rng);
-  const auto b = random_matrix<T>(k, ldb, rng);
-  std::vector<T> whole(static_cast<std::size_t>(m * ldc), T(0)), pieces(static_cast<std::size_t>(m * ldc), T(0));
-  gemm<T>(m, n, k, a.data(), lda, b.data(), ldb, whole.data(), ldc, GemmUpdate::overwrite);
-  // Uneven row and column blocks, as different thread counts would produce.
-  for (auto [r0, r1] : {std::pair{0, 5}, {5, 50}, {50, 97}}) {
-    for (auto [c0, c1] : {std::pair{0, 17}, {17, 100}, {100, 150}}) {
-      gemm<T>(r1 - r0, c1 - c0, k, a.data() + r0 * lda, lda, b.data() + c0, ldb, pieces.data() + r0 * ldc + c0, ldc,
-              GemmUpdate::overwrite);
-    }
-  }
-  for (int i = 0; i < m; ++i) {
-    REQUIRE(std::memcmp(whole.data() + i * ldc, pieces.data() + i * ldc, n * sizeof(T)) == 0);
-  }
+TEST_CASE("gemm refuses operands in layouts it has no kernel for", "[gemm]") {
+  std::vector<float> a(4096), b(4096), c(gemm_block_size<float>(1));
+  auto ignore = [](std::int64_t, std::int64_t, const float*, std::ptrdiff_t) {};
+  CHECK_THROWS_WITH(gemm<float>(12, 12, 1, PanelView<float>{a.data(), 256, 8}, PanelView<float>{b.data(), 512, 32}, c.data(),
+                                ignore),
+                    Catch::Contains("kStrip or kPanel"));
+  CHECK_THROWS_WITH(gemm<float>(12, 12, 1, StripView<float>{a.data(), 256}, PanelView<float>{b.data(), 512, 16}, c.data(),
+                                ignore),
+                    Catch::Contains("panels of kPanel"));
 }
 
 TEST_CASE("padded leading dimensions avoid multiples of 1024 bytes", "[gemm]") {
