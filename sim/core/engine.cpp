@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <new>
@@ -12,13 +13,11 @@
 #include <string>
 #include <type_traits>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "core/gemm.hpp"
 #include "core/init.hpp"
 #include "core/moments.hpp"
+#include "core/panel_rows.hpp"
 #include "core/parallel.hpp"
 #include "core/random.hpp"
 #include "core/transpose.hpp"
@@ -107,17 +106,16 @@ class Buffer {
   Buffer() = default;
   explicit Buffer(std::size_t count) : size_(count) {
     if (count == 0) return;
-    // Large buffers are aligned to 2 MiB and asked to be backed by transparent huge pages: a
-    // first touch then faults once per 2 MiB instead of once per 4 KiB, which on a virtual
-    // machine costs several percent of a run.
+    // Large buffers are aligned to 2 MiB, so that a system that backs memory with transparent
+    // huge pages by default can. They are not asked for huge pages (MADV_HUGEPAGE): on the
+    // virtual machines selfnorm is measured on, a first touch of huge pages ran 3-6 times slower
+    // than of 4 KiB pages (0.7-1.3 s against 0.2-0.4 s for 512 MiB), and the products gained
+    // nothing from them.
     constexpr std::size_t kHuge = std::size_t(2) << 20;
     const std::size_t align = count * sizeof(T) >= 2 * kHuge ? kHuge : 64;
     const std::size_t bytes = (count * sizeof(T) + align - 1) / align * align;
     void* p = std::aligned_alloc(align, bytes);
     if (!p) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (align == kHuge) madvise(p, bytes, MADV_HUGEPAGE);
-#endif
     data_.reset(static_cast<T*>(p));
   }
   T* data() const { return data_.get(); }
@@ -427,6 +425,7 @@ class TrialRunner {
   template <class Tick>
   void run(std::int64_t trial, const Team& team, Workspace<T>& ws, PointResult& out, const Tick& tick) const {
     generate_parameters(trial, team, ws);
+    store_fence();  // the weights went around the caches; other ranks read them after the barrier
     team.barrier();
     forward(trial, team, ws, tick);
     backward(trial, team, ws, tick);
@@ -474,23 +473,42 @@ class TrialRunner {
     }
   }
 
-  // Rows [r0, r1) of W_l (sample-major at w, leading dimension ld) into the strips of W_l^T; the
-  // task holding the last row also writes the zero rows that round the inputs up to kStrip.
+  // Rows [r0, r1) of W_l (at w, leading dimension ld) into the strips of W_l^T; the task holding
+  // the last row also writes the zero rows that round the inputs up to kStrip. Each strip's share
+  // is one contiguous run, written past the caches: the forward pass reads it only after every
+  // layer's weights are drawn.
   void store_weight_rows(int l, std::int64_t r0, std::int64_t r1, const T* w, std::ptrdiff_t ld,
                          Workspace<T>& ws) const {
+    constexpr std::int64_t kLine = 64 / sizeof(T);
     const std::int64_t fan_in = g_.n[l - 1];
     const std::int64_t fan_out = g_.n[l];
     const std::ptrdiff_t ss = g_.strip_stride[static_cast<std::size_t>(l - 1)];
     T* strips = ws.weight_slices[static_cast<std::size_t>(l - 1)].ptr;
     const std::int64_t pad_end = r1 == fan_in ? Geometry::round_up_to_strip(fan_in) : r1;
-    for (std::int64_t s = 0; s < g_.strips[static_cast<std::size_t>(l - 1)]; ++s) {
-      const std::int64_t j0 = s * kStrip;
-      const std::int64_t cols = std::min(kStrip, fan_out - j0);
-      T* strip = strips + s * ss;
-      for (std::int64_t i = r0; i < pad_end; ++i) {
-        T* dst = strip + i * kStrip;
-        const T* src = w + (i - r0) * ld + j0;
-        for (std::int64_t j = 0; j < kStrip; ++j) dst[j] = (i < r1 && j < cols) ? src[j] : T(0);
+    alignas(64) T run[64 * kStrip];
+    for (std::int64_t i0 = r0; i0 < pad_end; i0 += 64) {
+      const std::int64_t i1 = std::min(pad_end, i0 + 64);
+      for (std::int64_t s = 0; s < g_.strips[static_cast<std::size_t>(l - 1)]; ++s) {
+        const std::int64_t j0 = s * kStrip;
+        const std::int64_t cols = std::min(kStrip, fan_out - j0);
+        for (std::int64_t i = i0; i < i1; ++i) {
+          T* dst = run + (i - i0) * kStrip;
+          const T* src = w + (i - r0) * ld + j0;
+          if (i < r1 && cols == kStrip) {
+            std::memcpy(dst, src, kStrip * sizeof(T));
+          } else {
+            for (std::int64_t j = 0; j < kStrip; ++j) dst[j] = (i < r1 && j < cols) ? src[j] : T(0);
+          }
+        }
+        // Whole 64-byte lines of the run go around the caches; a ragged end (the last rows of
+        // W) is stored normally.
+        T* out = strips + s * ss + i0 * kStrip;
+        const std::int64_t count = (i1 - i0) * kStrip;
+        std::int64_t e = 0;
+        if (reinterpret_cast<std::uintptr_t>(out) % 64 == 0) {
+          for (; e + 2 * kLine <= count; e += 2 * kLine) stream_panel_row(out + e, run + e);
+        }
+        std::memcpy(out + e, run + e, static_cast<std::size_t>(count - e) * sizeof(T));
       }
     }
   }
@@ -518,6 +536,7 @@ class TrialRunner {
       }
       if (team.rank() == 0) tick();
     }
+    store_fence();  // f'(h) went around the caches
   }
 
   // Sample-major rows of block b (rows x width at src, leading dimension lds) into the batch's
@@ -553,7 +572,7 @@ class TrialRunner {
     act_.eval(h0, y0, d0);
     const double pre_shift = static_cast<double>(h0);
     const double act_shift = static_cast<double>(y0);
-    double pre_s1[P] = {}, pre_s2[P] = {}, act_s2[P] = {};
+    ForwardLanes sums;
     double act_s1 = 0.0;
     std::int64_t bad = 0;
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -561,59 +580,46 @@ class TrialRunner {
       const T* h_row = c + r * ldc;
       const T bj = bias ? bias[j] : T(0);
       T* d_row = deriv + j * g_.rows_per_block;
-      double row_sum[P] = {};
+      Lanes16 row_sum;
       for (std::int64_t q = 0; q * P < count; ++q) {
         const int m = static_cast<int>(std::min<std::int64_t>(P, count - q * P));
-        T h[P], y[P], dy[P];
+        alignas(64) T h[P];
+        alignas(64) T y[P];
+        alignas(64) T dy[P];
         for (int k = 0; k < P; ++k) h[k] = h_row[q * P + k] + bj;
         for (int k = 0; k < P; ++k) act_.eval(h[k], y[k], dy[k]);
-        bad += m == P ? count_nonfinite<P>(h, y) : count_nonfinite<0>(h, y, m);
-        if (g_.dropout) apply_dropout(dropout_key, b * g_.rows_per_block + q * P, j, n_out, y, dy);
-        if (m == P) {
-          accumulate_forward<P>(h, y, pre_shift, act_shift, pre_s1, pre_s2, act_s2, row_sum);
+        if (g_.dropout) {
+          bad += count_nonfinite(h, y, m);
+          apply_dropout(dropout_key, b * g_.rows_per_block + q * P, j, n_out, y, dy);
+          forward_panel_row(h, y, m, pre_shift, act_shift, sums, row_sum);
         } else {
-          accumulate_forward<0>(h, y, pre_shift, act_shift, pre_s1, pre_s2, act_s2, row_sum, m);
-          for (int k = m; k < P; ++k) y[k] = T(0);
+          bad += forward_panel_row(h, y, m, pre_shift, act_shift, sums, row_sum);
         }
+        for (int k = m; k < P; ++k) y[k] = T(0);
         T* x_dst = x_out + q * g_.panel_stride + j * P;
         for (int k = 0; k < P; ++k) x_dst[k] = y[k];
-        for (int k = 0; k < m; ++k) d_row[q * P + k] = dy[k];
+        if (m == P) {
+          stream_panel_row(d_row + q * P, dy);
+        } else {
+          for (int k = 0; k < m; ++k) d_row[q * P + k] = dy[k];
+        }
       }
-      const double unit_sum = combine_lanes<P>(row_sum);
+      const double unit_sum = row_sum.total();
       colsum[j] = unit_sum;
       act_s1 += unit_sum - static_cast<double>(count) * act_shift;
     }
     BlockLayerStats& st = ws.stat(b, l);
     const std::int64_t entries = rows * count;
-    st.pre.merge(moments_from_sums(entries, pre_shift, combine_lanes<P>(pre_s1), combine_lanes<P>(pre_s2)));
-    st.act.merge(moments_from_sums(entries, act_shift, act_s1, combine_lanes<P>(act_s2)));
+    st.pre.merge(moments_from_sums(entries, pre_shift, sums.pre_s1.total(), sums.pre_s2.total()));
+    st.act.merge(moments_from_sums(entries, act_shift, act_s1, sums.act_s2.total()));
     st.nonfinite += bad;
   }
 
-  // Entries where h or f(h) is not finite: all P columns (M = P), or the first m (M = 0).
-  template <int M>
-  static std::int64_t count_nonfinite(const T* h, const T* y, int m = P) {
-    const int end = M == P ? P : m;
+  // Entries among the first m where h or f(h) is not finite.
+  static std::int64_t count_nonfinite(const T* h, const T* y, int m) {
     std::int64_t bad = 0;
-    // Bitwise on ints, not &&: no branch, so the loop vectorises.
-    for (int k = 0; k < end; ++k) bad += 1 - (static_cast<int>(finite(h[k])) & static_cast<int>(finite(y[k])));
+    for (int k = 0; k < m; ++k) bad += !(finite(h[k]) && finite(y[k]));
     return bad;
-  }
-
-  // Adds one panel row to the forward sums: all P columns (M = P), or the first m (M = 0).
-  template <int M>
-  static void accumulate_forward(const T* h, const T* y, double pre_shift, double act_shift, double* pre_s1,
-                                 double* pre_s2, double* act_s2, double* row_sum, int m = P) {
-    const int end = M == P ? P : m;
-    for (int k = 0; k < end; ++k) {
-      const double dh = static_cast<double>(h[k]) - pre_shift;
-      const double yd = static_cast<double>(y[k]);
-      const double dy = yd - act_shift;
-      pre_s1[k] += dh;
-      pre_s2[k] += dh * dh;
-      act_s2[k] += dy * dy;
-      row_sum[k] += yd;
-    }
   }
 
   // Alpha dropout on P consecutive samples of unit j (first sample `sample`): keep with
@@ -672,7 +678,7 @@ class TrialRunner {
     const std::int64_t count = g_.block_rows(b);
     T* dh_out = ws.dh(l) + g_.first_panel(b) * g_.panel_stride;
     const T* deriv = ws.deriv(l, b);
-    double sx[P] = {}, sh[P] = {};
+    Lanes16 sx, sh;
     std::int64_t bad = 0;
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t j = row0 + r;
@@ -680,34 +686,12 @@ class TrialRunner {
       const T* d_row = deriv + j * g_.rows_per_block;
       for (std::int64_t q = 0; q * P < count; ++q) {
         const int m = static_cast<int>(std::min<std::int64_t>(P, count - q * P));
-        T* dst = dh_out + q * g_.panel_stride + j * P;
-        const T* gq = g_row + q * P;
-        const T* dq = d_row + q * P;
-        if (m == P) {
-          for (int k = 0; k < P; ++k) {
-            const T gh = gq[k] * dq[k];
-            bad += static_cast<std::int64_t>(!finite(gh));
-            dst[k] = gh;
-            const double a = static_cast<double>(gq[k]), e = static_cast<double>(gh);
-            sx[k] += a * a;
-            sh[k] += e * e;
-          }
-        } else {
-          for (int k = 0; k < m; ++k) {
-            const T gh = gq[k] * dq[k];
-            bad += static_cast<std::int64_t>(!finite(gh));
-            dst[k] = gh;
-            const double a = static_cast<double>(gq[k]), e = static_cast<double>(gh);
-            sx[k] += a * a;
-            sh[k] += e * e;
-          }
-          for (int k = m; k < P; ++k) dst[k] = T(0);
-        }
+        bad += backward_panel_row(g_row + q * P, d_row + q * P, dh_out + q * g_.panel_stride + j * P, m, sx, sh);
       }
     }
     BlockLayerStats& st = ws.stat(b, l);
-    st.grad_act_sq += combine_lanes<P>(sx);
-    st.grad_pre_sq += combine_lanes<P>(sh);
+    st.grad_act_sq += sx.total();
+    st.grad_pre_sq += sh.total();
     st.grad_nonfinite += bad;
   }
 

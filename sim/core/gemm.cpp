@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <utility>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -23,7 +24,12 @@ struct Simd<float> {
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V broadcast(const float* p) { return _mm512_set1_ps(*p); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  // c + a b, always in c's register (vfmadd231): left to itself, GCC rotates the accumulators
+  // through the broadcast register and pays for it with register moves in the loop.
+  static V fma(V a, V b, V c) {
+    asm("vfmadd231ps %[a], %[b], %[c]" : [c] "+v"(c) : [a] "v"(a), [b] "v"(b));
+    return c;
+  }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
 };
@@ -34,56 +40,57 @@ struct Simd<double> {
   static V zero() { return _mm512_setzero_pd(); }
   static V load(const double* p) { return _mm512_loadu_pd(p); }
   static V broadcast(const double* p) { return _mm512_set1_pd(*p); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V fma(V a, V b, V c) {
+    asm("vfmadd231pd %[a], %[b], %[c]" : [c] "+v"(c) : [a] "v"(a), [b] "v"(b));
+    return c;
+  }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
 };
 
 // The register tile: 12 rows by two vectors, 24 accumulators (with the two B vectors and one
-// broadcast, 27 of the 32 zmm registers).
+// broadcast, 27 of the 32 zmm registers). The accumulators are a local array of each kernel,
+// touched only through these always-inlined helpers, so that they stay in registers.
 template <class T>
-class Tile {
+using Acc = typename Simd<T>::V[kRows][2];
+
+template <class T>
+[[gnu::always_inline]] inline void tile_zero(Acc<T>& acc) {
+#pragma GCC unroll 12
+  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = Simd<T>::zero();
+}
+
+// One step of k: row r gains a[r * RowStride] * b[0 .. kPanel).
+template <class T, std::ptrdiff_t RowStride>
+[[gnu::always_inline]] inline void tile_step(Acc<T>& acc, const T* a, const T* b) {
   using S = Simd<T>;
-  using V = typename S::V;
-  static constexpr int kLanes = 64 / sizeof(T);
-
- public:
-  Tile() {
+  const auto b0 = S::load(b);
+  const auto b1 = S::load(b + 64 / sizeof(T));
 #pragma GCC unroll 12
-    for (int r = 0; r < kRows; ++r) acc_[r][0] = acc_[r][1] = S::zero();
+  for (int r = 0; r < kRows; ++r) {
+    const auto av = S::broadcast(a + r * RowStride);
+    acc[r][0] = S::fma(av, b0, acc[r][0]);
+    acc[r][1] = S::fma(av, b1, acc[r][1]);
   }
+}
 
-  // One step of k: row r gains a[r * RowStride] * b[0 .. kPanel).
-  template <std::ptrdiff_t RowStride>
-  [[gnu::always_inline]] void step(const T* a, const T* b) {
-    const V b0 = S::load(b);
-    const V b1 = S::load(b + kLanes);
+// C = tile, or C += tile.
+template <class T>
+[[gnu::always_inline]] inline void tile_store(const Acc<T>& acc, T* c, std::ptrdiff_t ldc, bool accumulate) {
+  using S = Simd<T>;
+  constexpr int kLanes = 64 / sizeof(T);
 #pragma GCC unroll 12
-    for (int r = 0; r < kRows; ++r) {
-      const V av = S::broadcast(a + r * RowStride);
-      acc_[r][0] = S::fma(av, b0, acc_[r][0]);
-      acc_[r][1] = S::fma(av, b1, acc_[r][1]);
+  for (int r = 0; r < kRows; ++r) {
+    T* row = c + r * ldc;
+    if (accumulate) {
+      S::store(row, S::add(S::load(row), acc[r][0]));
+      S::store(row + kLanes, S::add(S::load(row + kLanes), acc[r][1]));
+    } else {
+      S::store(row, acc[r][0]);
+      S::store(row + kLanes, acc[r][1]);
     }
   }
-
-  // C = tile, or C += tile.
-  void store(T* c, std::ptrdiff_t ldc, bool accumulate) const {
-#pragma GCC unroll 12
-    for (int r = 0; r < kRows; ++r) {
-      T* row = c + r * ldc;
-      if (accumulate) {
-        S::store(row, S::add(S::load(row), acc_[r][0]));
-        S::store(row + kLanes, S::add(S::load(row + kLanes), acc_[r][1]));
-      } else {
-        S::store(row, acc_[r][0]);
-        S::store(row + kLanes, acc_[r][1]);
-      }
-    }
-  }
-
- private:
-  V acc_[kRows][2];
-};
+}
 
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
@@ -92,26 +99,27 @@ constexpr std::string_view kBackend = "avx512";
 #else  // portable: the same tile and order of operations, in plain loops the compiler vectorises
 
 template <class T>
-class Tile {
-  static constexpr int kCols = static_cast<int>(kPanel<T>);
+using Acc = T[kRows][kPanel<T>];
 
- public:
-  template <std::ptrdiff_t RowStride>
-  void step(const T* a, const T* b) {
-    for (int r = 0; r < kRows; ++r) {
-      const T av = a[r * RowStride];
-      for (int j = 0; j < kCols; ++j) acc_[r][j] += av * b[j];
-    }
-  }
-  void store(T* c, std::ptrdiff_t ldc, bool accumulate) const {
-    for (int r = 0; r < kRows; ++r) {
-      for (int j = 0; j < kCols; ++j) c[r * ldc + j] = accumulate ? c[r * ldc + j] + acc_[r][j] : acc_[r][j];
-    }
-  }
+template <class T>
+void tile_zero(Acc<T>& acc) {
+  for (int r = 0; r < kRows; ++r) std::fill(acc[r], acc[r] + kPanel<T>, T(0));
+}
 
- private:
-  T acc_[kRows][kCols] = {};
-};
+template <class T, std::ptrdiff_t RowStride>
+void tile_step(Acc<T>& acc, const T* a, const T* b) {
+  for (int r = 0; r < kRows; ++r) {
+    const T av = a[r * RowStride];
+    for (int j = 0; j < kPanel<T>; ++j) acc[r][j] += av * b[j];
+  }
+}
+
+template <class T>
+void tile_store(const Acc<T>& acc, T* c, std::ptrdiff_t ldc, bool accumulate) {
+  for (int r = 0; r < kRows; ++r) {
+    for (int j = 0; j < kPanel<T>; ++j) c[r * ldc + j] = accumulate ? c[r * ldc + j] + acc[r][j] : acc[r][j];
+  }
+}
 
 inline void prefetch(const void*) {}
 
@@ -119,61 +127,110 @@ constexpr std::string_view kBackend = "portable";
 
 #endif
 
-// Micro-kernel for A as strips: a points at element (row0, p0), steps p0 .. p0 + kc.
+// The A operand of the tile that comes after the current one's run of panels, in the loop order
+// of drive(): its first row and k block. While the current strip is multiplied with each of the
+// `phases` panels of B, call `phase` brings its share of that next strip into L2, so that the
+// next strip does not wait for memory: the weights come from DRAM, once per layer, and the
+// hardware prefetchers do not follow strips or the jumps between panels.
+struct NextStrip {
+  bool valid = false;
+  std::int64_t row = 0;
+  std::int64_t p0 = 0;
+  std::int64_t kc = 0;
+  std::int64_t phase = 0;
+  std::int64_t phases = 1;
+};
+
+inline void prefetch_l2(const void* p) {
+#if defined(__AVX512F__)
+  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
+#else
+  (void)p;
+#endif
+}
+
+// Micro-kernel for A as strips: a points at element (row0, p0), steps p0 .. p0 + kc. The next
+// strip's data (contiguous, at next_a) is prefetched one line every four iterations.
 template <class T>
-void kernel_strips(std::int64_t kc, const T* a, const T* b, T* c, std::ptrdiff_t ldc, bool accumulate) {
+void kernel_strips(std::int64_t kc, const T* a, const T* b, T* c, std::ptrdiff_t ldc, bool accumulate,
+                   const T* next_a, const NextStrip& next) {
   constexpr std::int64_t P = kPanel<T>;
-  Tile<T> tile;
+  const char* pf = nullptr;
+  const char* pf_end = nullptr;
+  if (next.valid) {
+    const std::int64_t lines = (next.kc * kStrip * static_cast<std::int64_t>(sizeof(T)) + 63) / 64;
+    pf = reinterpret_cast<const char*>(next_a) + 64 * (next.phase * lines / next.phases);
+    pf_end = reinterpret_cast<const char*>(next_a) + 64 * ((next.phase + 1) * lines / next.phases);
+  }
+  Acc<T> acc;
+  tile_zero<T>(acc);
   std::int64_t p = 0;
-  for (; p + 2 <= kc; p += 2) {
-    tile.template step<1>(a, b);
-    tile.template step<1>(a + kStrip, b + P);
+  for (std::int64_t iter = 0; p + 2 <= kc; p += 2, ++iter) {
+    tile_step<T, 1>(acc, a, b);
+    tile_step<T, 1>(acc, a + kStrip, b + P);
+    if ((iter & 3) == 0 && pf < pf_end) {
+      prefetch_l2(pf);
+      pf += 64;
+    }
     a += 2 * kStrip;
     b += 2 * P;
   }
-  if (p < kc) tile.template step<1>(a, b);
-  tile.store(c, ldc, accumulate);
+  if (p < kc) tile_step<T, 1>(acc, a, b);
+  tile_store<T>(acc, c, ldc, accumulate);
 }
 
 // Micro-kernel for A as panels of width G: a points at row row0 of panel 0, so that element
 // (row0 + r, p) is a[(p / G) * stride + r * G + p % G]; steps p0 .. p0 + kc. A panel's 12 rows
-// are 12 G contiguous elements; the next panel's are prefetched while this one is in use,
-// because the hardware prefetchers do not follow the jump between panels.
+// are 12 G contiguous elements. The next panel's are brought to L1 while this one is in use, and
+// the next strip's share of each panel (at next_a, in the same layout) to L2.
 template <class T, std::int64_t G>
 void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t stride, const T* b, T* c,
-                   std::ptrdiff_t ldc, bool accumulate) {
+                   std::ptrdiff_t ldc, bool accumulate, const T* next_a, const NextStrip& next) {
   constexpr std::int64_t P = kPanel<T>;
+  constexpr int kUnroll = 2;  // measured: 2 beats 1, 3 and 4, and prefetching in one burst beats spreading it
+  static_assert(G % kUnroll == 0);
   constexpr int kLines = static_cast<int>((kRows * G * static_cast<std::int64_t>(sizeof(T)) + 63) / 64 + 1);
-  Tile<T> tile;
+  const int pf_first = next.valid ? static_cast<int>(next.phase * kLines / next.phases) : 0;
+  const int pf_last = next.valid ? static_cast<int>((next.phase + 1) * kLines / next.phases) : 0;
+  const std::int64_t next_panel0 = next.p0 / G - p0 / G;  // the next strip's panel for this one's first
+  const std::int64_t next_panels = next.valid ? (next.p0 + next.kc + G - 1) / G - next.p0 / G : 0;
+  Acc<T> acc;
+  tile_zero<T>(acc);
   const std::int64_t end = p0 + kc;
   std::int64_t p = p0;
   while (p < end) {
-    const T* panel = a + (p / G) * stride;
+    const std::int64_t g = p / G;
+    const T* panel = a + g * stride;
     const std::int64_t q0 = p % G;
     const std::int64_t q1 = std::min<std::int64_t>(G, q0 + (end - p));
+    if (g - p0 / G < next_panels) {
+      const char* nx = reinterpret_cast<const char*>(next_a + (g + next_panel0) * stride);
+      for (int l = pf_first; l < pf_last; ++l) prefetch_l2(nx + 64 * l);
+    }
     if (q0 == 0 && q1 == G) {
-      const char* next = reinterpret_cast<const char*>(panel + stride);
       if (p + G < end) {
-        for (int l = 0; l < kLines; ++l) prefetch(next + 64 * l);
+        const char* following = reinterpret_cast<const char*>(panel + stride);
+        for (int l = 0; l < kLines; ++l) prefetch(following + 64 * l);
       }
-#pragma GCC unroll 3
-      for (std::int64_t q = 0; q < G; ++q) {
-        tile.template step<G>(panel + q, b);
-        b += P;
+      for (std::int64_t q = 0; q < G; q += kUnroll) {
+        [&]<std::size_t... u>(std::index_sequence<u...>) {
+          (tile_step<T, G>(acc, panel + q + static_cast<std::int64_t>(u), b + static_cast<std::int64_t>(u) * P), ...);
+        }(std::make_index_sequence<kUnroll>{});
+        b += kUnroll * P;
       }
     } else {
       for (std::int64_t q = q0; q < q1; ++q) {
-        tile.template step<G>(panel + q, b);
+        tile_step<T, G>(acc, panel + q, b);
         b += P;
       }
     }
     p += q1 - q0;
   }
-  tile.store(c, ldc, accumulate);
+  tile_store<T>(acc, c, ldc, accumulate);
 }
 
 // The loops around the micro-kernel: blocks of kBlockRows rows of C, k blocks, strips of the
-// block, panels of B. kern(row, p0, kc, b, c, accumulate) computes one tile.
+// block, panels of B. kern(row, p0, kc, b, c, accumulate, next) computes one tile.
 template <class T, class Kernel>
 void drive(std::int64_t m, std::int64_t k, std::int64_t panels, PanelView<T> b, T* c_block, RowsDone<T> done,
            const Kernel& kern) {
@@ -186,9 +243,23 @@ void drive(std::int64_t m, std::int64_t k, std::int64_t panels, PanelView<T> b, 
     for (std::int64_t pc = 0; pc < k; pc += kKBlock<T>) {
       const std::int64_t kc = std::min(kKBlock<T>, k - pc);
       for (std::int64_t s = 0; s < strips; ++s) {
+        // The strip after this one: the next in the block, else the block's first at the next k
+        // block, else the next block's first.
+        NextStrip next{true, row0 + (s + 1) * kStrip, pc, kc, 0, panels};
+        if (s + 1 == strips) {
+          next.row = row0;
+          next.p0 = pc + kKBlock<T>;
+          if (next.p0 >= k) {
+            next.row = row0 + kBlockRows;
+            next.p0 = 0;
+          }
+          next.kc = std::min(kKBlock<T>, k - next.p0);
+          next.valid = next.row < m;
+        }
         for (std::int64_t q = 0; q < panels; ++q) {
+          next.phase = q;
           kern(row0 + s * kStrip, pc, kc, b.data + q * b.panel_stride + pc * P, c_block + s * kStrip * ldc + q * P,
-               ldc, pc > 0);
+               ldc, pc > 0, next);
         }
       }
     }
@@ -218,9 +289,10 @@ void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, StripView<T> a, P
           RowsDone<T> done) {
   check_b(b);
   drive<T>(m, k, panels, b, c_block, done,
-           [&](std::int64_t row, std::int64_t p0, std::int64_t kc, const T* bp, T* c, std::ptrdiff_t ldc, bool acc) {
-             const T* ap = a.data + (row / kStrip) * a.strip_stride + p0 * kStrip;
-             kernel_strips<T>(kc, ap, bp, c, ldc, acc);
+           [&](std::int64_t row, std::int64_t p0, std::int64_t kc, const T* bp, T* c, std::ptrdiff_t ldc, bool acc,
+               const NextStrip& next) {
+             auto at = [&](std::int64_t r, std::int64_t p) { return a.data + (r / kStrip) * a.strip_stride + p * kStrip; };
+             kernel_strips<T>(kc, at(row, p0), bp, c, ldc, acc, next.valid ? at(next.row, next.p0) : nullptr, next);
            });
 }
 
@@ -230,8 +302,10 @@ void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, PanelView<T> a, P
   check_b(b);
   auto run = [&]<std::int64_t G>(std::integral_constant<std::int64_t, G>) {
     drive<T>(m, k, panels, b, c_block, done,
-             [&](std::int64_t row, std::int64_t p0, std::int64_t kc, const T* bp, T* c, std::ptrdiff_t ldc, bool acc) {
-               kernel_panels<T, G>(p0, kc, a.data + row * G, a.panel_stride, bp, c, ldc, acc);
+             [&](std::int64_t row, std::int64_t p0, std::int64_t kc, const T* bp, T* c, std::ptrdiff_t ldc, bool acc,
+                 const NextStrip& next) {
+               kernel_panels<T, G>(p0, kc, a.data + row * G, a.panel_stride, bp, c, ldc, acc, a.data + next.row * G,
+                                   next);
              });
   };
   if (a.width == kStrip) {

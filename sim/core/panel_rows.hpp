@@ -1,0 +1,224 @@
+// The engine's per-element work after each product, one panel row (kPanel<T> consecutive samples
+// of one unit) at a time: the statistics' sums in double, the count of non-finite entries, and
+// stores that bypass the cache for data read back only much later.
+//
+// Sums go to 16 double lanes (two AVX-512 vectors): element k of a panel row always goes to lane
+// k % 16, and the lanes are combined in a fixed order, so results depend only on the data and the
+// order of the rows, never on the thread that ran them. The portable build uses the same lanes.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "core/gemm.hpp"
+
+namespace selfnorm {
+
+// 16 running sums in double, folded 16 -> 8 -> 4 -> 2 -> 1 in a fixed order.
+struct Lanes16 {
+#if defined(__AVX512F__)
+  __m512d v[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
+  double total() const {
+    // Through memory: GCC 12 warns about its own 512-to-256-bit intrinsics here (PR 105593).
+    alignas(64) double t[16];
+    _mm512_store_pd(t, v[0]);
+    _mm512_store_pd(t + 8, v[1]);
+    return fold(t);
+  }
+#else
+  double v[16] = {};
+  double total() const { return fold(v); }
+#endif
+
+ private:
+  static double fold(const double* t) {
+    double r[8];
+    for (int k = 0; k < 8; ++k) r[k] = t[k] + t[k + 8];
+    for (int w = 4; w >= 1; w /= 2) {
+      for (int k = 0; k < w; ++k) r[k] += r[k + w];
+    }
+    return r[0];
+  }
+};
+
+// Sums of the forward statistics of a run of panel rows: deviations of h from pre_shift and their
+// squares, squared deviations of x from act_shift, and (per row) the sum of x.
+struct ForwardLanes {
+  Lanes16 pre_s1, pre_s2, act_s2;
+};
+
+#if !defined(__AVX512F__)
+template <class T>
+std::int64_t forward_panel_row_portable(const T* h, const T* x, int m, double pre_shift, double act_shift,
+                                        ForwardLanes& s, Lanes16& row_sum) {
+  std::int64_t bad = 0;
+  for (int k = 0; k < m; ++k) {
+    bad += !(std::isfinite(h[k]) && std::isfinite(x[k]));
+    const double dh = static_cast<double>(h[k]) - pre_shift;
+    const double xd = static_cast<double>(x[k]);
+    const double dx = xd - act_shift;
+    s.pre_s1.v[k % 16] += dh;
+    s.pre_s2.v[k % 16] += dh * dh;
+    s.act_s2.v[k % 16] += dx * dx;
+    row_sum.v[k % 16] += xd;
+  }
+  return bad;
+}
+
+template <class T>
+std::int64_t backward_panel_row_portable(const T* g, const T* d, T* gh, int m, Lanes16& sx, Lanes16& sh) {
+  std::int64_t bad = 0;
+  for (int k = 0; k < kPanel<T>; ++k) {
+    const T v = k < m ? g[k] * d[k] : T(0);
+    gh[k] = v;
+    if (k >= m) continue;
+    bad += !std::isfinite(v);
+    const double a = static_cast<double>(g[k]), b = static_cast<double>(v);
+    sx.v[k % 16] += a * a;
+    sh.v[k % 16] += b * b;
+  }
+  return bad;
+}
+#endif
+
+#if defined(__AVX512F__)
+namespace panel_detail {
+
+// The entries of v under mask k that are inf or NaN: v - v is NaN exactly there.
+inline __mmask16 nonfinite(__m512 v, __mmask16 k) {
+  return _mm512_mask_cmp_ps_mask(k, _mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+}
+inline __mmask8 nonfinite(__m512d v, __mmask8 k) {
+  return _mm512_mask_cmp_pd_mask(k, _mm512_sub_pd(v, v), _mm512_setzero_pd(), _CMP_NEQ_UQ);
+}
+
+// Eight values (h, x) in double into lanes 8 * half .. 8 * half + 7; k masks the valid ones.
+inline void add_forward(__m512d h, __m512d x, __mmask8 k, int half, double pre_shift, double act_shift,
+                        ForwardLanes& s, Lanes16& row_sum) {
+  const __m512d dh = _mm512_maskz_sub_pd(k, h, _mm512_set1_pd(pre_shift));
+  const __m512d dx = _mm512_maskz_sub_pd(k, x, _mm512_set1_pd(act_shift));
+  s.pre_s1.v[half] = _mm512_add_pd(s.pre_s1.v[half], dh);
+  s.pre_s2.v[half] = _mm512_fmadd_pd(dh, dh, s.pre_s2.v[half]);
+  s.act_s2.v[half] = _mm512_fmadd_pd(dx, dx, s.act_s2.v[half]);
+  row_sum.v[half] = _mm512_mask_add_pd(row_sum.v[half], k, row_sum.v[half], x);
+}
+
+inline void add_squares(__m512d g, __m512d gh, __mmask8 k, int half, Lanes16& sx, Lanes16& sh) {
+  const __m512d a = _mm512_maskz_mov_pd(k, g);
+  const __m512d b = _mm512_maskz_mov_pd(k, gh);
+  sx.v[half] = _mm512_fmadd_pd(a, a, sx.v[half]);
+  sh.v[half] = _mm512_fmadd_pd(b, b, sh.v[half]);
+}
+
+inline __m512d lo(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+inline __m512d hi(__m512 v) {
+  // The upper eight floats moved down (GCC 12's _mm512_extract* warn about their own temporaries).
+  return _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(3, 2, 3, 2))));
+}
+inline __mmask16 first(int m) { return m >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << m) - 1u); }
+
+}  // namespace panel_detail
+#endif
+
+// The first m (<= kPanel<T>) entries of one panel row of h and x = f(h) into the sums; returns how
+// many of them are not finite in h or in x.
+inline std::int64_t forward_panel_row(const float* h, const float* x, int m, double pre_shift, double act_shift,
+                                      ForwardLanes& s, Lanes16& row_sum) {
+#if defined(__AVX512F__)
+  using namespace panel_detail;
+  const __mmask16 k0 = first(m), k1 = first(m - 16 > 0 ? m - 16 : 0);
+  const __m512 h0 = _mm512_loadu_ps(h), h1 = _mm512_loadu_ps(h + 16);
+  const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+  const int bad = __builtin_popcount(nonfinite(h0, k0) | nonfinite(x0, k0)) +
+                  __builtin_popcount(nonfinite(h1, k1) | nonfinite(x1, k1));
+  add_forward(lo(h0), lo(x0), static_cast<__mmask8>(k0), 0, pre_shift, act_shift, s, row_sum);
+  add_forward(hi(h0), hi(x0), static_cast<__mmask8>(k0 >> 8), 1, pre_shift, act_shift, s, row_sum);
+  add_forward(lo(h1), lo(x1), static_cast<__mmask8>(k1), 0, pre_shift, act_shift, s, row_sum);
+  add_forward(hi(h1), hi(x1), static_cast<__mmask8>(k1 >> 8), 1, pre_shift, act_shift, s, row_sum);
+  return bad;
+#else
+  return forward_panel_row_portable(h, x, m, pre_shift, act_shift, s, row_sum);
+#endif
+}
+
+inline std::int64_t forward_panel_row(const double* h, const double* x, int m, double pre_shift, double act_shift,
+                                      ForwardLanes& s, Lanes16& row_sum) {
+#if defined(__AVX512F__)
+  using namespace panel_detail;
+  const __mmask16 k = first(m);
+  const auto k0 = static_cast<__mmask8>(k), k1 = static_cast<__mmask8>(k >> 8);
+  const __m512d h0 = _mm512_loadu_pd(h), h1 = _mm512_loadu_pd(h + 8);
+  const __m512d x0 = _mm512_loadu_pd(x), x1 = _mm512_loadu_pd(x + 8);
+  const int bad = __builtin_popcount(nonfinite(h0, k0) | nonfinite(x0, k0)) +
+                  __builtin_popcount(nonfinite(h1, k1) | nonfinite(x1, k1));
+  add_forward(h0, x0, k0, 0, pre_shift, act_shift, s, row_sum);
+  add_forward(h1, x1, k1, 1, pre_shift, act_shift, s, row_sum);
+  return bad;
+#else
+  return forward_panel_row_portable(h, x, m, pre_shift, act_shift, s, row_sum);
+#endif
+}
+
+// gh = g * d for the first m entries of one panel row (zeros in the rest of gh's kPanel<T>), the
+// squares of g and gh into the sums; returns how many entries of gh are not finite.
+inline std::int64_t backward_panel_row(const float* g, const float* d, float* gh, int m, Lanes16& sx, Lanes16& sh) {
+#if defined(__AVX512F__)
+  using namespace panel_detail;
+  const __mmask16 k0 = first(m), k1 = first(m - 16 > 0 ? m - 16 : 0);
+  const __m512 g0 = _mm512_loadu_ps(g), g1 = _mm512_loadu_ps(g + 16);
+  const __m512 p0 = _mm512_maskz_mul_ps(k0, g0, _mm512_maskz_loadu_ps(k0, d));
+  const __m512 p1 = _mm512_maskz_mul_ps(k1, g1, _mm512_maskz_loadu_ps(k1, d + 16));
+  _mm512_storeu_ps(gh, p0);
+  _mm512_storeu_ps(gh + 16, p1);
+  add_squares(lo(g0), lo(p0), static_cast<__mmask8>(k0), 0, sx, sh);
+  add_squares(hi(g0), hi(p0), static_cast<__mmask8>(k0 >> 8), 1, sx, sh);
+  add_squares(lo(g1), lo(p1), static_cast<__mmask8>(k1), 0, sx, sh);
+  add_squares(hi(g1), hi(p1), static_cast<__mmask8>(k1 >> 8), 1, sx, sh);
+  return __builtin_popcount(nonfinite(p0, k0)) + __builtin_popcount(nonfinite(p1, k1));
+#else
+  return backward_panel_row_portable(g, d, gh, m, sx, sh);
+#endif
+}
+
+inline std::int64_t backward_panel_row(const double* g, const double* d, double* gh, int m, Lanes16& sx, Lanes16& sh) {
+#if defined(__AVX512F__)
+  using namespace panel_detail;
+  const __mmask16 k = first(m);
+  const auto k0 = static_cast<__mmask8>(k), k1 = static_cast<__mmask8>(k >> 8);
+  const __m512d g0 = _mm512_loadu_pd(g), g1 = _mm512_loadu_pd(g + 8);
+  const __m512d p0 = _mm512_maskz_mul_pd(k0, g0, _mm512_maskz_loadu_pd(k0, d));
+  const __m512d p1 = _mm512_maskz_mul_pd(k1, g1, _mm512_maskz_loadu_pd(k1, d + 8));
+  _mm512_storeu_pd(gh, p0);
+  _mm512_storeu_pd(gh + 8, p1);
+  add_squares(g0, p0, k0, 0, sx, sh);
+  add_squares(g1, p1, k1, 1, sx, sh);
+  return __builtin_popcount(nonfinite(p0, k0)) + __builtin_popcount(nonfinite(p1, k1));
+#else
+  return backward_panel_row_portable(g, d, gh, m, sx, sh);
+#endif
+}
+
+// dst[0 .. kPanel<T>) = src, 64-byte aligned, past the caches (for f'(h), read back only in the
+// backward pass). Needs store_fence() before another thread reads the data.
+template <class T>
+inline void stream_panel_row(T* dst, const T* src) {
+#if defined(__AVX512F__)
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(dst), _mm512_loadu_si512(src));
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(dst) + 1, _mm512_loadu_si512(src + 64 / sizeof(T)));
+#else
+  std::memcpy(dst, src, kPanel<T> * sizeof(T));
+#endif
+}
+
+inline void store_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
+}
+
+}  // namespace selfnorm
