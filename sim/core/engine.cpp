@@ -424,9 +424,6 @@ class TrialRunner {
   // `tick` is called by rank 0 after each layer pass.
   template <class Tick>
   void run(std::int64_t trial, const Team& team, Workspace<T>& ws, PointResult& out, const Tick& tick) const {
-    generate_parameters(trial, team, ws);
-    store_fence();  // the weights went around the caches; other ranks read them after the barrier
-    team.barrier();
     forward(trial, team, ws, tick);
     backward(trial, team, ws, tick);
     team.barrier();
@@ -441,74 +438,57 @@ class TrialRunner {
                       static_cast<std::uint64_t>(layer));
   }
 
-  // Weights and biases, split into tasks of 64 rows of W (or whole matrices for orthogonal) dealt
-  // round-robin over the ranks. Values depend only on the stream keys.
-  void generate_parameters(std::int64_t trial, const Team& team, Workspace<T>& ws) const {
+  // The weights and bias of layer l, split into tasks of 64 rows of W (or the whole matrix for
+  // orthogonal) dealt round-robin over the ranks. Values depend only on the stream keys.
+  void generate_layer(std::int64_t trial, int l, const Team& team, Workspace<T>& ws) const {
     constexpr std::int64_t rows_per_task = 64;
     static_assert(rows_per_task <= 128, "a task's rows must fit the rank's row scratch (R >= 128)");
-    const bool elementwise = init_is_elementwise(spec_.init.kind);
     const Scratch& scratch = ws.scratch[static_cast<std::size_t>(team.rank())];
+    const std::int64_t fan_in = g_.n[l - 1];
+    const std::int64_t fan_out = g_.n[l];
+    const std::uint64_t wkey = key(StreamKind::weights, trial, l);
     std::int64_t task = 0;
-    for (int l = 1; l <= g_.depth; ++l) {
-      const std::int64_t fan_in = g_.n[l - 1];
-      const std::int64_t fan_out = g_.n[l];
-      const std::uint64_t wkey = key(StreamKind::weights, trial, l);
-      if (elementwise) {
-        for (std::int64_t r0 = 0; r0 < fan_in; r0 += rows_per_task, ++task) {
-          if (!team.owns(task)) continue;
-          const std::int64_t r1 = std::min(fan_in, r0 + rows_per_task);
-          generate_weight_rows<T>(spec_.init, wkey, fan_in, fan_out, r0, r1, scratch.rows.ptr, g_.ld_rows);
-          store_weight_rows(l, r0, r1, scratch.rows.ptr, g_.ld_rows, ws);
-        }
-      } else if (team.owns(task++)) {
-        std::vector<T> w(static_cast<std::size_t>(fan_in * fan_out));
-        generate_weights<T>(spec_.init, wkey, fan_in, fan_out, w.data(), fan_out);
-        store_weight_rows(l, 0, fan_in, w.data(), fan_out, ws);
+    if (init_is_elementwise(spec_.init.kind)) {
+      for (std::int64_t r0 = 0; r0 < fan_in; r0 += rows_per_task, ++task) {
+        if (!team.owns(task)) continue;
+        const std::int64_t r1 = std::min(fan_in, r0 + rows_per_task);
+        generate_weight_rows<T>(spec_.init, wkey, fan_in, fan_out, r0, r1, scratch.rows.ptr, g_.ld_rows);
+        store_weight_rows(l, r0, r1, scratch.rows.ptr, g_.ld_rows, ws);
       }
-      if (g_.bias && team.owns(task++)) {
-        fill_normal<T>(key(StreamKind::biases, trial, l), 0, static_cast<std::size_t>(fan_out),
-                       ws.biases[static_cast<std::size_t>(l - 1)].ptr, static_cast<T>(spec_.init.bias_mean),
-                       static_cast<T>(std::sqrt(spec_.init.bias_variance)));
-      }
+    } else if (team.owns(l)) {  // whole matrices, dealt by layer so that ranks draw different layers
+      std::vector<T> w(static_cast<std::size_t>(fan_in * fan_out));
+      generate_weights<T>(spec_.init, wkey, fan_in, fan_out, w.data(), fan_out);
+      store_weight_rows(l, 0, fan_in, w.data(), fan_out, ws);
+    }
+    if (g_.bias && team.owns(task)) {
+      fill_normal<T>(key(StreamKind::biases, trial, l), 0, static_cast<std::size_t>(fan_out),
+                     ws.biases[static_cast<std::size_t>(l - 1)].ptr, static_cast<T>(spec_.init.bias_mean),
+                     static_cast<T>(std::sqrt(spec_.init.bias_variance)));
     }
   }
 
   // Rows [r0, r1) of W_l (at w, leading dimension ld) into the strips of W_l^T; the task holding
   // the last row also writes the zero rows that round the inputs up to kStrip. Each strip's share
-  // is one contiguous run, written past the caches: the forward pass reads it only after every
-  // layer's weights are drawn.
+  // of the rows is one contiguous run.
   void store_weight_rows(int l, std::int64_t r0, std::int64_t r1, const T* w, std::ptrdiff_t ld,
                          Workspace<T>& ws) const {
-    constexpr std::int64_t kLine = 64 / sizeof(T);
     const std::int64_t fan_in = g_.n[l - 1];
     const std::int64_t fan_out = g_.n[l];
     const std::ptrdiff_t ss = g_.strip_stride[static_cast<std::size_t>(l - 1)];
     T* strips = ws.weight_slices[static_cast<std::size_t>(l - 1)].ptr;
     const std::int64_t pad_end = r1 == fan_in ? Geometry::round_up_to_strip(fan_in) : r1;
-    alignas(64) T run[64 * kStrip];
-    for (std::int64_t i0 = r0; i0 < pad_end; i0 += 64) {
-      const std::int64_t i1 = std::min(pad_end, i0 + 64);
-      for (std::int64_t s = 0; s < g_.strips[static_cast<std::size_t>(l - 1)]; ++s) {
-        const std::int64_t j0 = s * kStrip;
-        const std::int64_t cols = std::min(kStrip, fan_out - j0);
-        for (std::int64_t i = i0; i < i1; ++i) {
-          T* dst = run + (i - i0) * kStrip;
-          const T* src = w + (i - r0) * ld + j0;
-          if (i < r1 && cols == kStrip) {
-            std::memcpy(dst, src, kStrip * sizeof(T));
-          } else {
-            for (std::int64_t j = 0; j < kStrip; ++j) dst[j] = (i < r1 && j < cols) ? src[j] : T(0);
-          }
+    for (std::int64_t s = 0; s < g_.strips[static_cast<std::size_t>(l - 1)]; ++s) {
+      const std::int64_t j0 = s * kStrip;
+      const std::int64_t cols = std::min(kStrip, fan_out - j0);
+      T* run = strips + s * ss;
+      for (std::int64_t i = r0; i < pad_end; ++i) {
+        T* dst = run + i * kStrip;
+        const T* src = w + (i - r0) * ld + j0;
+        if (i < r1 && cols == kStrip) {
+          std::memcpy(dst, src, kStrip * sizeof(T));
+        } else {
+          for (std::int64_t j = 0; j < kStrip; ++j) dst[j] = (i < r1 && j < cols) ? src[j] : T(0);
         }
-        // Whole 64-byte lines of the run go around the caches; a ragged end (the last rows of
-        // W) is stored normally.
-        T* out = strips + s * ss + i0 * kStrip;
-        const std::int64_t count = (i1 - i0) * kStrip;
-        std::int64_t e = 0;
-        if (reinterpret_cast<std::uintptr_t>(out) % 64 == 0) {
-          for (; e + 2 * kLine <= count; e += 2 * kLine) stream_panel_row(out + e, run + e);
-        }
-        std::memcpy(out + e, run + e, static_cast<std::size_t>(count - e) * sizeof(T));
       }
     }
   }
@@ -523,7 +503,20 @@ class TrialRunner {
                          g_.ld_rows);
       to_panels(scratch.rows.ptr, g_.ld_rows, b, g_.n[0], ws.x(0));
     }
+    // The weights of each layer are drawn just before its product: they are still in cache for
+    // it, and never make a round trip through memory before the backward pass. Orthogonal
+    // weights take a QR factorisation per layer, so those are all drawn first, layers spread over
+    // the ranks.
+    const bool just_in_time = init_is_elementwise(spec_.init.kind);
+    if (!just_in_time) {
+      for (int l = 1; l <= g_.depth; ++l) generate_layer(trial, l, team, ws);
+      team.barrier();
+    }
     for (int l = 1; l <= g_.depth; ++l) {
+      if (just_in_time) {
+        generate_layer(trial, l, team, ws);
+        team.barrier();
+      }
       const std::uint64_t dropout_key = key(StreamKind::dropout, trial, l);
       for (std::int64_t b = 0; b < g_.blocks; ++b) {
         if (!team.owns(b)) continue;
@@ -680,12 +673,18 @@ class TrialRunner {
     const T* deriv = ws.deriv(l, b);
     Lanes16 sx, sh;
     std::int64_t bad = 0;
+    // f'(h) comes from memory (written around the caches in the forward pass): rows a few ahead
+    // are prefetched, as far ahead as a DRAM access takes.
+    constexpr std::int64_t kAhead = 8;
+    const std::int64_t pf_end = g_.n[l];
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t j = row0 + r;
       const T* g_row = c + r * ldc;
       const T* d_row = deriv + j * g_.rows_per_block;
+      const bool pf = j + kAhead < pf_end;
       for (std::int64_t q = 0; q * P < count; ++q) {
         const int m = static_cast<int>(std::min<std::int64_t>(P, count - q * P));
+        if (pf) prefetch_panel_row(d_row + kAhead * g_.rows_per_block + q * P);
         bad += backward_panel_row(g_row + q * P, d_row + q * P, dh_out + q * g_.panel_stride + j * P, m, sx, sh);
       }
     }

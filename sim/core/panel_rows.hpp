@@ -215,6 +215,17 @@ inline void stream_panel_row(T* dst, const T* src) {
 #endif
 }
 
+// Brings the kPanel<T> elements at p (two cache lines) towards L1.
+template <class T>
+inline void prefetch_panel_row(const T* p) {
+#if defined(__AVX512F__)
+  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(p) + 64, _MM_HINT_T0);
+#else
+  (void)p;
+#endif
+}
+
 inline void store_fence() {
 #if defined(__AVX512F__)
   _mm_sfence();
