@@ -24,7 +24,6 @@ struct Lanes16 {
 #if defined(__AVX512F__)
   __m512d v[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
   double total() const {
-    // Through memory: GCC 12 warns about its own 512-to-256-bit intrinsics here (PR 105593).
     alignas(64) double t[16];
     _mm512_store_pd(t, v[0]);
     _mm512_store_pd(t + 8, v[1]);
@@ -115,10 +114,13 @@ inline void add_squares(__m512d g, __m512d gh, __mmask8 k, int half, Lanes16& sx
   sh.v[half] = _mm512_fmadd_pd(b, b, sh.v[half]);
 }
 
-inline __m512d lo(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+// The lower and upper eight floats of v in double. The zero-masked forms of the intrinsics: the
+// plain ones pass GCC 12 an undefined value that it then warns about (PR 105593).
+inline __m512d lo(__m512 v) {
+  return _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 0)));
+}
 inline __m512d hi(__m512 v) {
-  // The upper eight floats moved down (GCC 12's _mm512_extract* warn about their own temporaries).
-  return _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(3, 2, 3, 2))));
+  return _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 1)));
 }
 inline __mmask16 first(int m) { return m >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << m) - 1u); }
 

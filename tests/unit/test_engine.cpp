@@ -96,6 +96,117 @@ TEST_CASE("changing the batch size never changes the weights", "[engine][determi
   }
 }
 
+namespace {
+
+// One layer's statistics of one trial, from a naive sample-by-sample computation in double.
+struct NaiveLayer {
+  double pre_mean, pre_var, act_mean, act_var, act_msq, spread, grad_act_msq, grad_pre_msq, grad_weight_msq;
+};
+
+// The engine's trial `t` recomputed one sample at a time, in double, from the same streams (drawn
+// in T, as the engine draws them): elu(0.8) activations, biases, weight gradients, and alpha
+// dropout when the spec has it (uniform of (sample s, unit j) = element s n_l + j of the stream).
+template <class T>
+std::vector<NaiveLayer> naive_trial(const PointSpec& spec, const StreamSeed& seed, std::int64_t t) {
+  const auto& n = spec.network.widths;
+  const int L = spec.network.depth();
+  const std::int64_t B = spec.monte_carlo.batch;
+  const double alpha = std::get<Elu>(spec.activation).alpha;
+  double keep = 1, da = 1, db = 0, dropped = 0;
+  if (spec.alpha_dropout.enabled()) {
+    keep = spec.alpha_dropout.keep_probability;
+    alpha_dropout_affine(keep, -alpha, 0.0, 1.0, da, db);
+    dropped = da * -alpha + db;
+  }
+  auto key = [&](StreamKind k, int l) { return stream_key(seed.seed, seed.point, k, t, l); };
+  auto as_double = [](const std::vector<T>& v) { return std::vector<double>(v.begin(), v.end()); };
+  std::vector<std::vector<double>> W(L + 1), b(L + 1);
+  for (int l = 1; l <= L; ++l) {
+    std::vector<T> w(static_cast<std::size_t>(n[l - 1] * n[l])), bias(static_cast<std::size_t>(n[l]));
+    generate_weights<T>(spec.init, key(StreamKind::weights, l), n[l - 1], n[l], w.data(), n[l]);
+    fill_normal<T>(key(StreamKind::biases, l), 0, bias.size(), bias.data(), static_cast<T>(spec.init.bias_mean),
+                   static_cast<T>(std::sqrt(spec.init.bias_variance)));
+    W[l] = as_double(w);
+    b[l] = as_double(bias);
+  }
+  std::vector<T> x0t(static_cast<std::size_t>(B * n[0])), gt(static_cast<std::size_t>(B * n[L]));
+  generate_inputs<T>(spec.input, key(StreamKind::inputs, 0), n[0], 0, B, x0t.data(), n[0]);
+  fill_normal<T>(key(StreamKind::upstream, L), 0, gt.size(), gt.data(), T(0), T(1));
+  const auto x0 = as_double(x0t), g = as_double(gt);
+
+  // One sample at a time: forward, then backward.
+  std::vector<std::vector<std::vector<double>>> h(B), x(B), dx(B), dh(B);
+  for (std::int64_t s = 0; s < B; ++s) {
+    h[s].resize(L + 1);
+    x[s].resize(L + 1);
+    dx[s].resize(L + 1);
+    dh[s].resize(L + 1);
+    std::vector<std::vector<double>> d(L + 1);
+    x[s][0].assign(x0.begin() + s * n[0], x0.begin() + (s + 1) * n[0]);
+    for (int l = 1; l <= L; ++l) {
+      h[s][l].assign(n[l], 0.0);
+      x[s][l].assign(n[l], 0.0);
+      d[l].assign(n[l], 0.0);
+      for (std::int64_t j = 0; j < n[l]; ++j) {
+        double acc = b[l][j];
+        for (std::int64_t i = 0; i < n[l - 1]; ++i) acc += x[s][l - 1][i] * W[l][i * n[l] + j];
+        h[s][l][j] = acc;
+        x[s][l][j] = acc > 0 ? acc : alpha * std::expm1(acc);
+        d[l][j] = acc > 0 ? 1.0 : alpha * std::exp(acc);
+        if (spec.alpha_dropout.enabled()) {
+          const T u = uniform_element<T>(key(StreamKind::dropout, l), static_cast<std::uint64_t>(s * n[l] + j));
+          const bool kept = u < static_cast<T>(keep);  // in T, as the engine decides
+          x[s][l][j] = kept ? da * x[s][l][j] + db : dropped;
+          d[l][j] = kept ? da * d[l][j] : 0.0;
+        }
+      }
+    }
+    dx[s][L].assign(g.begin() + s * n[L], g.begin() + (s + 1) * n[L]);
+    for (int l = L; l >= 1; --l) {
+      dh[s][l].assign(n[l], 0.0);
+      for (std::int64_t j = 0; j < n[l]; ++j) dh[s][l][j] = dx[s][l][j] * d[l][j];
+      dx[s][l - 1].assign(n[l - 1], 0.0);
+      for (std::int64_t i = 0; i < n[l - 1]; ++i) {
+        for (std::int64_t j = 0; j < n[l]; ++j) dx[s][l - 1][i] += dh[s][l][j] * W[l][i * n[l] + j];
+      }
+    }
+  }
+  std::vector<NaiveLayer> out;
+  for (int l = 1; l <= L; ++l) {
+    const double count = static_cast<double>(B * n[l]);
+    double hs = 0, hs2 = 0, xs = 0, xs2 = 0, gx2 = 0, gh2 = 0;
+    std::vector<double> unit(n[l], 0.0);
+    for (std::int64_t s = 0; s < B; ++s) {
+      for (std::int64_t j = 0; j < n[l]; ++j) {
+        hs += h[s][l][j];
+        hs2 += h[s][l][j] * h[s][l][j];
+        xs += x[s][l][j];
+        xs2 += x[s][l][j] * x[s][l][j];
+        gx2 += dx[s][l][j] * dx[s][l][j];
+        gh2 += dh[s][l][j] * dh[s][l][j];
+        unit[j] += x[s][l][j] / B;
+      }
+    }
+    double um = 0, uv = 0;
+    for (double u : unit) um += u / n[l];
+    for (double u : unit) uv += (u - um) * (u - um) / n[l];
+    double gw2 = 0;
+    for (std::int64_t i = 0; i < n[l - 1]; ++i) {
+      for (std::int64_t j = 0; j < n[l]; ++j) {
+        double gw = 0;
+        for (std::int64_t s = 0; s < B; ++s) gw += x[s][l - 1][i] * dh[s][l][j];
+        gw2 += gw * gw;
+      }
+    }
+    out.push_back({hs / count, hs2 / count - (hs / count) * (hs / count), xs / count,
+                   xs2 / count - (xs / count) * (xs / count), xs2 / count, uv, gx2 / count, gh2 / count,
+                   gw2 / static_cast<double>(n[l - 1] * n[l])});
+  }
+  return out;
+}
+
+}  // namespace
+
 TEST_CASE("the batched engine agrees with a naive sample-by-sample reference", "[engine]") {
   PointSpec spec = make_spec(Elu{0.8}, 3, 6, 2, 3, Precision::float64);
   spec.network.widths = {5, 7, 6, 4};
@@ -105,92 +216,58 @@ TEST_CASE("the batched engine agrees with a naive sample-by-sample reference", "
   spec.monte_carlo.weight_gradients = true;
   const StreamSeed seed{77, 2};
   const PointResult r = simulate_point(spec, seed, {2});
-  const auto& n = spec.network.widths;
   const int L = 3;
-  const std::int64_t B = 3;
   for (std::int64_t t = 0; t < 2; ++t) {
-    auto key = [&](StreamKind k, int l) { return stream_key(seed.seed, seed.point, k, t, l); };
-    // Parameters and inputs from the same streams the engine uses.
-    std::vector<std::vector<double>> W(L + 1), b(L + 1);
+    const auto ref = naive_trial<double>(spec, seed, t);
     for (int l = 1; l <= L; ++l) {
-      W[l].resize(n[l - 1] * n[l]);
-      generate_weights<double>(spec.init, key(StreamKind::weights, l), n[l - 1], n[l], W[l].data(), n[l]);
-      b[l].resize(n[l]);
-      fill_normal<double>(key(StreamKind::biases, l), 0, n[l], b[l].data(), 0.1, std::sqrt(0.2));
-    }
-    std::vector<double> x0(B * n[0]);
-    generate_inputs<double>(spec.input, key(StreamKind::inputs, 0), n[0], 0, B, x0.data(), n[0]);
-    std::vector<double> g(B * n[L]);
-    fill_normal<double>(key(StreamKind::upstream, L), 0, g.size(), g.data(), 0.0, 1.0);
-
-    // One sample at a time: forward, then backward.
-    std::vector<std::vector<std::vector<double>>> h(B), x(B), dx(B), dh(B);
-    for (std::int64_t s = 0; s < B; ++s) {
-      h[s].resize(L + 1);
-      x[s].resize(L + 1);
-      dx[s].resize(L + 1);
-      dh[s].resize(L + 1);
-      x[s][0].assign(x0.begin() + s * n[0], x0.begin() + (s + 1) * n[0]);
-      for (int l = 1; l <= L; ++l) {
-        h[s][l].assign(n[l], 0.0);
-        x[s][l].assign(n[l], 0.0);
-        for (std::int64_t j = 0; j < n[l]; ++j) {
-          double acc = b[l][j];
-          for (std::int64_t i = 0; i < n[l - 1]; ++i) acc += x[s][l - 1][i] * W[l][i * n[l] + j];
-          h[s][l][j] = acc;
-          x[s][l][j] = acc > 0 ? acc : 0.8 * std::expm1(acc);
-        }
-      }
-      dx[s][L].assign(g.begin() + s * n[L], g.begin() + (s + 1) * n[L]);
-      for (int l = L; l >= 1; --l) {
-        dh[s][l].assign(n[l], 0.0);
-        for (std::int64_t j = 0; j < n[l]; ++j) {
-          const double d = h[s][l][j] > 0 ? 1.0 : 0.8 * std::exp(h[s][l][j]);
-          dh[s][l][j] = dx[s][l][j] * d;
-        }
-        dx[s][l - 1].assign(n[l - 1], 0.0);
-        for (std::int64_t i = 0; i < n[l - 1]; ++i) {
-          for (std::int64_t j = 0; j < n[l]; ++j) dx[s][l - 1][i] += dh[s][l][j] * W[l][i * n[l] + j];
-        }
-      }
-    }
-    for (int l = 1; l <= L; ++l) {
-      const double count = static_cast<double>(B * n[l]);
-      double hs = 0, hs2 = 0, xs = 0, xs2 = 0, gx2 = 0, gh2 = 0;
-      std::vector<double> unit(n[l], 0.0);
-      for (std::int64_t s = 0; s < B; ++s) {
-        for (std::int64_t j = 0; j < n[l]; ++j) {
-          hs += h[s][l][j];
-          hs2 += h[s][l][j] * h[s][l][j];
-          xs += x[s][l][j];
-          xs2 += x[s][l][j] * x[s][l][j];
-          gx2 += dx[s][l][j] * dx[s][l][j];
-          gh2 += dh[s][l][j] * dh[s][l][j];
-          unit[j] += x[s][l][j] / B;
-        }
-      }
-      double um = 0, uv = 0;
-      for (double u : unit) um += u / n[l];
-      for (double u : unit) uv += (u - um) * (u - um) / n[l];
-      double gw2 = 0;
-      for (std::int64_t i = 0; i < n[l - 1]; ++i) {
-        for (std::int64_t j = 0; j < n[l]; ++j) {
-          double gw = 0;
-          for (std::int64_t s = 0; s < B; ++s) gw += x[s][l - 1][i] * dh[s][l][j];
-          gw2 += gw * gw;
-        }
-      }
+      const NaiveLayer& e = ref[static_cast<std::size_t>(l - 1)];
       auto got = [&](Stat s) { return r.per_trial[static_cast<int>(s)][t * L + l - 1]; };
       INFO("trial " << t << " layer " << l);
-      CHECK(got(Stat::preactivation_mean) == Approx(hs / count).epsilon(1e-12).margin(1e-14));
-      CHECK(got(Stat::preactivation_var) == Approx(hs2 / count - (hs / count) * (hs / count)).epsilon(1e-10));
-      CHECK(got(Stat::activation_mean) == Approx(xs / count).epsilon(1e-12).margin(1e-14));
-      CHECK(got(Stat::activation_var) == Approx(xs2 / count - (xs / count) * (xs / count)).epsilon(1e-10));
-      CHECK(got(Stat::activation_msq) == Approx(xs2 / count).epsilon(1e-12));
-      CHECK(got(Stat::unit_mean_spread) == Approx(uv).epsilon(1e-10).margin(1e-14));
-      CHECK(got(Stat::grad_activation_msq) == Approx(gx2 / count).epsilon(1e-12));
-      CHECK(got(Stat::grad_preactivation_msq) == Approx(gh2 / count).epsilon(1e-12));
-      CHECK(got(Stat::grad_weight_msq) == Approx(gw2 / static_cast<double>(n[l - 1] * n[l])).epsilon(1e-12));
+      CHECK(got(Stat::preactivation_mean) == Approx(e.pre_mean).epsilon(1e-12).margin(1e-14));
+      CHECK(got(Stat::preactivation_var) == Approx(e.pre_var).epsilon(1e-10));
+      CHECK(got(Stat::activation_mean) == Approx(e.act_mean).epsilon(1e-12).margin(1e-14));
+      CHECK(got(Stat::activation_var) == Approx(e.act_var).epsilon(1e-10));
+      CHECK(got(Stat::activation_msq) == Approx(e.act_msq).epsilon(1e-12));
+      CHECK(got(Stat::unit_mean_spread) == Approx(e.spread).epsilon(1e-10).margin(1e-14));
+      CHECK(got(Stat::grad_activation_msq) == Approx(e.grad_act_msq).epsilon(1e-12));
+      CHECK(got(Stat::grad_preactivation_msq) == Approx(e.grad_pre_msq).epsilon(1e-12));
+      CHECK(got(Stat::grad_weight_msq) == Approx(e.grad_weight_msq).epsilon(1e-12));
+    }
+  }
+}
+
+TEST_CASE("float32 at every edge of the kernel's layouts agrees with a float64 reference", "[engine]") {
+  // Widths that are no multiple of the 12-unit strips, a batch of 300 in row blocks of 128 whose
+  // last one (44 samples) ends inside a 32-sample panel, and more than one block of 96 rows of C.
+  PointSpec spec = make_spec(Elu{0.8}, 3, 6, 2, 300, Precision::float32);
+  spec.network.widths = {37, 130, 29, 41};
+  spec.init.bias_mean = 0.1;
+  spec.init.bias_variance = 0.2;
+  spec.init.weight_mean = 0.5;
+  spec.monte_carlo.weight_gradients = true;
+  SECTION("biases, weight gradients") {}
+  SECTION("and alpha dropout") { spec.alpha_dropout.keep_probability = 0.8; }
+  const StreamSeed seed{78, 3};
+  const PointResult r = simulate_point(spec, seed, {2});
+  const int L = 3;
+  for (std::int64_t t = 0; t < 2; ++t) {
+    const auto ref = naive_trial<float>(spec, seed, t);
+    for (int l = 1; l <= L; ++l) {
+      const NaiveLayer& e = ref[static_cast<std::size_t>(l - 1)];
+      auto got = [&](Stat s) { return r.per_trial[static_cast<int>(s)][t * L + l - 1]; };
+      INFO("trial " << t << " layer " << l);
+      // float32 rounding through three layers of sums of up to 130 terms: well below 1e-5 relative.
+      // A misplaced element (a wrong offset in a strip or a panel) moves these by orders more.
+      const double eps = 1e-5, scale = std::sqrt(e.act_var);
+      CHECK(got(Stat::preactivation_mean) == Approx(e.pre_mean).epsilon(eps).margin(eps * std::sqrt(e.pre_var)));
+      CHECK(got(Stat::preactivation_var) == Approx(e.pre_var).epsilon(eps));
+      CHECK(got(Stat::activation_mean) == Approx(e.act_mean).epsilon(eps).margin(eps * scale));
+      CHECK(got(Stat::activation_var) == Approx(e.act_var).epsilon(eps));
+      CHECK(got(Stat::activation_msq) == Approx(e.act_msq).epsilon(eps));
+      CHECK(got(Stat::unit_mean_spread) == Approx(e.spread).epsilon(eps));
+      CHECK(got(Stat::grad_activation_msq) == Approx(e.grad_act_msq).epsilon(eps));
+      CHECK(got(Stat::grad_preactivation_msq) == Approx(e.grad_pre_msq).epsilon(eps));
+      CHECK(got(Stat::grad_weight_msq) == Approx(e.grad_weight_msq).epsilon(eps));
     }
   }
 }

@@ -1,5 +1,6 @@
 // The GEMM kernels: correct against a naive product in every layout and at every edge, and bitwise
-// independent of how the work is split (rows, columns, layout of A).
+// independent of how the work is split (rows, columns, layout of A). The per-element passes on a
+// panel row (panel_rows.hpp): the sums, the non-finite counts and the ragged last panel.
 #include <catch2/catch.hpp>
 
 #include <cstring>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "core/gemm.hpp"
+#include "core/panel_rows.hpp"
 #include "core/transpose.hpp"
 
 using namespace selfnorm;
@@ -185,4 +187,76 @@ TEMPLATE_TEST_CASE("transpose moves every element and nothing else", "[gemm]", f
       }
     }
   }
+}
+
+TEMPLATE_TEST_CASE("a panel row's sums and non-finite counts match a direct computation, ragged ends included",
+                   "[gemm][panel]", float, double) {
+  using T = TestType;
+  constexpr int P = static_cast<int>(kPanel<T>);
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> u(-3.0, 3.0);
+  const T nan = std::numeric_limits<T>::quiet_NaN(), inf = std::numeric_limits<T>::infinity();
+  for (int m = 1; m <= P; ++m) {
+    for (int poisoned : {-1, 0, m - 1}) {  // no bad entry, or inf/NaN at a valid position
+      INFO("m = " << m << ", bad entry at " << poisoned);
+      // Past m every array holds NaN: none of it may reach a sum or a count.
+      T h[P], x[P], g[P], d[P], gh[P];
+      for (int k = 0; k < P; ++k) {
+        const bool valid = k < m;
+        h[k] = valid ? static_cast<T>(u(rng)) : nan;
+        x[k] = valid ? static_cast<T>(u(rng)) : nan;
+        g[k] = valid ? static_cast<T>(u(rng)) : nan;
+        d[k] = valid ? static_cast<T>(u(rng)) : nan;
+        gh[k] = T(7);
+      }
+      if (poisoned >= 0) {
+        h[poisoned] = inf;
+        x[poisoned] = nan;
+        d[poisoned] = inf;
+      }
+      const double pre_shift = 0.25, act_shift = -0.5;
+      ForwardLanes sums;
+      Lanes16 row_sum, sx, sh;
+      const std::int64_t bad = forward_panel_row(h, x, m, pre_shift, act_shift, sums, row_sum);
+      const std::int64_t gbad = backward_panel_row(g, d, gh, m, sx, sh);
+      CHECK(bad == (poisoned >= 0 ? 1 : 0));
+      CHECK(gbad == (poisoned >= 0 ? 1 : 0));
+      double s1 = 0, s2 = 0, a2 = 0, rs = 0, g2 = 0, h2 = 0;
+      for (int k = 0; k < m; ++k) {
+        s1 += static_cast<double>(h[k]) - pre_shift;
+        s2 += (static_cast<double>(h[k]) - pre_shift) * (static_cast<double>(h[k]) - pre_shift);
+        a2 += (static_cast<double>(x[k]) - act_shift) * (static_cast<double>(x[k]) - act_shift);
+        rs += static_cast<double>(x[k]);
+        g2 += static_cast<double>(g[k]) * static_cast<double>(g[k]);
+        const double p = static_cast<double>(static_cast<T>(g[k] * d[k]));
+        h2 += p * p;
+        CHECK(gh[k] == g[k] * d[k]);
+      }
+      for (int k = m; k < P; ++k) CHECK(gh[k] == T(0));
+      if (poisoned < 0) {
+        CHECK(sums.pre_s1.total() == Approx(s1).epsilon(1e-13).margin(1e-13));
+        CHECK(sums.pre_s2.total() == Approx(s2).epsilon(1e-13));
+        CHECK(sums.act_s2.total() == Approx(a2).epsilon(1e-13));
+        CHECK(row_sum.total() == Approx(rs).epsilon(1e-13).margin(1e-13));
+        CHECK(sx.total() == Approx(g2).epsilon(1e-13));
+        CHECK(sh.total() == Approx(h2).epsilon(1e-13));
+      } else {
+        CHECK(!std::isfinite(sums.pre_s2.total()));  // inf/NaN stays visible in the sums
+        CHECK(!std::isfinite(sh.total()));
+      }
+    }
+  }
+}
+
+TEST_CASE("Lanes16 folds its lanes in a fixed order", "[gemm][panel]") {
+  // 1e16 + 1 - 1e16 depends on the order of the additions: the fold is lanes k + 8, then halves.
+  Lanes16 a;
+  float h[32] = {}, x[32] = {};
+  x[0] = 1e16f;
+  x[8] = 1.0f;
+  x[4] = -1e16f;
+  ForwardLanes unused;
+  forward_panel_row(h, x, 32, 0.0, 0.0, unused, a);
+  // (x0 + x8) + x4: 1e16 + 1 rounds to 1e16 in double, then - 1e16 = 0.
+  CHECK(a.total() == 0.0);
 }
