@@ -531,12 +531,26 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
   double max_point_flop = 0.0;
   std::size_t peak_bytes = 0;
   double peak_gpu_bytes = -1.0;
+  // The GPU figures come from the CUDA backend's module. Validation only warns when it does not load
+  // here: the config may be meant for a GPU node, where it does.
+  std::string gpu_problem;
   for (const auto& point : ex.points) {
     const WorkEstimate e = estimate_work(point.spec, options);
     total_flop += e.gemm_flop;
     max_point_flop = std::max(max_point_flop, e.gemm_flop);
     peak_bytes = std::max(peak_bytes, e.buffer_bytes);
-    if (ex.device.device == io::Device::cuda) peak_gpu_bytes = std::max(peak_gpu_bytes, gpu_bytes(point.spec));
+    if (ex.device.device == io::Device::cuda && gpu_problem.empty()) {
+      try {
+        peak_gpu_bytes = std::max(peak_gpu_bytes, gpu_bytes(point.spec));
+      } catch (const DeviceError& e) {
+        gpu_problem = e.what();
+        peak_gpu_bytes = -1.0;
+      }
+    }
+  }
+  if (!gpu_problem.empty()) {
+    std::cerr << "warning: " << config << ": the GPU memory of \"device\": \"cuda\" is unknown: " << gpu_problem
+              << std::endl;
   }
   std::vector<std::int64_t> all(ex.points.size());
   for (std::size_t p = 0; p < all.size(); ++p) all[p] = static_cast<std::int64_t>(p);
@@ -595,9 +609,12 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
     std::cout << "  device       cuda" << (ex.device.tf32 ? " (TF32 GEMMs)" : "") << ": ";
     if (peak_gpu_bytes >= 0) {
       std::cout << format_bytes(peak_gpu_bytes) << " of GPU memory at the largest point\n";
+    } else if (!has_cuda_backend()) {
+      std::cout << "this build has no CUDA backend\n";
+    } else if (!gpu_problem.empty()) {
+      std::cout << "GPU memory unknown: the CUDA backend did not load (see the warning)\n";
     } else {
-      std::cout << (has_cuda_backend() ? "a point exceeds the CUDA backend's sizes" : "this build has no CUDA backend")
-                << "\n";
+      std::cout << "a point exceeds the CUDA backend's sizes\n";
     }
   }
   return 0;

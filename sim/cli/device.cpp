@@ -1,18 +1,25 @@
 #include "cli/device.hpp"
 
-#include <cstdio>
-#include <stdexcept>
 #include <utility>
 
-#include "cli/display.hpp"
 #include "cli/errors.hpp"
+#include "cli/units.hpp"
 
 #if defined(SELFNORM_HAVE_CUDA)
-#include "cuda/cuda_backend.hpp"
+#include <dlfcn.h>
+
+#include <filesystem>
+#include <system_error>
+
+#include "cli/cuda_plugin.hpp"
 #endif
 
 namespace selfnorm::cli {
 namespace {
+
+#if defined(SELFNORM_HAVE_CUDA)
+namespace fs = std::filesystem;
+#endif
 
 std::string threads_text(int n) { return std::to_string(n) + (n == 1 ? " thread" : " threads"); }
 
@@ -39,88 +46,70 @@ class CpuRunner : public PointRunner {
 
 #if defined(SELFNORM_HAVE_CUDA)
 
-std::string fixed(double v, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
+// The CUDA backend's module (cli/cuda_plugin.hpp), or why it cannot be used.
+struct LoadedPlugin {
+  const CudaPlugin* plugin = nullptr;
+  std::string problem;  // for DeviceError, when `plugin` is null
+};
+
+std::string plugin_layout_text(const CudaPluginLayout& l) {
+  return "spec " + std::to_string(l.spec) + ", seed " + std::to_string(l.seed) + ", result " +
+         std::to_string(l.result) + ", progress " + std::to_string(l.progress) + ", device " +
+         std::to_string(l.device) + ", provenance " + std::to_string(l.provenance) + " bytes";
 }
 
-// The CUDA backend on device 0.
-class CudaRunner : public PointRunner {
- public:
-  CudaRunner(const io::DeviceOptions& device, const std::string& source) : tf32_(device.tf32) {
-    const std::string remedy = "; run on a machine with an NVIDIA GPU and its driver (a GPU node), or use --device cpu";
-    try {
-      backend_ = std::make_unique<cuda::CudaBackend>(cuda::CudaOptions{device.tf32});
-    } catch (const cuda::NoDeviceError& e) {
-      throw DeviceError(source + ": " + e.what() + remedy);
-    } catch (const cuda::CudaError& e) {
-      throw DeviceError(source + ": the CUDA backend could not start: " + e.what() + remedy);
+// Loads the module from the executable's own folder. RTLD_NOW: a library it needs that is missing
+// (libcublas) or lacks a symbol fails here, with dlerror() saying which, not in the middle of a run.
+LoadedPlugin load_cuda_plugin() {
+  const std::string cublas = "the CUDA toolkit's cuBLAS (libcublas.so." SELFNORM_CUDA_MAJOR " and libcublasLt.so."
+                             SELFNORM_CUDA_MAJOR ")";
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) {
+    return {nullptr, "the CUDA backend could not be found (reading /proc/self/exe, to look next to the executable "
+                     "for " SELFNORM_CUDA_PLUGIN ", failed: " + ec.message() + "); use --device cpu"};
+  }
+  const fs::path path = exe.parent_path() / SELFNORM_CUDA_PLUGIN;
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    const char* why = dlerror();
+    const std::string dl = std::string("dlopen: ") + (why != nullptr ? why : "unknown error");
+    if (!fs::exists(path, ec)) {
+      return {nullptr, "the CUDA backend's module " + path.string() + " is missing (" + dl + "); a CUDA build "
+                       "of selfnorm keeps its backend in that file, next to the executable: copy it along with the "
+                       "executable (or rebuild), build with -DSELFNORM_CUDA=OFF for a binary without the CUDA backend, "
+                       "or use --device cpu"};
     }
+    return {nullptr, "the CUDA backend could not be loaded from " + path.string() + " (" + dl + "); it needs " +
+                     cublas + ": install it or add its folder to LD_LIBRARY_PATH, rebuild with "
+                     "-DSELFNORM_CUDA=OFF for machines without it, or use --device cpu"};
   }
-
-  PointResult run(const PointSpec& spec, const StreamSeed& seed, const ProgressCallback& progress) override {
-    try {
-      return backend_->simulate_point(spec, seed, progress);
-    } catch (const cuda::CudaError& e) {
-      if (e.out_of_memory()) {
-        throw std::runtime_error(std::string("the GPU ran out of memory (") + e.what() + "); reduce "
-                                 "monte_carlo.batch or the widths, or use --device cpu");
-      }
-      throw std::runtime_error(std::string("the GPU failed: ") + e.what());
-    }
+  // Never closed: the runners it makes run its code until the process ends.
+  dlerror();
+  using Entry = const CudaPlugin* (*)();
+  const auto entry = reinterpret_cast<Entry>(dlsym(handle, kCudaPluginEntry));
+  if (entry == nullptr) {
+    const char* why = dlerror();
+    return {nullptr, path.string() + " is not selfnorm's CUDA module (dlsym: " +
+                     (why != nullptr ? why : std::string("no ") + kCudaPluginEntry) + "); rebuild selfnorm, "
+                     "which puts its module next to the executable, or use --device cpu"};
   }
-
-  std::string check(const PointSpec& spec) const override {
-    double need = 0.0;
-    try {
-      need = cuda::device_bytes(spec);
-    } catch (const std::invalid_argument& e) {
-      return e.what();
-    }
-    const auto& d = backend_->device();
-    if (need > static_cast<double>(d.free_bytes)) {
-      return "needs " + format_bytes(need) + " of GPU memory, but the " + d.name + " has " +
-             format_bytes(static_cast<double>(d.free_bytes)) + " free of " +
-             format_bytes(static_cast<double>(d.total_bytes)) + "; reduce monte_carlo.batch or the widths, or use "
-             "--device cpu";
-    }
-    return {};
+  const CudaPlugin* plugin = entry();
+  if (plugin->version != kCudaPluginVersion || !(plugin->layout == CudaPluginLayout{})) {
+    return {nullptr, "the CUDA backend's module " + path.string() + " comes from another build of selfnorm "
+                     "(plugin interface " + std::to_string(plugin->version) + ", types of " +
+                     plugin_layout_text(plugin->layout) + "; this executable has interface " +
+                     std::to_string(kCudaPluginVersion) + ", " + plugin_layout_text(CudaPluginLayout{}) +
+                     "); keep the module of the same build next to the executable (rebuild both), or use --device cpu"};
   }
+  return {plugin, {}};
+}
 
-  void describe(io::Provenance& provenance) const override {
-    const auto& d = backend_->device();
-    const cuda::DeviceTiming t = backend_->timing();
-    provenance.device = "cuda";
-    provenance.gpu_name = d.name + " (compute capability " + std::to_string(d.compute_major) + "." +
-                          std::to_string(d.compute_minor) + ", driver " + version(d.driver_version) + ", runtime " +
-                          version(d.runtime_version) + (tf32_ ? ", TF32 GEMMs" : ", FP32/FP64 GEMMs") + ")";
-    provenance.gpu_seconds = t.total_seconds;
-    provenance.gpu_gemm_seconds = t.gemm_seconds;
-  }
-
-  std::string start_note(double) const override {
-    const auto& d = backend_->device();
-    return "GPU " + d.name + " (" + format_bytes(static_cast<double>(d.free_bytes)) + " free), TF32 " +
-           (tf32_ ? "on" : "off");
-  }
-
-  std::string where() const override { return backend_->device().name; }
-
-  std::string timing_note() const override {
-    const cuda::DeviceTiming t = backend_->timing();
-    if (t.total_seconds <= 0) return {};
-    const double outside = 100.0 * (1.0 - t.gemm_seconds / t.total_seconds);
-    return "; GPU time " + fixed(t.total_seconds, 3) + " s, GEMM " + fixed(t.gemm_seconds, 3) + " s, " +
-           fixed(outside, 1) + "% outside GEMM";
-  }
-
- private:
-  static std::string version(int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); }
-
-  bool tf32_ = false;
-  std::unique_ptr<cuda::CudaBackend> backend_;
-};
+// Loaded on first need, once per process (a thread-safe static).
+const LoadedPlugin& cuda_plugin() {
+  static const LoadedPlugin loaded = load_cuda_plugin();
+  return loaded;
+}
 
 #endif
 
@@ -136,11 +125,9 @@ bool has_cuda_backend() {
 
 double gpu_bytes(const PointSpec& spec) {
 #if defined(SELFNORM_HAVE_CUDA)
-  try {
-    return cuda::device_bytes(spec);
-  } catch (const std::invalid_argument&) {
-    return -1.0;
-  }
+  const LoadedPlugin& cuda = cuda_plugin();
+  if (cuda.plugin == nullptr) throw DeviceError(cuda.problem);
+  return cuda.plugin->gpu_bytes(spec);
 #else
   (void)spec;
   return -1.0;
@@ -151,7 +138,9 @@ std::unique_ptr<PointRunner> make_runner(const io::DeviceOptions& device, const 
                                          const std::string& thread_source, const std::string& source) {
   if (device.device == io::Device::cpu) return std::make_unique<CpuRunner>(options, thread_source);
 #if defined(SELFNORM_HAVE_CUDA)
-  return std::make_unique<CudaRunner>(device, source);
+  const LoadedPlugin& cuda = cuda_plugin();
+  if (cuda.plugin == nullptr) throw DeviceError(source + ": " + cuda.problem);
+  return cuda.plugin->make_runner(device, source);
 #else
   throw DeviceError(source + ": this selfnorm was built without the CUDA backend (CMake found no CUDA toolkit, or "
                     "it was configured with -DSELFNORM_CUDA=OFF); rebuild where nvcc and cuBLAS are installed, "

@@ -1,6 +1,7 @@
 // The device a run computes on: the CPU engine (core/engine.hpp) or, in builds that have it, the
 // CUDA backend (cuda/cuda_backend.hpp), behind one interface, so that runs, shards, checkpoints and
-// resume work the same on both.
+// resume work the same on both. The CUDA backend is a module loaded on first need
+// (cli/cuda_plugin.hpp): runs on the CPU never load it, nor cuBLAS.
 #pragma once
 
 #include <memory>
@@ -32,15 +33,17 @@ class PointRunner {
 
 // The runner for `device`; `source` says where the choice came from, for messages ("--device
 // cuda"). Throws DeviceError (exit status 4) when the device cannot be used: no CUDA backend in
-// this build, no GPU, or a GPU that fails to start.
+// this build, a backend module that is missing or does not load (no cuBLAS), no GPU, or a GPU
+// that fails to start.
 std::unique_ptr<PointRunner> make_runner(const io::DeviceOptions& device, const RunOptions& options,
                                          const std::string& thread_source, const std::string& source);
 
-// True if this binary was built with the CUDA backend.
+// True if this binary was built with the CUDA backend (a build fact: the module may still fail to load).
 bool has_cuda_backend();
 
 // Bytes of GPU memory `spec` needs on the CUDA backend (computed without a GPU); -1 in a build
-// without the backend or for a spec it refuses.
+// without the backend or for a spec it refuses. Loads the backend's module: throws DeviceError,
+// with the reason and what would work, when it cannot.
 double gpu_bytes(const PointSpec& spec);
 
 }  // namespace selfnorm::cli

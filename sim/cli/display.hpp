@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/units.hpp"
 #include "io/config.hpp"
 #include "io/results.hpp"
 
@@ -52,11 +53,5 @@ void print_summary(std::ostream& out, const io::Experiment& experiment, const st
 
 // The activations with their formulas, parameters and defaults.
 void print_activations(std::ostream& out);
-
-// "1.5 s", "3 min 20 s", "2 h 05 min".
-std::string format_duration(double seconds);
-
-// "512 MiB", "1.2 GiB".
-std::string format_bytes(double bytes);
 
 }  // namespace selfnorm::cli

@@ -10,8 +10,8 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// The device the run asked for cannot be used: no CUDA backend in this build, no GPU, or a GPU
-// that fails to start (exit status 4). Nothing has been written.
+// The device the run asked for cannot be used: no CUDA backend in this build, a backend module
+// that does not load, no GPU, or a GPU that fails to start (exit status 4). Nothing has been written.
 class DeviceError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
