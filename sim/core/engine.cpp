@@ -121,6 +121,19 @@ class Buffer {
   T* data() const { return data_.get(); }
   std::size_t size() const { return size_; }
 
+  // Touches every page of share `part` of `parts`, so that the first touches (a page fault and
+  // the zeroing of a fresh page each) are spread over the team before the work starts, instead
+  // of falling on whichever rank reaches a page first.
+  void touch(int part, int parts) const {
+    constexpr std::size_t kPage = 4096;
+    const std::size_t bytes = size_ * sizeof(T);
+    const std::size_t pages = (bytes + kPage - 1) / kPage;
+    auto* base = reinterpret_cast<unsigned char*>(data_.get());
+    const std::size_t p0 = pages * static_cast<std::size_t>(part) / static_cast<std::size_t>(parts);
+    const std::size_t p1 = pages * static_cast<std::size_t>(part + 1) / static_cast<std::size_t>(parts);
+    for (std::size_t p = p0; p < p1; ++p) base[p * kPage] = 0;
+  }
+
  private:
   std::unique_ptr<T, AlignedFree> data_;
   std::size_t size_ = 0;
@@ -228,6 +241,9 @@ class Workspace {
       }
     }
   }
+
+  // Rank `team.rank()`'s share of the first touch of the arena (see Buffer::touch).
+  void touch(const Team& team) const { arena_.touch(team.rank(), team.size()); }
 
   // Bytes the constructor allocates, without allocating. Counted in double, so that absurd sizes
   // (a batch of 2^40 at width 2^24) give a huge estimate instead of wrapping around.
@@ -920,6 +936,7 @@ PointResult simulate_typed(const PointSpec& spec, const Act& act, const StreamSe
   if (resolve_mode(g, trials, options) == ParallelMode::samples) {
     const int team_size = static_cast<int>(std::min<std::int64_t>(threads, g.blocks));
     Workspace<T> ws(g, team_size);
+    run_team(team_size, [&](const Team& team) { ws.touch(team); });
     for (std::int64_t t = 0; t < trials; ++t) {
       run_team(team_size, [&](const Team& team) { runner.run(t, team, ws, out, tick); });
     }
