@@ -148,6 +148,9 @@ class Buffer {
 //   X_l^T, dL/dH_l^T  the whole batch in panels of kPanel samples; row block b owns panels
 //                  [b R / kPanel, ...), and the last panel's columns past B are zeros;
 //   f'(h_l)        per row block, n_l rows of R samples.
+static_assert(row_block(1) % kPanel<float> == 0 && row_block(1) % kPanel<double> == 0,
+              "row blocks must start on a panel");
+
 struct Geometry {
   int depth = 0;
   std::vector<std::int64_t> n;  // widths n_0..n_L

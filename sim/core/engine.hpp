@@ -66,8 +66,9 @@ struct RunOptions {
 
 // Samples per row block: the unit of work, and of the order of every reduction. A function of the
 // batch size alone (never of the thread count): 128 below 1024 samples, then 256, 384 and 512 from
-// 1024, 1536 and 2048 samples. Larger blocks reuse each weight panel more often (the forward
-// products run ~10% faster at 256 rows than at 128) and leave at least 4 blocks to share out.
+// 1024, 1536 and 2048 samples. Larger blocks reuse each strip of weights over more panels of
+// samples, and leave at least 4 blocks to share out. A multiple of every panel width (32 and 16
+// samples), so that blocks start on a panel.
 constexpr std::int64_t row_block(std::int64_t batch) {
   const std::int64_t k = batch / 512;
   return 128 * (k < 1 ? 1 : (k > 4 ? 4 : k));

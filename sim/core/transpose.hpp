@@ -1,5 +1,5 @@
-// Matrix transposition for the engine's change of layout between the forward pass (a row per
-// sample) and the backward pass (a row per unit).
+// Matrix transposition, where the engine's random streams (a row per sample: inputs, upstream
+// gradients) meet its unit-major matrices, and for the weight gradients' operand.
 #pragma once
 
 #include <cstddef>
