@@ -1,0 +1,150 @@
+// The engine's matrix products alone, on the engine's shapes and layouts (sim/core/gemm.hpp): how
+// close the kernels come to the machine's peak without the rest of a run around them. Each thread
+// multiplies its own row block of activations (panels) by weight strips shared by all threads, as
+// the engine does in samples mode: forward (A = W^T as strips) or backward (A = W, the same strips
+// read as panels). With --cold, the weights cycle through enough matrices (64 MiB and more) that
+// every product reads them from memory, as a run does; otherwise one matrix stays in cache.
+//
+//   gemm_bench [--width N] [--rows R] [--threads T] [--direction forward|backward] [--precision
+//              float32|float64] [--cold] [--repeat K]
+//
+// prints JSON: {"direction": ..., "precision": ..., "width": N, "rows": R, "threads": T, "cold":
+// bool, "gflops": total GFLOP/s (median of K rounds), "per_thread": [...]}. Divide by fma_peak's
+// figure for the fraction of peak.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/gemm.hpp"
+
+namespace {
+
+using selfnorm::gemm;
+using selfnorm::kPanel;
+using selfnorm::kStrip;
+using selfnorm::PanelView;
+using selfnorm::StripView;
+
+struct Options {
+  std::int64_t width = 1024;
+  std::int64_t rows = 256;
+  int threads = static_cast<int>(std::thread::hardware_concurrency());
+  bool backward = false;
+  bool float64 = false;
+  bool cold = false;
+  int repeat = 5;
+};
+
+template <class T>
+std::vector<T> filled(std::size_t count, double scale) {
+  std::vector<T> v(count);
+  for (std::size_t i = 0; i < count; ++i) v[i] = static_cast<T>(scale * static_cast<double>(i % 17) - 8 * scale);
+  return v;
+}
+
+template <class T>
+int run(const Options& o) {
+  const std::int64_t n = o.width;
+  const std::int64_t strips = (n + kStrip - 1) / kStrip;
+  const std::ptrdiff_t ss = selfnorm::padded_ld(strips * kStrip * kStrip, sizeof(T));
+  const std::int64_t panels = (o.rows + kPanel<T> - 1) / kPanel<T>;
+  const std::ptrdiff_t ps = selfnorm::padded_ld(strips * kStrip * kPanel<T>, sizeof(T));
+  // Enough weight matrices that cycling through them evicts every cache (>= 64 MiB), or one.
+  const double matrix_bytes = static_cast<double>(strips * ss) * sizeof(T);
+  const int matrices = o.cold ? std::max(2, static_cast<int>(64.0 * 1024 * 1024 / matrix_bytes) + 1) : 1;
+  std::vector<std::vector<T>> weights;
+  for (int w = 0; w < matrices; ++w) weights.push_back(filled<T>(static_cast<std::size_t>(strips * ss), 0.01));
+  const int products = std::max(8, matrices);
+  const double flop = 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(panels * kPanel<T>);
+
+  std::vector<std::vector<double>> seconds(static_cast<std::size_t>(o.threads));
+  auto work = [&](int t) {
+    const auto x = filled<T>(static_cast<std::size_t>(panels * ps), 0.02);
+    std::vector<T> c(selfnorm::gemm_block_size<T>(panels));
+    double sink = 0;
+    auto done = [&](std::int64_t, std::int64_t, const T* block, std::ptrdiff_t) { sink += static_cast<double>(block[0]); };
+    const PanelView<T> b{x.data(), ps, kPanel<T>};
+    for (int r = 0; r < o.repeat; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int p = 0; p < products; ++p) {
+        const T* w = weights[static_cast<std::size_t>(p % matrices)].data();
+        if (o.backward) {
+          gemm<T>(n, n, panels, PanelView<T>{w, ss, kStrip}, b, c.data(), done);
+        } else {
+          gemm<T>(n, n, panels, StripView<T>{w, ss}, b, c.data(), done);
+        }
+      }
+      seconds[static_cast<std::size_t>(t)].push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / products);
+    }
+    if (sink == 12345.678) std::puts("");  // keeps the products observable
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < o.threads; ++t) pool.emplace_back(work, t);
+  for (auto& th : pool) th.join();
+
+  // Per thread, the median round; the total is their sum (the threads run side by side).
+  std::vector<double> per_thread;
+  double total = 0;
+  for (auto& s : seconds) {
+    std::sort(s.begin(), s.end());
+    per_thread.push_back(flop / s[s.size() / 2] / 1e9);
+    total += per_thread.back();
+  }
+  std::printf("{\"direction\": \"%s\", \"precision\": \"%s\", \"width\": %lld, \"rows\": %lld, \"threads\": %d, "
+              "\"cold\": %s, \"gflops\": %.1f, \"per_thread\": [",
+              o.backward ? "backward" : "forward", o.float64 ? "float64" : "float32", static_cast<long long>(n),
+              static_cast<long long>(panels * kPanel<T>), o.threads, o.cold ? "true" : "false", total);
+  for (std::size_t t = 0; t < per_thread.size(); ++t) std::printf("%s%.1f", t ? ", " : "", per_thread[t]);
+  std::printf("]}\n");
+  return 0;
+}
+
+int usage(const char* problem) {
+  std::fprintf(stderr,
+               "gemm_bench: %s\nusage: gemm_bench [--width N] [--rows R] [--threads T] [--direction forward|backward] "
+               "[--precision float32|float64] [--cold] [--repeat K]\n",
+               problem);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (a == "--width" && has_value) {
+      o.width = std::atoll(argv[++i]);
+    } else if (a == "--rows" && has_value) {
+      o.rows = std::atoll(argv[++i]);
+    } else if (a == "--threads" && has_value) {
+      o.threads = std::atoi(argv[++i]);
+    } else if (a == "--repeat" && has_value) {
+      o.repeat = std::atoi(argv[++i]);
+    } else if (a == "--direction" && has_value) {
+      const std::string d = argv[++i];
+      if (d != "forward" && d != "backward") return usage("--direction must be forward or backward");
+      o.backward = d == "backward";
+    } else if (a == "--precision" && has_value) {
+      const std::string p = argv[++i];
+      if (p != "float32" && p != "float64") return usage("--precision must be float32 or float64");
+      o.float64 = p == "float64";
+    } else if (a == "--cold") {
+      o.cold = true;
+    } else {
+      return usage(("unknown or incomplete argument " + a).c_str());
+    }
+  }
+  if (o.width < 1 || o.rows < 1 || o.threads < 1 || o.repeat < 1) {
+    return usage("--width, --rows, --threads and --repeat must be >= 1");
+  }
+  return o.float64 ? run<double>(o) : run<float>(o);
+}
