@@ -372,12 +372,12 @@ class Workspace {
 // compiler vectorises them without reordering a reduction; the lanes are then combined in a fixed
 // order.
 
-template <int N>
+// The 32 lanes of a row sum, combined in a fixed order.
+constexpr int kLanes = 32;
 inline double combine_lanes(const double* s) {
-  static_assert(N >= 2 && (N & (N - 1)) == 0);
-  double r[N / 2];
-  for (int k = 0; k < N / 2; ++k) r[k] = s[k] + s[k + N / 2];
-  for (int w = N / 4; w >= 1; w /= 2) {
+  double r[kLanes / 2];
+  for (int k = 0; k < kLanes / 2; ++k) r[k] = s[k] + s[k + kLanes / 2];
+  for (int w = kLanes / 4; w >= 1; w /= 2) {
     for (int k = 0; k < w; ++k) r[k] += r[k + w];
   }
   return r[0];
@@ -404,7 +404,6 @@ inline Moments moments_from_sums(std::int64_t n, double shift, double sum, doubl
 // Sum of squares of x[0..n) in double, in lanes.
 template <class T>
 double row_sum_sq(const T* x, std::int64_t n) {
-  constexpr int kLanes = 32;
   double s[kLanes] = {};
   std::int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
@@ -417,7 +416,7 @@ double row_sum_sq(const T* x, std::int64_t n) {
     const double v = static_cast<double>(x[j]);
     s[k] += v * v;
   }
-  return combine_lanes<kLanes>(s);
+  return combine_lanes(s);
 }
 
 // ---------------------------------------------------------------------------------------------

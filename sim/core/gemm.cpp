@@ -92,7 +92,9 @@ template <class T, int Rows>
   }
 }
 
+// Towards L1, and to L2 only.
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+inline void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
 
 constexpr std::string_view kBackend = "avx512";
 
@@ -122,6 +124,7 @@ void tile_store(const Acc<T>& acc, T* c, std::ptrdiff_t ldc, bool accumulate) {
 }
 
 inline void prefetch(const void*) {}
+inline void prefetch_l2(const void*) {}
 
 constexpr std::string_view kBackend = "portable";
 
@@ -140,14 +143,6 @@ struct NextStrip {
   std::int64_t phase = 0;
   std::int64_t phases = 1;
 };
-
-inline void prefetch_l2(const void* p) {
-#if defined(__AVX512F__)
-  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
-#else
-  (void)p;
-#endif
-}
 
 // Micro-kernel for A as strips: a points at element (row0, p0), steps p0 .. p0 + kc. The next
 // strip's data (contiguous, at next_a) is prefetched one line every four iterations.

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "core/engine.hpp"
@@ -205,15 +206,22 @@ std::vector<NaiveLayer> naive_trial(const PointSpec& spec, const StreamSeed& see
   return out;
 }
 
-}  // namespace
-
-TEST_CASE("the batched engine agrees with a naive sample-by-sample reference", "[engine]") {
-  PointSpec spec = make_spec(Elu{0.8}, 3, 6, 2, 3, Precision::float64);
-  spec.network.widths = {5, 7, 6, 4};
+// The naive tests' spec: elu(0.8) through three layers of the given widths, 2 trials, with
+// biases, a weight mean and weight gradients.
+PointSpec naive_spec(Precision precision, std::vector<std::int64_t> widths, std::int64_t batch) {
+  PointSpec spec = make_spec(Elu{0.8}, 3, 6, 2, batch, precision);
+  spec.network.widths = std::move(widths);
   spec.init.bias_mean = 0.1;
   spec.init.bias_variance = 0.2;
   spec.init.weight_mean = 0.5;
   spec.monte_carlo.weight_gradients = true;
+  return spec;
+}
+
+}  // namespace
+
+TEST_CASE("the batched engine agrees with a naive sample-by-sample reference", "[engine]") {
+  const PointSpec spec = naive_spec(Precision::float64, {5, 7, 6, 4}, 3);
   const StreamSeed seed{77, 2};
   const PointResult r = simulate_point(spec, seed, {2});
   const int L = 3;
@@ -239,12 +247,7 @@ TEST_CASE("the batched engine agrees with a naive sample-by-sample reference", "
 TEST_CASE("float32 at every edge of the kernel's layouts agrees with a float64 reference", "[engine]") {
   // Widths that are no multiple of the 12-unit strips, a batch of 300 in row blocks of 128 whose
   // last one (44 samples) ends inside a 32-sample panel, and more than one block of 96 rows of C.
-  PointSpec spec = make_spec(Elu{0.8}, 3, 6, 2, 300, Precision::float32);
-  spec.network.widths = {37, 130, 29, 41};
-  spec.init.bias_mean = 0.1;
-  spec.init.bias_variance = 0.2;
-  spec.init.weight_mean = 0.5;
-  spec.monte_carlo.weight_gradients = true;
+  PointSpec spec = naive_spec(Precision::float32, {37, 130, 29, 41}, 300);
   SECTION("biases, weight gradients") {}
   SECTION("and alpha dropout") { spec.alpha_dropout.keep_probability = 0.8; }
   const StreamSeed seed{78, 3};
