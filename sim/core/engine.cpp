@@ -456,57 +456,52 @@ class TrialRunner {
                       static_cast<std::uint64_t>(layer));
   }
 
-  // The weights and bias of layer l, split into tasks of 64 rows of W (or the whole matrix for
-  // orthogonal) dealt round-robin over the ranks. Values depend only on the stream keys.
+  // The weights and bias of layer l. Elementwise initialisers draw W_l^T in place, a strip per
+  // task, dealt round-robin over the ranks (the stream is in strip order: init.hpp); orthogonal
+  // weights are drawn whole by one rank per layer and laid out in strips. Values depend only on
+  // the stream keys.
   void generate_layer(std::int64_t trial, int l, const Team& team, Workspace<T>& ws) const {
-    constexpr std::int64_t rows_per_task = 64;
-    static_assert(rows_per_task <= 128, "a task's rows must fit the rank's row scratch (R >= 128)");
-    const Scratch& scratch = ws.scratch[static_cast<std::size_t>(team.rank())];
+    static_assert(kWeightStrip == kStrip, "the weight stream's strips are the GEMM's strips");
     const std::int64_t fan_in = g_.n[l - 1];
     const std::int64_t fan_out = g_.n[l];
+    const auto i = static_cast<std::size_t>(l - 1);
     const std::uint64_t wkey = key(StreamKind::weights, trial, l);
     std::int64_t task = 0;
     if (init_is_elementwise(spec_.init.kind)) {
-      for (std::int64_t r0 = 0; r0 < fan_in; r0 += rows_per_task, ++task) {
+      const std::int64_t rows = Geometry::round_up_to_strip(fan_in);
+      for (std::int64_t s = 0; s < g_.strips[i]; ++s, ++task) {
         if (!team.owns(task)) continue;
-        const std::int64_t r1 = std::min(fan_in, r0 + rows_per_task);
-        generate_weight_rows<T>(spec_.init, wkey, fan_in, fan_out, r0, r1, scratch.rows.ptr, g_.ld_rows);
-        store_weight_rows(l, r0, r1, scratch.rows.ptr, g_.ld_rows, ws);
+        generate_weight_strips<T>(spec_.init, wkey, fan_in, fan_out, s, s + 1, rows,
+                                  ws.weight_slices[i].ptr + s * g_.strip_stride[i], g_.strip_stride[i]);
       }
     } else if (team.owns(l)) {  // whole matrices, dealt by layer so that ranks draw different layers
       std::vector<T> w(static_cast<std::size_t>(fan_in * fan_out));
       generate_weights<T>(spec_.init, wkey, fan_in, fan_out, w.data(), fan_out);
-      store_weight_rows(l, 0, fan_in, w.data(), fan_out, ws);
+      store_weights(l, w.data(), fan_out, ws);
     }
     if (g_.bias && team.owns(task)) {
       fill_normal<T>(key(StreamKind::biases, trial, l), 0, static_cast<std::size_t>(fan_out),
-                     ws.biases[static_cast<std::size_t>(l - 1)].ptr, static_cast<T>(spec_.init.bias_mean),
+                     ws.biases[i].ptr, static_cast<T>(spec_.init.bias_mean),
                      static_cast<T>(std::sqrt(spec_.init.bias_variance)));
     }
   }
 
-  // Rows [r0, r1) of W_l (at w, leading dimension ld) into the strips of W_l^T; the task holding
-  // the last row also writes the zero rows that round the inputs up to kStrip. Each strip's share
-  // of the rows is one contiguous run.
-  void store_weight_rows(int l, std::int64_t r0, std::int64_t r1, const T* w, std::ptrdiff_t ld,
-                         Workspace<T>& ws) const {
+  // W_l (row-major at w, leading dimension ld) into the strips of W_l^T, with the zero rows that
+  // round the inputs up to kStrip and zero columns past the outputs in the last strip.
+  void store_weights(int l, const T* w, std::ptrdiff_t ld, Workspace<T>& ws) const {
     const std::int64_t fan_in = g_.n[l - 1];
     const std::int64_t fan_out = g_.n[l];
     const std::ptrdiff_t ss = g_.strip_stride[static_cast<std::size_t>(l - 1)];
     T* strips = ws.weight_slices[static_cast<std::size_t>(l - 1)].ptr;
-    const std::int64_t pad_end = r1 == fan_in ? Geometry::round_up_to_strip(fan_in) : r1;
+    const std::int64_t rows = Geometry::round_up_to_strip(fan_in);
     for (std::int64_t s = 0; s < g_.strips[static_cast<std::size_t>(l - 1)]; ++s) {
       const std::int64_t j0 = s * kStrip;
       const std::int64_t cols = std::min(kStrip, fan_out - j0);
       T* run = strips + s * ss;
-      for (std::int64_t i = r0; i < pad_end; ++i) {
-        T* dst = run + i * kStrip;
-        const T* src = w + (i - r0) * ld + j0;
-        if (i < r1 && cols == kStrip) {
-          std::memcpy(dst, src, kStrip * sizeof(T));
-        } else {
-          for (std::int64_t j = 0; j < kStrip; ++j) dst[j] = (i < r1 && j < cols) ? src[j] : T(0);
-        }
+      for (std::int64_t r = 0; r < rows; ++r) {
+        T* dst = run + r * kStrip;
+        const T* src = w + r * ld + j0;
+        for (std::int64_t j = 0; j < kStrip; ++j) dst[j] = (r < fan_in && j < cols) ? src[j] : T(0);
       }
     }
   }

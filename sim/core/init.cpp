@@ -1,5 +1,6 @@
 #include "core/init.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -39,33 +40,43 @@ WeightScale weight_scale(const InitSpec& init, std::int64_t fan_in, std::int64_t
 bool init_is_elementwise(InitKind kind) { return kind != InitKind::orthogonal; }
 
 template <class T>
-void generate_weight_rows(const InitSpec& init, std::uint64_t key, std::int64_t fan_in, std::int64_t fan_out,
-                          std::int64_t row_begin, std::int64_t row_end, T* w, std::ptrdiff_t ld) {
+void generate_weight_strips(const InitSpec& init, std::uint64_t key, std::int64_t fan_in, std::int64_t fan_out,
+                            std::int64_t strip_begin, std::int64_t strip_end, std::int64_t rows, T* w,
+                            std::ptrdiff_t stride) {
   if (!init_is_elementwise(init.kind)) {
-    throw std::invalid_argument("generate_weight_rows: orthogonal weights need the whole matrix");
+    throw std::invalid_argument("generate_weight_strips: orthogonal weights need the whole matrix");
   }
-  const WeightScale s = weight_scale(init, fan_in, fan_out);
-  for (std::int64_t i = row_begin; i < row_end; ++i) {
-    T* row = w + (i - row_begin) * ld;
-    const auto first = static_cast<std::uint64_t>(i * fan_out);
-    const auto n = static_cast<std::size_t>(fan_out);
+  if (rows < fan_in || stride < rows * kWeightStrip) {
+    throw std::invalid_argument("generate_weight_strips: a strip needs rows >= fan_in and stride >= rows * 12");
+  }
+  const WeightScale sc = weight_scale(init, fan_in, fan_out);
+  const std::int64_t drawn = fan_in * kWeightStrip;  // elements of a strip in the stream
+  for (std::int64_t s = strip_begin; s < strip_end; ++s) {
+    T* strip = w + (s - strip_begin) * stride;
+    const auto first = weight_element(0, s * kWeightStrip, fan_in);
+    const auto n = static_cast<std::size_t>(drawn);
     switch (init.kind) {
       case InitKind::lecun_uniform: {
-        const double a = std::sqrt(3.0) * s.stddev;
-        fill_uniform<T>(key, first, n, row, static_cast<T>(s.mean - a), static_cast<T>(s.mean + a));
+        const double a = std::sqrt(3.0) * sc.stddev;
+        fill_uniform<T>(key, first, n, strip, static_cast<T>(sc.mean - a), static_cast<T>(sc.mean + a));
         break;
       }
       case InitKind::truncated_normal: {
-        const double scale = s.stddev / std::sqrt(kTruncatedNormalVariance);
-        for (std::int64_t j = 0; j < fan_out; ++j) {
-          row[j] = static_cast<T>(s.mean + scale * truncated_standard_normal(key, first + j));
+        const double scale = sc.stddev / std::sqrt(kTruncatedNormalVariance);
+        for (std::int64_t e = 0; e < drawn; ++e) {
+          strip[e] = static_cast<T>(sc.mean + scale * truncated_standard_normal(key, first + static_cast<std::uint64_t>(e)));
         }
         break;
       }
       default:
-        fill_normal<T>(key, first, n, row, static_cast<T>(s.mean), static_cast<T>(s.stddev));
+        fill_normal<T>(key, first, n, strip, static_cast<T>(sc.mean), static_cast<T>(sc.stddev));
         break;
     }
+    const std::int64_t cols = std::min(kWeightStrip, fan_out - s * kWeightStrip);
+    if (cols < kWeightStrip) {
+      for (std::int64_t i = 0; i < fan_in; ++i) std::fill(strip + i * kWeightStrip + cols, strip + (i + 1) * kWeightStrip, T(0));
+    }
+    std::fill(strip + drawn, strip + rows * kWeightStrip, T(0));
   }
 }
 
@@ -73,7 +84,15 @@ template <class T>
 void generate_weights(const InitSpec& init, std::uint64_t key, std::int64_t fan_in, std::int64_t fan_out, T* w,
                       std::ptrdiff_t ld) {
   if (init_is_elementwise(init.kind)) {
-    generate_weight_rows(init, key, fan_in, fan_out, 0, fan_in, w, ld);
+    std::vector<T> strip(static_cast<std::size_t>(fan_in * kWeightStrip));
+    for (std::int64_t s = 0; s * kWeightStrip < fan_out; ++s) {
+      generate_weight_strips(init, key, fan_in, fan_out, s, s + 1, fan_in, strip.data(), fan_in * kWeightStrip);
+      const std::int64_t j0 = s * kWeightStrip;
+      const std::int64_t cols = std::min(kWeightStrip, fan_out - j0);
+      for (std::int64_t i = 0; i < fan_in; ++i) {
+        std::copy_n(strip.data() + i * kWeightStrip, cols, w + i * ld + j0);
+      }
+    }
     return;
   }
   // Orthogonal: the Q factor of a Gaussian matrix, with the signs of R's diagonal folded in so
@@ -122,8 +141,8 @@ void generate_inputs(const InputSpec& input, std::uint64_t key, std::int64_t wid
 }
 
 #define SELFNORM_INSTANTIATE(T)                                                                            \
-  template void generate_weight_rows<T>(const InitSpec&, std::uint64_t, std::int64_t, std::int64_t,       \
-                                        std::int64_t, std::int64_t, T*, std::ptrdiff_t);                  \
+  template void generate_weight_strips<T>(const InitSpec&, std::uint64_t, std::int64_t, std::int64_t,     \
+                                          std::int64_t, std::int64_t, std::int64_t, T*, std::ptrdiff_t);  \
   template void generate_weights<T>(const InitSpec&, std::uint64_t, std::int64_t, std::int64_t, T*,       \
                                     std::ptrdiff_t);                                                      \
   template void generate_inputs<T>(const InputSpec&, std::uint64_t, std::int64_t, std::int64_t,           \

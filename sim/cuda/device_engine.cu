@@ -867,7 +867,8 @@ void DeviceEngine::Impl::run(std::int64_t trial, LayerMoments* out) {
     SELFNORM_CUDA(cudaEventRecord(events[ev++], stream));
   };
 
-  // Parameters: W_l and b_l for every layer, as the CPU draws them (element i * fan_out + j).
+  // Parameters: W_l and b_l for every layer; W_l(i, j) is element i * fan_out + j of the GPU's stream
+  // (the CPU engine draws its own streams in strip order: core/init.hpp).
   for (int l = 1; l <= L; ++l) {
     const std::int64_t count = n[l - 1] * n[l];
     T* w = W + plan.w_off[static_cast<std::size_t>(l - 1)];

@@ -146,9 +146,9 @@ def test_results_depend_only_on_config_and_seed(run, write_config, tmp_path):
 
 
 def test_summary_prints_a_mean_that_rounds_to_zero_without_a_sign(run, write_config, tmp_path):
-    """Seed 35 gives tanh's activation mean at layer 8 as -3.8e-5 with standard error 0.0047: at the
+    """Seed 157 gives tanh's activation mean at layer 8 as -2.6e-5 with standard error 0.0061: at the
     4 decimals the error warrants that is 0.0000, and a "-0.0000" would suggest a sign it lacks."""
-    config = {"name": "z", "seed": 35, "network": {"depth": 8, "width": 16}, "activation": "tanh",
+    config = {"name": "z", "seed": 157, "network": {"depth": 8, "width": 16}, "activation": "tanh",
               "monte_carlo": {"trials": 4, "batch": 16}}
     out = tmp_path / "z.h5"
     r = run("run", write_config(config), "-o", out)

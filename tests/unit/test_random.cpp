@@ -160,3 +160,59 @@ TEST_CASE("the truncated normal's variance constant is exact", "[init]") {
   const double mass = std::erf(std::sqrt(2.0));
   CHECK(kTruncatedNormalVariance == Approx(1.0 - 4.0 * phi2 / mass).epsilon(1e-15));
 }
+
+TEMPLATE_TEST_CASE("weights are drawn in strips: element (j / 12) 12 fan_in + 12 i + j % 12 of the stream",
+                   "[random][init]", float, double) {
+  using T = TestType;
+  const std::int64_t fan_in = 29, fan_out = 31;  // neither a multiple of 12: a ragged last strip, padded rows
+  const std::uint64_t key = stream_key(4, 1, StreamKind::weights, 2, 3);
+  for (const InitKind kind : {InitKind::lecun_normal, InitKind::lecun_uniform, InitKind::truncated_normal}) {
+    INFO(to_string(kind));
+    InitSpec init;
+    init.kind = kind;
+    init.weight_mean = 0.5;
+    std::vector<T> w(static_cast<std::size_t>(fan_in * fan_out));
+    generate_weights<T>(init, key, fan_in, fan_out, w.data(), fan_out);
+
+    // Row-major weights against the stream read in the documented order (normal and uniform
+    // streams read directly; the truncated normal through the strips below).
+    const WeightScale sc = weight_scale(init, fan_in, fan_out);
+    if (kind != InitKind::truncated_normal) {
+      const std::uint64_t count = weight_element(0, fan_out + kWeightStrip, fan_in);
+      std::vector<T> z(static_cast<std::size_t>(count));
+      if (kind == InitKind::lecun_normal) {
+        fill_normal<T>(key, 0, z.size(), z.data(), static_cast<T>(sc.mean), static_cast<T>(sc.stddev));
+      } else {
+        const double a = std::sqrt(3.0) * sc.stddev;
+        fill_uniform<T>(key, 0, z.size(), z.data(), static_cast<T>(sc.mean - a), static_cast<T>(sc.mean + a));
+      }
+      std::int64_t mismatches = 0;
+      for (std::int64_t i = 0; i < fan_in; ++i) {
+        for (std::int64_t j = 0; j < fan_out; ++j) {
+          mismatches += w[static_cast<std::size_t>(i * fan_out + j)] != z[weight_element(i, j, fan_in)];
+        }
+      }
+      CHECK(mismatches == 0);
+    }
+
+    // Strips drawn one slice at a time, with padding rows and a wider stride, equal the matrix and
+    // are zero wherever there is no weight.
+    const std::int64_t strips = (fan_out + kWeightStrip - 1) / kWeightStrip;
+    const std::int64_t rows = 36;
+    const std::ptrdiff_t stride = rows * kWeightStrip + 5;
+    std::vector<T> st(static_cast<std::size_t>(strips * stride), T(-7));
+    generate_weight_strips<T>(init, key, fan_in, fan_out, 0, 1, rows, st.data(), stride);
+    generate_weight_strips<T>(init, key, fan_in, fan_out, 1, strips, rows, st.data() + stride, stride);
+    std::int64_t wrong = 0;
+    for (std::int64_t s = 0; s < strips; ++s) {
+      for (std::int64_t i = 0; i < rows; ++i) {
+        for (std::int64_t r = 0; r < kWeightStrip; ++r) {
+          const std::int64_t j = s * kWeightStrip + r;
+          const T expected = (i < fan_in && j < fan_out) ? w[static_cast<std::size_t>(i * fan_out + j)] : T(0);
+          wrong += st[static_cast<std::size_t>(s * stride + i * kWeightStrip + r)] != expected;
+        }
+      }
+    }
+    CHECK(wrong == 0);
+  }
+}
