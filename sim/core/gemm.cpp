@@ -179,8 +179,9 @@ void kernel_strips(std::int64_t kc, const T* a, const T* b, T* c, std::ptrdiff_t
 //    calls, so every call brings the following panel to L1, and the next strip's share to L2;
 //  - double: the same prefetches are twice as dense per FMA (blocks of 18 lines per 12 steps,
 //    half the flops per step) and cost more than they save: the following panel is brought to L1
-//    in the first call of a strip only (phase 0), and nothing to L2. The backward product in
-//    float64 runs 3-5% faster that way, float32 3-7% slower.
+//    in the first call of a strip only (phase 0), and nothing to L2. With weights from memory
+//    (gemm_bench --cold) the backward product in float64 runs 2-5% faster that way, float32 4-10%
+//    slower.
 template <class T>
 inline constexpr bool kPrefetchNextStrip = sizeof(T) == 4;
 template <class T>
