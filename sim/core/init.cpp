@@ -64,7 +64,8 @@ void generate_weight_strips(const InitSpec& init, std::uint64_t key, std::int64_
       case InitKind::truncated_normal: {
         const double scale = sc.stddev / std::sqrt(kTruncatedNormalVariance);
         for (std::int64_t e = 0; e < drawn; ++e) {
-          strip[e] = static_cast<T>(sc.mean + scale * truncated_standard_normal(key, first + static_cast<std::uint64_t>(e)));
+          const double z = truncated_standard_normal(key, first + static_cast<std::uint64_t>(e));
+          strip[e] = static_cast<T>(sc.mean + scale * z);
         }
         break;
       }
@@ -74,7 +75,9 @@ void generate_weight_strips(const InitSpec& init, std::uint64_t key, std::int64_
     }
     const std::int64_t cols = std::min(kWeightStrip, fan_out - s * kWeightStrip);
     if (cols < kWeightStrip) {
-      for (std::int64_t i = 0; i < fan_in; ++i) std::fill(strip + i * kWeightStrip + cols, strip + (i + 1) * kWeightStrip, T(0));
+      for (std::int64_t i = 0; i < fan_in; ++i) {
+        std::fill(strip + i * kWeightStrip + cols, strip + (i + 1) * kWeightStrip, T(0));
+      }
     }
     std::fill(strip + drawn, strip + rows * kWeightStrip, T(0));
   }
