@@ -444,11 +444,16 @@ def reference_table(args, ref, peaks, torch_version, workdir):
                      "(install Debian's python3-torch and libopenblas0-pthread to compare).")
     runs = {name: [] for name, _ in programs}
     outputs = {}
+    # The host's load moves the peak by several percent within an hour, so fma_peak also runs just
+    # before each selfnorm run, and each run's fraction of that peak is reported beside the table's.
+    remeasure = not args.peak_gflops and (Path(args.selfnorm).resolve().parent / "fma_peak").exists()
     for rep in range(args.repeat):
         for name, variant in programs:
             if variant is None:
                 out = workdir / "reference.h5"
+                peak_before = measure_peak(args.selfnorm, ref.threads)[0][ref.precision] if remeasure else None
                 r = checked(run_child(ref.selfnorm_cmd(args.selfnorm, out)), "selfnorm run (reference)")
+                r["peak_before"] = peak_before
                 outputs[name] = out
             else:
                 out = workdir / f"reference_{variant.label.replace(' ', '_')}.json"
@@ -478,6 +483,15 @@ def reference_table(args, ref, peaks, torch_version, workdir):
           "PyTorch's own timing of the job, without starting Python and importing torch; 'CPU s': user + system "
           "time of the process, all threads; 'other load': median processors' worth of CPU that other processes "
           "used during the runs, from /proc/stat: figures taken with other load near 0 are the ones to trust)")
+    per_run = [r for r in runs["selfnorm"] if r["peak_before"]]
+    if per_run:
+        before = [r["peak_before"] for r in per_run]
+        fractions = [ref.gflop / r["wall_s"] / r["peak_before"] for r in per_run]
+        figures["selfnorm"]["peaks_before"] = before
+        figures["selfnorm"]["peak_fraction_per_run"] = fractions
+        print(f"fma_peak just before each selfnorm run: {min(before):.1f}-{max(before):.1f} GFLOP/s ({ref.precision}); "
+              f"each run's fraction of that peak: {100 * min(fractions):.0f}-{100 * max(fractions):.0f}%, "
+              f"median {100 * statistics.median(fractions):.0f}%")
     for n in notes:
         print(n)
     print()
