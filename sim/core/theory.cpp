@@ -181,6 +181,65 @@ void gaussian_derivatives(const std::function<double(double)>& h, double m, doub
   d_v = integrate_standard([&](double t) { return h(m + s * t) * (t * t - 1.0); }, breaks) / (2.0 * v);
 }
 
+// A root of g in [a, b], where g(a) = fa and g(b) = fb have opposite signs, to within xtol:
+// Brent's method (Brent 1973, "Algorithms for minimization without derivatives", ch. 4), inverse
+// quadratic interpolation and secant steps safeguarded by bisection. On smooth functions it needs
+// a fraction of bisection's evaluations, and never many more.
+template <class G>
+double brent_root(G&& g, double a, double b, double fa, double fb, double xtol) {
+  if (fa == 0.0) return a;
+  if (fb == 0.0) return b;
+  constexpr double kEps = std::numeric_limits<double>::epsilon();
+  double c = b, fc = fb, d = b - a, e = d;
+  for (int it = 0; it < 200; ++it) {
+    if ((fb > 0.0) == (fc > 0.0)) {  // keep the root between b and c
+      c = a;
+      fc = fa;
+      d = e = b - a;
+    }
+    if (std::abs(fc) < std::abs(fb)) {  // b is the best estimate so far
+      a = b;
+      b = c;
+      c = a;
+      fa = fb;
+      fb = fc;
+      fc = fa;
+    }
+    const double tol = 2.0 * kEps * std::abs(b) + 0.5 * xtol;
+    const double half = 0.5 * (c - b);
+    if (std::abs(half) <= tol || fb == 0.0) return b;
+    if (std::abs(e) >= tol && std::abs(fa) > std::abs(fb)) {
+      const double sr = fb / fa;
+      double p, q;
+      if (a == c) {  // secant
+        p = 2.0 * half * sr;
+        q = 1.0 - sr;
+      } else {  // inverse quadratic interpolation
+        const double qa = fa / fc, rb = fb / fc;
+        p = sr * (2.0 * half * qa * (qa - rb) - (b - a) * (rb - 1.0));
+        q = (qa - 1.0) * (rb - 1.0) * (sr - 1.0);
+      }
+      if (p > 0.0) q = -q;
+      p = std::abs(p);
+      if (2.0 * p < std::min(3.0 * half * q - std::abs(tol * q), std::abs(e * q))) {
+        e = d;
+        d = p / q;
+      } else {  // the interpolation would leave the bracket or converge too slowly: bisect
+        d = half;
+        e = d;
+      }
+    } else {
+      d = half;
+      e = d;
+    }
+    a = b;
+    fa = fb;
+    b += std::abs(d) > tol ? d : std::copysign(tol, half);
+    fb = g(b);
+  }
+  return b;
+}
+
 }  // namespace
 
 // E[h(u1) h(u2)] for (u1, u2) ~ N(0, q) with correlation c, integrating over u2 given u1 inside.
@@ -627,8 +686,8 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
   if (d.chi > 1.0) {
     // Near c = 0 the map is linear to O(c^2): cmap(c) = cmap(0) + c chi_c(0), with cmap(0) =
     // (s_w^2 (E f)^2 + s_b^2) / q* and chi_c(0) = s_w^2 (E f')^2. A root below 1e-3 (odd
-    // activations, and selu whose mean is 0) is that line's; otherwise bisect
-    // cmap(c) - c, which is > 0 below c* and < 0 just below 1 (slope chi > 1 there).
+    // activations, and selu whose mean is 0) is that line's; otherwise the root of cmap(c) - c,
+    // which is > 0 below c* and < 0 just below 1 (slope chi > 1 there), by Brent's method.
     const GaussianMoments g = gaussian_moments(f, 0.0, q);
     const double mean_slope =
         gaussian_expectation([&](double x) { return slope(f, x); }, 0.0, q, kinks(f));
@@ -638,12 +697,14 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     if (linear_root < 1e-3) {
       c = linear_root;
     } else {
-      double lo = 1e-3, hi = 1.0 - 1e-6;
-      while (hi - lo > 1e-8) {
-        const double mid = 0.5 * (lo + hi);
-        (correlation_map(f, q, mid, sigma_w2_value, sigma_b2) - mid > 0.0 ? lo : hi) = mid;
+      auto excess = [&](double x) { return correlation_map(f, q, x, sigma_w2_value, sigma_b2) - x; };
+      const double lo = 1e-3, hi = 1.0 - 1e-6;
+      const double f_lo = excess(lo), f_hi = excess(hi);
+      if (f_lo > 0.0 && f_hi < 0.0) {
+        c = brent_root(excess, lo, hi, f_lo, f_hi, 1e-12);
+      } else {
+        c = f_lo > 0.0 ? hi : lo;  // no sign change: the fixed point is at (or past) that end
       }
-      c = 0.5 * (lo + hi);
     }
   }
   // Slope of the correlation map at c*: s_w^2 E[f'(u1) f'(u2)] (Poole et al. 2016).

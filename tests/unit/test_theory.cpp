@@ -192,6 +192,19 @@ TEST_CASE("depth scales and the correlation map", "[theory]") {
   CHECK(selu.chi > 1.0);  // selu normalises the forward pass only (SCIENCE.md)
   CHECK(!depth_scales(Tanh{}, 1.0, 0.0).found);  // q -> 0 at weight variance 1
   CHECK(std::isnan(depth_scales(Identity{}, 1.0, 0.0).xi_q));  // marginal
+  // Chaotic phase with a nonzero mean: c* is the correlation map's fixed point in (0, 1), found
+  // by a root search, and stable there.
+  for (const Selu f : {Selu{2.0, 1.1}, Selu{1.4, 1.15}, Selu{1.8, 1.2}}) {
+    INFO("selu alpha " << f.alpha << ", lambda " << f.lambda);
+    const DepthScales d = depth_scales(f, 1.0, 0.0);
+    REQUIRE(d.found);
+    REQUIRE(d.chi > 1.0);
+    CHECK(d.c_star > 1e-3);
+    CHECK(d.c_star < 1.0);
+    CHECK(std::abs(correlation_map(f, d.q_star, d.c_star, 1.0, 0.0) - d.c_star) < 1e-11);
+    CHECK(d.chi_c > 0.0);
+    CHECK(d.chi_c < 1.0);
+  }
   // relu with weight variance 2: the arc-cosine kernel (Cho & Saul 2009).
   for (double c : {0.0, 0.3, 0.9, 1.0}) {
     const double expected = (std::sqrt(1 - c * c) + (M_PI - std::acos(c)) * c) / M_PI;
