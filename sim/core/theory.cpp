@@ -699,11 +699,30 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     } else {
       auto excess = [&](double x) { return correlation_map(f, q, x, sigma_w2_value, sigma_b2) - x; };
       const double lo = 1e-3, hi = 1.0 - 1e-6;
-      const double f_lo = excess(lo), f_hi = excess(hi);
-      if (f_lo > 0.0 && f_hi < 0.0) {
-        c = brent_root(excess, lo, hi, f_lo, f_hi, 1e-12);
-      } else {
-        c = f_lo > 0.0 ? hi : lo;  // no sign change: the fixed point is at (or past) that end
+      // The root is usually within a few percent of the line's: bracket it there when 5% on
+      // the far side of the line's root changes the sign (two evaluations instead of the
+      // interval's ends and the steps in from them), else search all of [lo, hi].
+      bool bracketed = false;
+      if (linear_root > lo && linear_root < hi) {
+        const double g_line = excess(linear_root);
+        const double other = std::clamp(linear_root * (g_line > 0.0 ? 1.05 : 0.95), lo, hi);
+        const double g_other = excess(other);
+        if (g_line == 0.0) {
+          c = linear_root;
+          bracketed = true;
+        } else if ((g_line > 0.0) != (g_other > 0.0)) {
+          c = g_line > 0.0 ? brent_root(excess, linear_root, other, g_line, g_other, 1e-12)
+                           : brent_root(excess, other, linear_root, g_other, g_line, 1e-12);
+          bracketed = true;
+        }
+      }
+      if (!bracketed) {
+        const double f_lo = excess(lo), f_hi = excess(hi);
+        if (f_lo > 0.0 && f_hi < 0.0) {
+          c = brent_root(excess, lo, hi, f_lo, f_hi, 1e-12);
+        } else {
+          c = f_lo > 0.0 ? hi : lo;  // no sign change: the fixed point is at (or past) that end
+        }
       }
     }
   }
