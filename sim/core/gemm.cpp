@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
-#include <utility>
+#include <type_traits>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -183,9 +183,7 @@ void kernel_strips(std::int64_t kc, const T* a, const T* b, T* c, std::ptrdiff_t
 //    (gemm_bench --cold) the backward product in float64 runs 2-5% faster that way, float32 4-10%
 //    slower.
 template <class T>
-inline constexpr bool kPrefetchNextStrip = sizeof(T) == 4;
-template <class T>
-inline constexpr bool kFollowEveryPhase = sizeof(T) == 4;
+inline constexpr bool kPrefetchEveryCall = sizeof(T) == 4;
 
 // Micro-kernel for A as panels of width G: a points at row row0 of panel 0, so that element
 // (row0 + r, p) is a[(p / G) * stride + r * G + p % G]; steps p0 .. p0 + kc. A panel's 12 rows
@@ -195,8 +193,9 @@ template <class T, std::int64_t G, int Rows>
 void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t stride, const T* b, T* c,
                    std::ptrdiff_t ldc, bool accumulate, const T* next_a, const NextStrip& next) {
   constexpr std::int64_t P = kPanel<T>;
-  constexpr int kUnroll = 2;  // measured: 2 beats 1, 3 and 4, and prefetching in one burst beats spreading it
-  static_assert(G % kUnroll == 0);
+  // Two steps per iteration (measured: 2 beats 1, 3 and 4, and prefetching in one burst beats
+  // spreading it).
+  static_assert(G % 2 == 0);
   constexpr int kLines = static_cast<int>((kRows * G * static_cast<std::int64_t>(sizeof(T)) + 63) / 64 + 1);
   const int pf_first = next.valid ? static_cast<int>(next.phase * kLines / next.phases) : 0;
   const int pf_last = next.valid ? static_cast<int>((next.phase + 1) * kLines / next.phases) : 0;
@@ -211,20 +210,19 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
     const T* panel = a + g * stride;
     const std::int64_t q0 = p % G;
     const std::int64_t q1 = std::min<std::int64_t>(G, q0 + (end - p));
-    if (kPrefetchNextStrip<T> && g - p0 / G < next_panels) {
+    if (kPrefetchEveryCall<T> && g - p0 / G < next_panels) {
       const char* nx = reinterpret_cast<const char*>(next_a + (g + next_panel0) * stride);
       for (int l = pf_first; l < pf_last; ++l) prefetch_l2(nx + 64 * l);
     }
     if (q0 == 0 && q1 == G) {
-      if ((kFollowEveryPhase<T> || next.phase == 0) && p + G < end) {
+      if ((kPrefetchEveryCall<T> || next.phase == 0) && p + G < end) {
         const char* following = reinterpret_cast<const char*>(panel + stride);
         for (int l = 0; l < kLines; ++l) prefetch(following + 64 * l);
       }
-      for (std::int64_t q = 0; q < G; q += kUnroll) {
-        [&]<std::size_t... u>(std::index_sequence<u...>) {
-          (tile_step<T, G, Rows>(acc, panel + q + static_cast<std::int64_t>(u), b + static_cast<std::int64_t>(u) * P), ...);
-        }(std::make_index_sequence<kUnroll>{});
-        b += kUnroll * P;
+      for (std::int64_t q = 0; q < G; q += 2) {
+        tile_step<T, G, Rows>(acc, panel + q, b);
+        tile_step<T, G, Rows>(acc, panel + q + 1, b + P);
+        b += 2 * P;
       }
     } else {
       for (std::int64_t q = q0; q < q1; ++q) {
@@ -275,13 +273,19 @@ void drive(std::int64_t m, std::int64_t k, std::int64_t panels, PanelView<T> b, 
   }
 }
 
-// Rows of the tile for a strip with `left` rows of C to go: the last strip of a matrix whose height
-// is no multiple of 12 runs a 4- or 8-row tile, instead of 12 rows of which up to 11 are discarded
-// (3% of the products at width 256). Every row's arithmetic is the same in each tile.
-inline int tile_rows(std::int64_t left) {
-  if (left <= 4) return 4;
-  if (left <= 8) return 8;
-  return kRows;
+// Calls kernel(std::integral_constant<int, Rows>) with the rows of the tile for a strip with
+// `left` rows of C to go: the last strip of a matrix whose height is no multiple of 12 runs a 4- or
+// 8-row tile, instead of 12 rows of which up to 11 are discarded (3% of the products at width 256).
+// Every row's arithmetic is the same in each tile.
+template <class Kernel>
+inline void with_tile_rows(std::int64_t left, const Kernel& kernel) {
+  if (left <= 4) {
+    kernel(std::integral_constant<int, 4>{});
+  } else if (left <= 8) {
+    kernel(std::integral_constant<int, 8>{});
+  } else {
+    kernel(std::integral_constant<int, kRows>{});
+  }
 }
 
 template <class T>
@@ -310,11 +314,9 @@ void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, StripView<T> a, P
                const NextStrip& next) {
              auto at = [&](std::int64_t r, std::int64_t p) { return a.data + (r / kStrip) * a.strip_stride + p * kStrip; };
              const T* next_a = next.valid ? at(next.row, next.p0) : nullptr;
-             switch (tile_rows(m - row)) {
-               case 4: kernel_strips<T, 4>(kc, at(row, p0), bp, c, ldc, acc, next_a, next); break;
-               case 8: kernel_strips<T, 8>(kc, at(row, p0), bp, c, ldc, acc, next_a, next); break;
-               default: kernel_strips<T, kRows>(kc, at(row, p0), bp, c, ldc, acc, next_a, next); break;
-             }
+             with_tile_rows(m - row, [&](auto rows) {
+               kernel_strips<T, rows()>(kc, at(row, p0), bp, c, ldc, acc, next_a, next);
+             });
            });
 }
 
@@ -328,11 +330,9 @@ void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, PanelView<T> a, P
                  const NextStrip& next) {
                const T* ap = a.data + row * G;
                const T* next_a = a.data + next.row * G;
-               switch (tile_rows(m - row)) {
-                 case 4: kernel_panels<T, G, 4>(p0, kc, ap, a.panel_stride, bp, c, ldc, acc, next_a, next); break;
-                 case 8: kernel_panels<T, G, 8>(p0, kc, ap, a.panel_stride, bp, c, ldc, acc, next_a, next); break;
-                 default: kernel_panels<T, G, kRows>(p0, kc, ap, a.panel_stride, bp, c, ldc, acc, next_a, next); break;
-               }
+               with_tile_rows(m - row, [&](auto rows) {
+                 kernel_panels<T, G, rows()>(p0, kc, ap, a.panel_stride, bp, c, ldc, acc, next_a, next);
+               });
              });
   };
   if (a.width == kStrip) {
