@@ -19,6 +19,19 @@
 
 namespace selfnorm {
 
+// N running sums in double (N a power of two) folded in a fixed order: lane k + N/2 into lane k,
+// then halves, down to one.
+template <int N>
+inline double fold_lanes(const double* t) {
+  static_assert(N >= 2 && (N & (N - 1)) == 0);
+  double r[N / 2];
+  for (int k = 0; k < N / 2; ++k) r[k] = t[k] + t[k + N / 2];
+  for (int w = N / 4; w >= 1; w /= 2) {
+    for (int k = 0; k < w; ++k) r[k] += r[k + w];
+  }
+  return r[0];
+}
+
 // 16 running sums in double, folded 16 -> 8 -> 4 -> 2 -> 1 in a fixed order.
 struct Lanes16 {
 #if defined(__AVX512F__)
@@ -27,22 +40,12 @@ struct Lanes16 {
     alignas(64) double t[16];
     _mm512_store_pd(t, v[0]);
     _mm512_store_pd(t + 8, v[1]);
-    return fold(t);
+    return fold_lanes<16>(t);
   }
 #else
   double v[16] = {};
-  double total() const { return fold(v); }
+  double total() const { return fold_lanes<16>(v); }
 #endif
-
- private:
-  static double fold(const double* t) {
-    double r[8];
-    for (int k = 0; k < 8; ++k) r[k] = t[k] + t[k + 8];
-    for (int w = 4; w >= 1; w /= 2) {
-      for (int k = 0; k < w; ++k) r[k] += r[k + w];
-    }
-    return r[0];
-  }
 };
 
 // Sums of the forward statistics of a run of panel rows: deviations of h from pre_shift and their
