@@ -705,15 +705,17 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
       bool bracketed = false;
       if (linear_root > lo && linear_root < hi) {
         const double g_line = excess(linear_root);
-        const double other = std::clamp(linear_root * (g_line > 0.0 ? 1.05 : 0.95), lo, hi);
-        const double g_other = excess(other);
         if (g_line == 0.0) {
           c = linear_root;
           bracketed = true;
-        } else if ((g_line > 0.0) != (g_other > 0.0)) {
-          c = g_line > 0.0 ? brent_root(excess, linear_root, other, g_line, g_other, 1e-12)
-                           : brent_root(excess, other, linear_root, g_other, g_line, 1e-12);
-          bracketed = true;
+        } else {
+          const double other = std::clamp(linear_root * (g_line > 0.0 ? 1.05 : 0.95), lo, hi);
+          const double g_other = excess(other);
+          if ((g_line > 0.0) != (g_other > 0.0)) {
+            c = g_line > 0.0 ? brent_root(excess, linear_root, other, g_line, g_other, 1e-12)
+                             : brent_root(excess, other, linear_root, g_other, g_line, 1e-12);
+            bracketed = true;
+          }
         }
       }
       if (!bracketed) {
