@@ -1,7 +1,6 @@
 // The CUDA backend's PointRunner, and the entry point of the module it is built into
 // (libselfnorm_cuda.so, see cli/cuda_plugin.hpp). Only the module compiles this file: the
 // executable reaches it through selfnorm_cuda_plugin(), after dlopen.
-#include <cstdio>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -13,12 +12,6 @@
 
 namespace selfnorm::cli {
 namespace {
-
-std::string fixed(double v, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
-}
 
 // The CUDA backend on device 0.
 class CudaRunner : public PointRunner {
@@ -86,8 +79,8 @@ class CudaRunner : public PointRunner {
     const cuda::DeviceTiming t = backend_->timing();
     if (t.total_seconds <= 0) return {};
     const double outside = 100.0 * (1.0 - t.gemm_seconds / t.total_seconds);
-    return "; GPU time " + fixed(t.total_seconds, 3) + " s, GEMM " + fixed(t.gemm_seconds, 3) + " s, " +
-           fixed(outside, 1) + "% outside GEMM";
+    return "; GPU time " + format_number("%.3f", t.total_seconds) + " s, GEMM " + format_number("%.3f", t.gemm_seconds) +
+           " s, " + format_number("%.1f", outside) + "% outside GEMM";
   }
 
  private:

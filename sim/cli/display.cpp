@@ -17,14 +17,8 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-std::string fmt(const char* format, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, v);
-  return buf;
-}
-
 std::string format_value(const json& v) {
-  if (v.is_number_float()) return fmt("%.6g", v.get<double>());
+  if (v.is_number_float()) return format_number("%.6g", v.get<double>());
   if (v.is_string()) return v.get<std::string>();
   return v.dump();
 }
@@ -55,7 +49,7 @@ std::string with_error(double mean, double sem) {
     std::snprintf(buf, sizeof buf, "%.3e", mean);
     return buf;
   }
-  return fmt("%.4g", mean);
+  return format_number("%.4g", mean);
 }
 
 // Display width of a UTF-8 string (the ± sign is two bytes, one column).
@@ -196,8 +190,8 @@ void ProgressDisplay::show(bool force) {
   std::ostringstream line;
   line << "point " << (ordinal_ + 1) << "/" << points_;
   if (!label_.empty()) line << " (" << label_ << ")";
-  line << "  trials " << trials_done << "/" << trials_ << "  " << fmt("%.0f%%", 100.0 * done / std::max(total_flop_, 1.0))
-       << "  " << fmt("%.1f", rate * 1e-9) << " GFLOP/s  elapsed " << format_duration(elapsed) << "  ETA "
+  line << "  trials " << trials_done << "/" << trials_ << "  " << format_number("%.0f%%", 100.0 * done / std::max(total_flop_, 1.0))
+       << "  " << format_number("%.1f", rate * 1e-9) << " GFLOP/s  elapsed " << format_duration(elapsed) << "  ETA "
        << format_duration(eta);
   if (tty_) {
     std::cerr << "\r\033[K" << line.str() << std::flush;
@@ -285,7 +279,7 @@ void print_activations(std::ostream& out) {
     }
     out << ": " << info.formula << "\n";
     for (const auto& p : info.params) {
-      out << "    " << pad_right(std::string(p.name), 16) << "default " << pad_right(fmt("%.17g", p.default_value), 22)
+      out << "    " << pad_right(std::string(p.name), 16) << "default " << pad_right(format_number("%.17g", p.default_value), 22)
           << p.meaning << "\n";
     }
   }

@@ -4,19 +4,16 @@
 #include <cstdio>
 
 namespace selfnorm::cli {
-namespace {
 
-std::string fmt(const char* format, double v) {
+std::string format_number(const char* format, double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, format, v);
   return buf;
 }
 
-}  // namespace
-
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
-  if (seconds < 60) return fmt(seconds < 10 ? "%.1f s" : "%.0f s", seconds);
+  if (seconds < 60) return format_number(seconds < 10 ? "%.1f s" : "%.0f s", seconds);
   const auto s = static_cast<long>(seconds + 0.5);
   char buf[64];
   if (s < 3600) {
@@ -34,7 +31,7 @@ std::string format_bytes(double bytes) {
     bytes /= 1024;
     ++u;
   }
-  return fmt(bytes < 10 ? "%.1f " : "%.0f ", bytes) + units[u];
+  return format_number(bytes < 10 ? "%.1f " : "%.0f ", bytes) + units[u];
 }
 
 }  // namespace selfnorm::cli

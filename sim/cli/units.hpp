@@ -6,6 +6,9 @@
 
 namespace selfnorm::cli {
 
+// v through a printf format for one double ("%.3f", "%.4g").
+std::string format_number(const char* format, double v);
+
 // "1.5 s", "3 min 20 s", "2 h 05 min"; "?" for a negative or non-finite time.
 std::string format_duration(double seconds);
 
