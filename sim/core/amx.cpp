@@ -1,0 +1,259 @@
+#include "core/amx.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__linux__)
+#define SELFNORM_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace selfnorm::amx {
+
+std::ptrdiff_t b_plane_stride(std::int64_t k) {
+  // Two column tiles of whole pair rows; one extra cache line when they would fall a multiple of
+  // 4 KiB apart.
+  std::ptrdiff_t half = round_k(k) / 2 * kPairRow;
+  if ((half * 2) % 4096 == 0) half += 32;
+  return 2 * half;
+}
+
+std::size_t a_size(std::int64_t m, std::int64_t k) {
+  return static_cast<std::size_t>(kPlanes * row_tiles(m) * (round_k(k) / kChunk) * kTileElements);
+}
+
+#if defined(SELFNORM_AMX)
+
+namespace {
+
+// The three pieces of 16 floats, as float32 bit patterns whose low 16 bits are zero (so a piece's
+// bfloat16 is its high half).
+[[gnu::always_inline]] inline void pieces(__m512 v, __m512i& p0, __m512i& p1, __m512i& p2) {
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(v), _mm512_set1_ps(__builtin_inff()), _CMP_LT_OQ);
+  // Truncation never rounds up to inf; a NaN whose payload lies in the low bits stays a NaN.
+  p0 = _mm512_mask_mov_epi32(_mm512_and_si512(_mm512_castps_si512(v), hi), nan, _mm512_set1_epi32(0x7FC00000));
+  // Both differences are exact; an inf or NaN is carried by p0 alone.
+  const __m512 r1 = _mm512_maskz_sub_ps(finite, v, _mm512_castsi512_ps(p0));
+  p1 = _mm512_and_si512(_mm512_castps_si512(r1), hi);
+  const __m512 r2 = _mm512_sub_ps(r1, _mm512_castsi512_ps(p1));
+  p2 = _mm512_and_si512(_mm512_castps_si512(r2), hi);
+}
+
+// The high halves of 16 pieces, as 16 bfloat16.
+[[gnu::always_inline]] inline __m256i bf16(__m512i p) { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(p, 16)); }
+
+struct TileConfig {
+  std::uint8_t palette = 1;
+  std::uint8_t start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+// Every tile register 16 rows of 64 bytes, loaded once per thread.
+void configure_tiles() {
+  thread_local bool configured = false;
+  if (configured) return;
+  alignas(64) TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+  configured = true;
+}
+
+constexpr long kArchReqXcompPerm = 0x1023;
+constexpr long kXfeatureXtiledata = 18;
+
+}  // namespace
+
+bool available() {
+  static const bool ok = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool amx_bf16 = (d >> 22) & 1u;
+    const bool amx_tile = (d >> 24) & 1u;
+    if (!amx_bf16 || !amx_tile) return false;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+void split_a_tile(const float* block, std::ptrdiff_t ld, std::uint16_t* tile, std::ptrdiff_t plane_step) {
+  for (int r = 0; r < kTileRows; ++r) {
+    __m512i p[2][3];
+    for (int h = 0; h < 2; ++h) pieces(_mm512_loadu_ps(block + r * ld + 16 * h), p[h][0], p[h][1], p[h][2]);
+    for (int q = 0; q < kPlanes; ++q) {
+      auto* row = reinterpret_cast<__m256i*>(tile + q * plane_step + r * kChunk);
+      _mm256_storeu_si256(row, bf16(p[0][q]));
+      _mm256_storeu_si256(row + 1, bf16(p[1][q]));
+    }
+  }
+}
+
+void split_a_strips(const float* strips, std::int64_t strip0, std::ptrdiff_t ss, bool transposed, std::int64_t m,
+                    std::int64_t k, std::int64_t i, std::int64_t c, std::uint16_t* tile, std::ptrdiff_t plane_step,
+                    bool stream) {
+  constexpr std::int64_t S = kStrip;
+  const std::int64_t t0 = c * kChunk;
+  // Columns t0 + h * 16 + lane that lie inside k.
+  const std::int64_t cols = std::clamp<std::int64_t>(k - t0, 0, kChunk);
+  const __mmask16 in[2] = {static_cast<__mmask16>(cols >= 16 ? 0xFFFF : (1u << cols) - 1),
+                           static_cast<__mmask16>(cols >= 32 ? 0xFFFF : cols > 16 ? (1u << (cols - 16)) - 1 : 0)};
+  // Offsets of the 32 columns from a row's base.
+  __m512i offset[2];
+  for (int h = 0; h < 2; ++h) {
+    alignas(64) std::int32_t o[16];
+    for (int lane = 0; lane < 16; ++lane) {
+      const std::int64_t t = 16 * h + lane;
+      o[lane] = static_cast<std::int32_t>(transposed ? ((t0 % S + t) / S) * ss + (t0 % S + t) % S : t * S);
+    }
+    offset[h] = _mm512_load_si512(o);
+  }
+  for (int r = 0; r < kTileRows; ++r) {
+    const std::int64_t row = i * kTileRows + r;
+    __m512i p[2][3];
+    for (int h = 0; h < 2; ++h) {
+      __m512 v = _mm512_setzero_ps();
+      if (row < m) {
+        const float* base = transposed ? strips + (t0 / S - strip0) * ss + row * S
+                                       : strips + (row / S - strip0) * ss + row % S + t0 * S;
+        v = _mm512_mask_i32gather_ps(v, in[h], offset[h], base, 4);
+      }
+      pieces(v, p[h][0], p[h][1], p[h][2]);
+    }
+    for (int q = 0; q < kPlanes; ++q) {
+      auto* out = reinterpret_cast<__m512i*>(tile + q * plane_step + r * kChunk);
+      const __m512i row_bf16 = _mm512_inserti64x4(_mm512_castsi256_si512(bf16(p[0][q])), bf16(p[1][q]), 1);
+      if (stream) {
+        _mm512_stream_si512(out, row_bf16);
+      } else {
+        _mm512_store_si512(out, row_bf16);
+      }
+    }
+  }
+}
+
+void split_b_pair(const float* r0, const float* r1, std::int64_t pair, std::uint16_t* panel,
+                  std::ptrdiff_t plane_stride) {
+  std::uint16_t* dst = panel + pair * kPairRow;
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int h = 0; h < 2; ++h) {
+    __m512i e[3], o[3];
+    pieces(_mm512_loadu_ps(r0 + 16 * h), e[0], e[1], e[2]);
+    pieces(r1 ? _mm512_loadu_ps(r1 + 16 * h) : _mm512_setzero_ps(), o[0], o[1], o[2]);
+    for (int q = 0; q < kPlanes; ++q) {
+      // Sample s's pair: row k in the low half of its 32 bits, row k + 1 in the high half.
+      const __m512i both = _mm512_or_si512(_mm512_and_si512(o[q], hi), _mm512_srli_epi32(e[q], 16));
+      _mm512_storeu_si512(dst + q * plane_stride + h * (plane_stride / 2), both);
+    }
+  }
+}
+
+void zero_b_pairs(std::int64_t pair0, std::int64_t pair1, std::uint16_t* panel, std::ptrdiff_t plane_stride) {
+  for (int q = 0; q < kPlanes; ++q) {
+    for (int h = 0; h < 2; ++h) {
+      std::uint16_t* tile = panel + q * plane_stride + h * (plane_stride / 2);
+      std::fill(tile + pair0 * kPairRow, tile + pair1 * kPairRow, std::uint16_t(0));
+    }
+  }
+}
+
+void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, SplitA a, SplitB b, float* c_block,
+          RowsDone<float> done) {
+  configure_tiles();
+  const std::ptrdiff_t ldc = gemm_block_ld<float>(panels);
+  const std::int64_t chunks = round_k(k) / kChunk;
+  const std::ptrdiff_t plane_a = a.row_tiles * a.chunks * kTileElements;
+  constexpr std::ptrdiff_t kStrideA = kChunk * 2;          // bytes per row of an A tile
+  constexpr std::ptrdiff_t kStrideB = kPairRow * 2;        // bytes per pair row of a column tile
+  constexpr std::ptrdiff_t kChunkB = kTileRows * kPairRow;  // uint16_t per chunk of a column tile
+  const auto ldc_bytes = static_cast<int>(ldc * 4);
+  alignas(64) float small[2][kTileRows * 16];
+  for (std::int64_t row0 = 0; row0 < m; row0 += kBlockRows) {
+    const std::int64_t rows = std::min(kBlockRows, m - row0);
+    for (std::int64_t r = 0; r < rows; r += 2 * kTileRows) {
+      const std::int64_t tile = (row0 + r) / kTileRows;
+      const std::uint16_t* a0 = a.data + tile * a.chunks * kTileElements;
+      const std::uint16_t* a1 = a0 + plane_a;
+      const std::uint16_t* a2 = a1 + plane_a;
+      const std::ptrdiff_t next = a.chunks * kTileElements;  // the row tile below
+      for (std::int64_t q = 0; q < panels; ++q) {
+        for (int h = 0; h < 2; ++h) {
+          const std::uint16_t* b0 = b.data + q * kPlanes * b.plane_stride + h * (b.plane_stride / 2);
+          const std::uint16_t* b1 = b0 + b.plane_stride;
+          const std::uint16_t* b2 = b1 + b.plane_stride;
+          // Tiles 0, 1: a0 b0 for the two row tiles; 2, 3: the five smaller products.
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+          for (std::int64_t c = 0; c < chunks; ++c) {
+            const std::ptrdiff_t oa = c * kTileElements;
+            const std::ptrdiff_t ob = c * kChunkB;
+            _tile_loadd(4, b0 + ob, kStrideB);
+            _tile_loadd(5, b1 + ob, kStrideB);
+            _tile_loadd(6, b2 + ob, kStrideB);
+            _tile_loadd(7, a0 + oa, kStrideA);
+            _tile_dpbf16ps(2, 7, 5);
+            _tile_dpbf16ps(0, 7, 4);
+            _tile_dpbf16ps(2, 7, 6);
+            _tile_loadd(7, a0 + next + oa, kStrideA);
+            _tile_dpbf16ps(3, 7, 5);
+            _tile_dpbf16ps(1, 7, 4);
+            _tile_dpbf16ps(3, 7, 6);
+            _tile_loadd(7, a1 + oa, kStrideA);
+            _tile_dpbf16ps(2, 7, 4);
+            _tile_dpbf16ps(2, 7, 5);
+            _tile_loadd(7, a1 + next + oa, kStrideA);
+            _tile_dpbf16ps(3, 7, 4);
+            _tile_dpbf16ps(3, 7, 5);
+            _tile_loadd(7, a2 + oa, kStrideA);
+            _tile_dpbf16ps(2, 7, 4);
+            _tile_loadd(7, a2 + next + oa, kStrideA);
+            _tile_dpbf16ps(3, 7, 4);
+          }
+          float* c = c_block + r * ldc + q * kPanel<float> + 16 * h;
+          _tile_stored(0, c, ldc_bytes);
+          _tile_stored(1, c + kTileRows * ldc, ldc_bytes);
+          _tile_stored(2, small[0], 64);
+          _tile_stored(3, small[1], 64);
+          for (int t = 0; t < 2; ++t) {
+            for (int i = 0; i < kTileRows; ++i) {
+              float* row = c + (t * kTileRows + i) * ldc;
+              _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), _mm512_load_ps(small[t] + i * 16)));
+            }
+          }
+        }
+      }
+    }
+    done(row0, rows, c_block, ldc);
+  }
+}
+
+#else  // no AMX in this build
+
+bool available() { return false; }
+
+namespace {
+[[noreturn]] void unavailable() { throw std::logic_error("this build of selfnorm has no AMX kernel"); }
+}  // namespace
+
+void split_a_tile(const float*, std::ptrdiff_t, std::uint16_t*, std::ptrdiff_t) { unavailable(); }
+void split_a_strips(const float*, std::int64_t, std::ptrdiff_t, bool, std::int64_t, std::int64_t, std::int64_t,
+                    std::int64_t, std::uint16_t*, std::ptrdiff_t, bool) {
+  unavailable();
+}
+void split_b_pair(const float*, const float*, std::int64_t, std::uint16_t*, std::ptrdiff_t) { unavailable(); }
+void zero_b_pairs(std::int64_t, std::int64_t, std::uint16_t*, std::ptrdiff_t) { unavailable(); }
+void gemm(std::int64_t, std::int64_t, std::int64_t, SplitA, SplitB, float*, RowsDone<float>) { unavailable(); }
+
+#endif
+
+}  // namespace selfnorm::amx
