@@ -72,6 +72,24 @@ ParallelMode parse_parallel(const std::string& s) {
   throw UsageError("--parallel " + s + " is not valid; use auto, trials or samples");
 }
 
+Matmul parse_matmul(const std::string& s) {
+  Matmul m;
+  if (s == "auto") {
+    m = Matmul::automatic;
+  } else if (s == "fma") {
+    m = Matmul::fma;
+  } else if (s == "bf16x6") {
+    m = Matmul::bf16x6;
+  } else {
+    throw UsageError("--matmul " + s + " is not valid; use auto, fma or bf16x6");
+  }
+  if (m == Matmul::bf16x6 && !bf16x6_available()) {
+    throw UsageError("--matmul bf16x6 needs a CPU with AMX-BF16 (Intel Sapphire Rapids or later) and a build for "
+                     "it; this one has none: use --matmul auto or fma");
+  }
+  return m;
+}
+
 // A whole decimal number from 0 to `max`; anything else (a sign, a fraction, overflow) is refused.
 std::int64_t parse_count(const std::string& text, const std::string& what,
                          std::int64_t max = std::numeric_limits<std::int64_t>::max(), std::int64_t min = 0) {
@@ -277,6 +295,7 @@ int run_command(const RunArgs& args) {
   RunOptions options;
   options.threads = threads.threads;
   options.parallel = parse_parallel(args.parallel);
+  options.matmul = parse_matmul(args.matmul);
   const std::optional<io::ShardInfo> shard = parse_shard(args.shard);
   const auto mine = io::shard_points(static_cast<std::int64_t>(ex.points.size()), shard);
 

@@ -14,6 +14,7 @@ struct RunArgs {
   std::optional<int> threads;
   std::optional<std::string> seed;    // an integer from 0 to 2^63 - 1, checked by run_command
   std::string parallel = "auto";      // auto | trials | samples
+  std::string matmul = "auto";        // auto | fma | bf16x6: how the float32 products are computed
   std::string shard;                  // "K/N", "slurm/N" or empty
   bool quiet = false;
   bool overwrite = false;

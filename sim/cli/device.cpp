@@ -4,6 +4,7 @@
 
 #include "cli/errors.hpp"
 #include "cli/units.hpp"
+#include "core/gemm.hpp"
 
 #if defined(SELFNORM_HAVE_CUDA)
 #include <dlfcn.h>
@@ -23,6 +24,17 @@ namespace fs = std::filesystem;
 
 std::string threads_text(int n) { return std::to_string(n) + (n == 1 ? " thread" : " threads"); }
 
+}  // namespace
+
+std::string gemm_description(Matmul matmul) {
+  const std::string fma(gemm_backend());
+  if (matmul == Matmul::fma || !bf16x6_available()) return fma;
+  if (matmul == Matmul::bf16x6) return fma + ", amx-bf16x6 for float32";
+  return fma + ", amx-bf16x6 for float32 at batch >= " + std::to_string(kBf16x6MinBatch);
+}
+
+namespace {
+
 // The CPU engine.
 class CpuRunner : public PointRunner {
  public:
@@ -32,10 +44,19 @@ class CpuRunner : public PointRunner {
     return simulate_point(spec, seed, options_, progress);
   }
   std::string check(const PointSpec&) const override { return {}; }
-  void describe(io::Provenance& provenance) const override { provenance.device = "cpu"; }
+  void describe(io::Provenance& provenance) const override {
+    provenance.device = "cpu";
+    provenance.gemm_backend = gemm_description(options_.matmul);
+  }
   std::string start_note(double cpu_buffer_bytes) const override {
-    return "buffers " + format_bytes(cpu_buffer_bytes) + ", " + threads_text(options_.threads) + " (" +
-           thread_source_ + ")";
+    std::string note = "buffers " + format_bytes(cpu_buffer_bytes) + ", " + threads_text(options_.threads) + " (" +
+                       thread_source_ + ")";
+    if (options_.matmul != Matmul::fma && bf16x6_available()) {
+      note += options_.matmul == Matmul::bf16x6
+                  ? ", float32 products on AMX (bf16x6)"
+                  : ", float32 products on AMX (bf16x6) at batch >= " + std::to_string(kBf16x6MinBatch);
+    }
+    return note;
   }
   std::string where() const override { return threads_text(options_.threads); }
 

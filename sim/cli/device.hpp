@@ -31,6 +31,11 @@ class PointRunner {
   virtual std::string timing_note() const { return {}; }
 };
 
+// The CPU's products for the result file's gemm_backend attribute: the FMA kernel's name ("avx512"
+// or "portable"), and where the float32 products may run on AMX, which ones ("avx512, amx-bf16x6
+// for float32 at batch >= 512"). Each point's own kernel is in the file's point_matmul.
+std::string gemm_description(Matmul matmul);
+
 // The runner for `device`; `source` says where the choice came from, for messages ("--device
 // cuda"). Throws DeviceError (exit status 4) when the device cannot be used: no CUDA backend in
 // this build, a backend module that is missing or does not load (no cuBLAS), no GPU, or a GPU

@@ -38,6 +38,9 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--threads", run.threads, "threads (default: OMP_NUM_THREADS, SLURM_CPUS_PER_TASK or all)");
   run_cmd->add_option("--seed", run.seed, "override the config's seed");
   run_cmd->add_option("--parallel", run.parallel, "how threads share work: auto, trials or samples (same results)");
+  run_cmd->add_option("--matmul", run.matmul,
+                      "float32 products: auto (bf16x6 where the CPU has AMX-BF16, else fma), fma (vector FMA) or "
+                      "bf16x6 (matrix units, six bfloat16 products per float32 product; as accurate as fma)");
   run_cmd->add_option("--shard", run.shard,
                       "run shard K of N only (K/N, 0-based), or slurm/N to take K from SLURM_ARRAY_TASK_ID");
   run_cmd->add_flag("--quiet", run.quiet, "no progress and no summary");

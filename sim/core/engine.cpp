@@ -15,6 +15,7 @@
 #include <type_traits>
 
 
+#include "core/amx.hpp"
 #include "core/gemm.hpp"
 #include "core/init.hpp"
 #include "core/moments.hpp"
@@ -212,8 +213,18 @@ class Buffer {
 //   X_l^T, dL/dH_l^T  the whole batch in panels of kPanel samples; row block b owns panels
 //                  [b R / kPanel, ...), and the last panel's columns past B are zeros;
 //   f'(h_l)        per row block, n_l rows of R samples.
+// With the bf16x6 products (amx.hpp), the products read split copies instead: W_l^T for the
+// forward product (one buffer, rebuilt per layer), W_l for the backward one (per layer, kept for
+// the backward pass), and X_l^T and dL/dH_l^T of the whole batch (ping-pong), written next to the
+// float32 panels. Elementwise initialisers then draw W_l^T a group of kSplitGroup strips at a time
+// into a rank's own buffer and split it from there; the float32 strips are never stored.
 static_assert(row_block(1) % kPanel<float> == 0 && row_block(1) % kPanel<double> == 0,
               "row blocks must start on a panel");
+
+// Strips of W_l^T drawn and split together: 96 outputs, 6 row tiles of W_l^T and 3 chunks of W_l.
+inline constexpr std::int64_t kSplitGroup = 8;
+static_assert(kSplitGroup * kStrip % amx::kTileRows == 0 && kSplitGroup * kStrip % amx::kChunk == 0,
+              "a group of strips must hold whole tiles of both split copies");
 
 struct Geometry {
   int depth = 0;
@@ -235,8 +246,12 @@ struct Geometry {
   bool bias = false;
   bool weight_gradients = false;
   bool dropout = false;
+  bool amx = false;                   // bf16x6 products
+  bool shared_weights = false;        // amx with an elementwise initialiser: no stored float32 strips
+  std::ptrdiff_t split_plane = 0;     // uint16_t per plane of a panel of a split batch (amx::SplitB)
+  std::size_t split_fwd_size = 0;     // uint16_t of the largest split W_l^T
 
-  Geometry(const PointSpec& spec, std::size_t element_size) {
+  Geometry(const PointSpec& spec, std::size_t element_size, bool use_amx) {
     depth = spec.network.depth();
     n = spec.network.widths;
     batch = spec.monte_carlo.batch;
@@ -258,7 +273,17 @@ struct Geometry {
     bias = spec.init.has_bias();
     weight_gradients = spec.monte_carlo.weight_gradients;
     dropout = spec.alpha_dropout.enabled();
+    amx = use_amx;
+    if (amx) {
+      shared_weights = init_is_elementwise(spec.init.kind);
+      split_plane = amx::b_plane_stride(n_max);
+      for (int l = 1; l <= depth; ++l) split_fwd_size = std::max(split_fwd_size, amx::a_size(n[l], n[l - 1]));
+    }
   }
+  // uint16_t of a split copy of a whole batch.
+  std::size_t split_batch_size() const { return static_cast<std::size_t>(panels * amx::kPlanes * split_plane); }
+  // uint16_t of the split W_l used by the backward product (none for l = 1, which has none).
+  std::size_t split_bwd_size(int l) const { return l > 1 ? amx::a_size(n[l - 1], n[l]) : 0; }
   static std::int64_t round_up_to_strip(std::int64_t v) { return (v + kStrip - 1) / kStrip * kStrip; }
   std::int64_t block_rows(std::int64_t b) const { return std::min(rows_per_block, batch - b * rows_per_block); }
   std::int64_t block_panels(std::int64_t b) const { return (block_rows(b) + panel - 1) / panel; }
@@ -281,6 +306,12 @@ struct BlockLayerStats {
 template <class T>
 class Workspace {
  public:
+  // A piece of the arena.
+  struct Slice {
+    T* ptr = nullptr;
+    std::size_t count = 0;
+  };
+
   Workspace(const Geometry& g, int ranks) : g_(g) {
     // Every array lives in one arena: one allocation, each slice starting on a cache line.
     std::size_t total = 0;
@@ -327,13 +358,25 @@ class Workspace {
            blocks * static_cast<double>(g.depth) * static_cast<double>(sizeof(BlockLayerStats));
   }
 
-  // W_l^T as strips, and the same memory as W_l in panels of kStrip.
-  StripView<T> weights_t(int l) const {
-    return {weight_slices[static_cast<std::size_t>(l - 1)].ptr, g_.strip_stride[static_cast<std::size_t>(l - 1)]};
-  }
+  // The float32 strips of W_l^T, and the same memory as W_l in panels of kStrip.
+  T* weight_strips(int l) const { return weight_slices[static_cast<std::size_t>(l - 1)].ptr; }
+  StripView<T> weights_t(int l) const { return {weight_strips(l), g_.strip_stride[static_cast<std::size_t>(l - 1)]}; }
   PanelView<T> weights(int l) const {
-    return {weight_slices[static_cast<std::size_t>(l - 1)].ptr, g_.strip_stride[static_cast<std::size_t>(l - 1)], kStrip};
+    return {weight_strips(l), g_.strip_stride[static_cast<std::size_t>(l - 1)], kStrip};
   }
+  // The split copies (bf16x6 products only).
+  static std::uint16_t* u16(const Slice& s) { return reinterpret_cast<std::uint16_t*>(s.ptr); }
+  amx::SplitA split_weights_t(int l) const {
+    return {u16(split_fwds[static_cast<std::size_t>(l % 2)]), amx::row_tiles(g_.n[static_cast<std::size_t>(l)]),
+            amx::round_k(g_.n[static_cast<std::size_t>(l - 1)]) / amx::kChunk};
+  }
+  amx::SplitA split_weights(int l) const {
+    return {u16(split_bwd[static_cast<std::size_t>(l - 1)]), amx::row_tiles(g_.n[static_cast<std::size_t>(l - 1)]),
+            amx::round_k(g_.n[static_cast<std::size_t>(l)]) / amx::kChunk};
+  }
+  std::uint16_t* split_fwd(int l) const { return u16(split_fwds[static_cast<std::size_t>(l % 2)]); }
+  std::uint16_t* split_x(int l) const { return u16(split_xs[static_cast<std::size_t>(l % 2)]); }
+  std::uint16_t* split_dh(int l) const { return u16(split_dhs[static_cast<std::size_t>(l % 2)]); }
   // X_l^T for the whole batch (l = 0 is the input).
   T* x(int l) const { return (g_.weight_gradients ? xs[static_cast<std::size_t>(l)] : xs[l % 2]).ptr; }
   // dL/dH_l^T for the whole batch (ping-pong).
@@ -350,12 +393,6 @@ class Workspace {
            static_cast<std::size_t>(colsum_offset[static_cast<std::size_t>(l - 1)]);
   }
 
-  // A piece of the arena.
-  struct Slice {
-    T* ptr = nullptr;
-    std::size_t count = 0;
-  };
-
   // Per rank: one block of C for the products, sample-major rows (inputs, upstream gradients,
   // rows of weights being drawn) and unit-major rows (the upstream gradient turned over).
   struct RankScratch {
@@ -363,9 +400,16 @@ class Workspace {
     Slice rows;
     Slice units;
     Slice grad_block;  // C blocks of dL/dW^T (weight gradients only)
+    Slice weight_group;  // kSplitGroup strips of W_l^T being drawn (shared_weights only)
   };
 
-  std::vector<Slice> weight_slices;  // W_l^T at [l-1]
+  std::vector<Slice> weight_slices;  // W_l^T at [l-1] (empty slices with shared_weights)
+  // Split W_l^T, ping-pong (uint16_t): a rank may draw and split layer l + 1 while another still
+  // multiplies with layer l.
+  std::array<Slice, 2> split_fwds;
+  std::vector<Slice> split_bwd;      // split W_l at [l-1] (uint16_t)
+  std::array<Slice, 2> split_xs;     // split X^T, ping-pong (uint16_t)
+  std::array<Slice, 2> split_dhs;    // split dL/dH^T, ping-pong (uint16_t)
   std::vector<Slice> biases;    // b_l at [l-1]
   std::vector<Slice> derivs;    // f'(h_l) at [l-1], blocks x n_l x R
   std::vector<Slice> xs;        // X^T (all layers with weight gradients, else ping-pong)
@@ -398,12 +442,21 @@ class Workspace {
       ws->biases.clear();
       ws->derivs.clear();
       ws->xs.clear();
+      ws->split_bwd.clear();
       ws->scratch.clear();
     }
     const double batch_panels = d(g.panels) * d(g.panel_stride);
+    // uint16_t counts in elements of T.
+    auto halves = [&](std::size_t count) { return std::ceil(d(count) * 2.0 / d(sizeof(T))); };
+    double group_strips = 0.0;
     for (int l = 1; l <= g.depth; ++l) {
       const auto i = static_cast<std::size_t>(l - 1);
-      put(ws ? &ws->weight_slices : nullptr, d(g.strips[i]) * d(g.strip_stride[i]));
+      group_strips = std::max(group_strips, d(std::min(kSplitGroup, g.strips[i])) * d(g.strip_stride[i]));
+    }
+    for (int l = 1; l <= g.depth; ++l) {
+      const auto i = static_cast<std::size_t>(l - 1);
+      put(ws ? &ws->weight_slices : nullptr, g.shared_weights ? 0.0 : d(g.strips[i]) * d(g.strip_stride[i]));
+      put(ws ? &ws->split_bwd : nullptr, g.amx ? halves(g.split_bwd_size(l)) : 0.0);
       put(ws ? &ws->biases : nullptr, g.bias ? d(g.n[i + 1]) : 0.0);
       put(ws ? &ws->derivs : nullptr, d(g.blocks) * d(g.n[i + 1]) * d(g.rows_per_block));
     }
@@ -412,6 +465,18 @@ class Workspace {
     for (int k = 0; k < 2; ++k) {
       const Slice s = take(batch_panels);
       if (ws) ws->dhs[static_cast<std::size_t>(k)] = s;
+    }
+    for (int k = 0; k < 2; ++k) {
+      const Slice s = take(g.amx ? halves(g.split_fwd_size) : 0.0);
+      if (ws) ws->split_fwds[static_cast<std::size_t>(k)] = s;
+    }
+    for (int k = 0; k < 2; ++k) {
+      const Slice x = take(g.amx ? halves(g.split_batch_size()) : 0.0);
+      const Slice dh = take(g.amx ? halves(g.split_batch_size()) : 0.0);
+      if (ws) {
+        ws->split_xs[static_cast<std::size_t>(k)] = x;
+        ws->split_dhs[static_cast<std::size_t>(k)] = dh;
+      }
     }
     {
       const Slice s = take(g.weight_gradients ? d(g.unit_panels) * d(g.unit_panel_stride) : 0.0);
@@ -423,6 +488,7 @@ class Workspace {
       rs.rows = take(d(g.rows_per_block) * d(g.ld_rows));
       rs.units = take(d(g.n_max) * d(g.ld_units));
       rs.grad_block = take(g.weight_gradients ? d(gemm_block_size<T>(g.unit_panels)) : 0.0);
+      rs.weight_group = take(g.shared_weights ? group_strips : 0.0);
       if (ws) ws->scratch.push_back(rs);
     }
   }
@@ -523,12 +589,23 @@ class TrialRunner {
     const auto i = static_cast<std::size_t>(l - 1);
     const std::uint64_t wkey = key(StreamKind::weights, trial, l);
     std::int64_t task = 0;
-    if (init_is_elementwise(spec_.init.kind)) {
+    if (g_.shared_weights) {
+      // A group of strips per task, drawn into the rank's buffer and split from there.
+      const std::int64_t rows = Geometry::round_up_to_strip(fan_in);
+      T* group = ws.scratch[static_cast<std::size_t>(team.rank())].weight_group.ptr;
+      for (std::int64_t s0 = 0; s0 < g_.strips[i]; s0 += kSplitGroup, ++task) {
+        if (!team.owns(task)) continue;
+        const std::int64_t s1 = std::min(s0 + kSplitGroup, g_.strips[i]);
+        generate_weight_strips<T>(spec_.init, wkey, fan_in, fan_out, s0, s1, rows, group, g_.strip_stride[i]);
+        split_group(l, s0, group, ws);
+      }
+      store_fence();  // the split W_l went around the caches
+    } else if (init_is_elementwise(spec_.init.kind)) {
       const std::int64_t rows = Geometry::round_up_to_strip(fan_in);
       for (std::int64_t s = 0; s < g_.strips[i]; ++s, ++task) {
         if (!team.owns(task)) continue;
         generate_weight_strips<T>(spec_.init, wkey, fan_in, fan_out, s, s + 1, rows,
-                                  ws.weight_slices[i].ptr + s * g_.strip_stride[i], g_.strip_stride[i]);
+                                  ws.weight_strips(l) + s * g_.strip_stride[i], g_.strip_stride[i]);
       }
     } else if (team.owns(l)) {  // whole matrices, dealt by layer so that ranks draw different layers
       std::vector<T> w(static_cast<std::size_t>(fan_in * fan_out));
@@ -548,7 +625,7 @@ class TrialRunner {
     const std::int64_t fan_in = g_.n[l - 1];
     const std::int64_t fan_out = g_.n[l];
     const std::ptrdiff_t ss = g_.strip_stride[static_cast<std::size_t>(l - 1)];
-    T* strips = ws.weight_slices[static_cast<std::size_t>(l - 1)].ptr;
+    T* strips = ws.weight_strips(l);
     const std::int64_t rows = Geometry::round_up_to_strip(fan_in);
     for (std::int64_t s = 0; s < g_.strips[static_cast<std::size_t>(l - 1)]; ++s) {
       const std::int64_t j0 = s * kStrip;
@@ -571,6 +648,7 @@ class TrialRunner {
       generate_inputs<T>(spec_.input, input_key, g_.n[0], b * g_.rows_per_block, g_.block_rows(b), scratch.rows.ptr,
                          g_.ld_rows);
       to_panels(scratch.rows.ptr, g_.ld_rows, b, g_.n[0], ws.x(0));
+      if (g_.amx) split_rows(ws.x(0), ws.split_x(0), b, 0, g_.n[0], g_.n[0]);
     }
     // The weights of each layer are drawn just before its product: they are still in cache for
     // it, and never make a round trip through memory before the backward pass. Orthogonal
@@ -586,19 +664,119 @@ class TrialRunner {
         generate_layer(trial, l, team, ws);
         team.barrier();
       }
+      if (g_.amx && !g_.shared_weights) {
+        split_weights(l, team, ws);
+        team.barrier();
+      }
       const std::uint64_t dropout_key = key(StreamKind::dropout, trial, l);
       for (std::int64_t b = 0; b < g_.blocks; ++b) {
         if (!team.owns(b)) continue;
         ws.stat(b, l) = BlockLayerStats{};
+        auto done = [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
+          forward_rows(l, b, row0, rows, c, ldc, dropout_key, ws);
+          if (g_.amx) split_rows(ws.x(l), ws.split_x(l), b, row0, rows, g_.n[l]);
+        };
+        if constexpr (std::is_same_v<T, float>) {
+          if (g_.amx) {
+            amx::gemm(g_.n[l], g_.n[l - 1], g_.block_panels(b), ws.split_weights_t(l), split_block(ws.split_x(l - 1), b),
+                      scratch.c_block.ptr, done);
+            continue;
+          }
+        }
         const PanelView<T> x_in{ws.x(l - 1) + g_.first_panel(b) * g_.panel_stride, g_.panel_stride, P};
-        gemm<T>(g_.n[l], g_.n[l - 1], g_.block_panels(b), ws.weights_t(l), x_in, scratch.c_block.ptr,
-                [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
-                  forward_rows(l, b, row0, rows, c, ldc, dropout_key, ws);
-                });
+        gemm<T>(g_.n[l], g_.n[l - 1], g_.block_panels(b), ws.weights_t(l), x_in, scratch.c_block.ptr, done);
       }
       if (team.rank() == 0) tick();
     }
     store_fence();  // f'(h) went around the caches
+  }
+
+  // The split copies of W_l^T (forward) and W_l (backward, l > 1) from the float32 strips of W_l^T,
+  // in tasks of one row tile dealt over the ranks.
+  void split_weights(int l, const Team& team, Workspace<T>& ws) const {
+    if constexpr (std::is_same_v<T, float>) {
+      const std::int64_t n_out = g_.n[l], n_in = g_.n[l - 1];
+      const T* strips = ws.weight_strips(l);
+      const std::ptrdiff_t ss = g_.strip_stride[static_cast<std::size_t>(l - 1)];
+      std::int64_t task = 0;
+      auto split = [&](const amx::SplitA& a, std::uint16_t* data, bool transposed, std::int64_t m, std::int64_t k) {
+        const std::ptrdiff_t plane = a.row_tiles * a.chunks * amx::kTileElements;
+        for (std::int64_t i = 0; i < a.row_tiles; ++i, ++task) {
+          if (!team.owns(task)) continue;
+          for (std::int64_t c = 0; c < a.chunks; ++c) {
+            amx::split_a_strips(strips, 0, ss, transposed, m, k, i, c, data + (i * a.chunks + c) * amx::kTileElements,
+                                plane, transposed);
+          }
+        }
+      };
+      split(ws.split_weights_t(l), ws.split_fwd(l), false, n_out, n_in);
+      if (l > 1) {
+        // Written around the caches: it is read in the backward pass, long after.
+        split(ws.split_weights(l), Workspace<T>::u16(ws.split_bwd[static_cast<std::size_t>(l - 1)]), true, n_in,
+              n_out);
+        store_fence();
+      }
+    } else {
+      (void)l, (void)team, (void)ws;
+    }
+  }
+
+  // The tiles of both split copies of layer l that strips [s0, s0 + kSplitGroup) of W_l^T (at
+  // group) hold: 6 row tiles of W_l^T, and 3 chunks of every row tile of W_l.
+  void split_group(int l, std::int64_t s0, const T* group, Workspace<T>& ws) const {
+    if constexpr (std::is_same_v<T, float>) {
+      const std::int64_t n_out = g_.n[l], n_in = g_.n[l - 1];
+      const std::ptrdiff_t ss = g_.strip_stride[static_cast<std::size_t>(l - 1)];
+      const std::int64_t row0 = s0 * kStrip;
+      const amx::SplitA fwd = ws.split_weights_t(l);
+      std::uint16_t* fwd_data = ws.split_fwd(l);
+      const std::ptrdiff_t fwd_plane = fwd.row_tiles * fwd.chunks * amx::kTileElements;
+      const std::int64_t i1 = std::min(fwd.row_tiles, (row0 + kSplitGroup * kStrip) / amx::kTileRows);
+      for (std::int64_t i = row0 / amx::kTileRows; i < i1; ++i) {
+        for (std::int64_t c = 0; c < fwd.chunks; ++c) {
+          amx::split_a_strips(group, s0, ss, false, n_out, n_in, i, c,
+                              fwd_data + (i * fwd.chunks + c) * amx::kTileElements, fwd_plane, false);
+        }
+      }
+      if (l == 1) return;
+      const amx::SplitA bwd = ws.split_weights(l);
+      std::uint16_t* bwd_data = Workspace<T>::u16(ws.split_bwd[static_cast<std::size_t>(l - 1)]);
+      const std::ptrdiff_t bwd_plane = bwd.row_tiles * bwd.chunks * amx::kTileElements;
+      const std::int64_t c1 = std::min(bwd.chunks, (row0 + kSplitGroup * kStrip) / amx::kChunk);
+      for (std::int64_t i = 0; i < bwd.row_tiles; ++i) {
+        for (std::int64_t c = row0 / amx::kChunk; c < c1; ++c) {
+          amx::split_a_strips(group, s0, ss, true, n_in, n_out, i, c,
+                              bwd_data + (i * bwd.chunks + c) * amx::kTileElements, bwd_plane, true);
+        }
+      }
+    } else {
+      (void)l, (void)s0, (void)group, (void)ws;
+    }
+  }
+
+  // Block b of a split batch.
+  amx::SplitB split_block(const std::uint16_t* batch, std::int64_t b) const {
+    return {batch + g_.first_panel(b) * amx::kPlanes * g_.split_plane, g_.split_plane};
+  }
+
+  // Rows [row0, row0 + rows) of block b's float32 panels (at src, the whole batch's) into the split
+  // copy at dst, by pairs of rows (row0 is even); after the last of n rows, the pairs up to the
+  // product's k are zeroed.
+  void split_rows(const T* src, std::uint16_t* dst, std::int64_t b, std::int64_t row0, std::int64_t rows,
+                  std::int64_t n) const {
+    if constexpr (std::is_same_v<T, float>) {
+      const amx::SplitB out = split_block(dst, b);
+      for (std::int64_t q = 0; q < g_.block_panels(b); ++q) {
+        const T* panel = src + (g_.first_panel(b) + q) * g_.panel_stride;
+        std::uint16_t* split = const_cast<std::uint16_t*>(out.data) + q * amx::kPlanes * out.plane_stride;
+        for (std::int64_t j = row0; j < row0 + rows; j += 2) {
+          amx::split_b_pair(panel + j * P, j + 1 < n ? panel + (j + 1) * P : nullptr, j / 2, split, out.plane_stride);
+        }
+        if (row0 + rows == n) amx::zero_b_pairs((n + 1) / 2, amx::round_k(n) / 2, split, out.plane_stride);
+      }
+    } else {
+      (void)src, (void)dst, (void)b, (void)row0, (void)rows, (void)n;
+    }
   }
 
   // Sample-major rows of block b (rows x width at src, leading dimension lds) into the batch's
@@ -716,17 +894,26 @@ class TrialRunner {
       }
       transpose<T>(scratch.rows.ptr, g_.ld_rows, rows, g_.n[L], scratch.units.ptr, g_.ld_units);
       backward_rows(L, b, 0, g_.n[L], scratch.units.ptr, g_.ld_units, ws);
+      if (g_.amx && L > 1) split_rows(ws.dh(L), ws.split_dh(L), b, 0, g_.n[L], g_.n[L]);
     }
     for (int l = L; l >= 1; --l) {
       if (g_.weight_gradients) weight_gradient(l, team, ws);
       if (l > 1) {
         for (std::int64_t b = 0; b < g_.blocks; ++b) {
           if (!team.owns(b)) continue;
+          auto done = [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
+            backward_rows(l - 1, b, row0, rows, c, ldc, ws);
+            if (g_.amx && l > 2) split_rows(ws.dh(l - 1), ws.split_dh(l - 1), b, row0, rows, g_.n[l - 1]);
+          };
+          if constexpr (std::is_same_v<T, float>) {
+            if (g_.amx) {
+              amx::gemm(g_.n[l - 1], g_.n[l], g_.block_panels(b), ws.split_weights(l), split_block(ws.split_dh(l), b),
+                        scratch.c_block.ptr, done);
+              continue;
+            }
+          }
           const PanelView<T> dh{ws.dh(l) + g_.first_panel(b) * g_.panel_stride, g_.panel_stride, P};
-          gemm<T>(g_.n[l - 1], g_.n[l], g_.block_panels(b), ws.weights(l), dh, scratch.c_block.ptr,
-                  [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
-                    backward_rows(l - 1, b, row0, rows, c, ldc, ws);
-                  });
+          gemm<T>(g_.n[l - 1], g_.n[l], g_.block_panels(b), ws.weights(l), dh, scratch.c_block.ptr, done);
         }
       }
       if (team.rank() == 0) tick();
@@ -911,8 +1098,9 @@ std::size_t saturating_bytes(double bytes) {
 
 template <class T>
 WorkEstimate estimate_typed(const PointSpec& spec, const RunOptions& options) {
-  const Geometry g(spec, sizeof(T));
   WorkEstimate e;
+  e.matmul = resolve_matmul(options.matmul, spec);
+  const Geometry g(spec, sizeof(T), e.matmul == Matmul::bf16x6);
   e.mode = resolve_mode(g, spec.monte_carlo.trials, options);
   const int threads = std::max(1, options.threads);
   double per_trial = 0.0;
@@ -949,12 +1137,13 @@ PointResult simulate_typed(const PointSpec& spec, const Act& act, const StreamSe
     throw std::length_error("the point needs more memory than the address space holds; reduce monte_carlo.batch, "
                             "monte_carlo.trials or the widths");
   }
-  const Geometry g(spec, sizeof(T));
+  const Geometry g(spec, sizeof(T), estimate.matmul == Matmul::bf16x6);
   const std::int64_t trials = spec.monte_carlo.trials;
   PointResult out;
   out.depth = g.depth;
   out.trials = trials;
   out.has_weight_gradients = g.weight_gradients;
+  out.matmul = std::string(to_string(estimate.matmul));
   for (auto& v : out.per_trial) {
     v.assign(static_cast<std::size_t>(trials * g.depth), std::numeric_limits<double>::quiet_NaN());
   }
@@ -1039,6 +1228,28 @@ WorkEstimate estimate_work(const PointSpec& spec, const RunOptions& options) {
   check_spec(spec);
   if (spec.precision == Precision::float64) return estimate_typed<double>(spec, options);
   return estimate_typed<float>(spec, options);
+}
+
+bool bf16x6_available() { return amx::available(); }
+
+Matmul resolve_matmul(Matmul matmul, const PointSpec& spec) {
+  if (matmul == Matmul::bf16x6 && !amx::available()) {
+    throw std::invalid_argument(
+        "bf16x6 products need a CPU with AMX-BF16 (Intel Sapphire Rapids or later) and a build for it; this one has "
+        "none: use matmul auto or fma");
+  }
+  if (spec.precision == Precision::float64 || matmul == Matmul::fma) return Matmul::fma;
+  if (matmul == Matmul::bf16x6) return Matmul::bf16x6;
+  return amx::available() && spec.monte_carlo.batch >= kBf16x6MinBatch ? Matmul::bf16x6 : Matmul::fma;
+}
+
+std::string_view to_string(Matmul m) {
+  switch (m) {
+    case Matmul::automatic: return "auto";
+    case Matmul::fma: return "fma";
+    case Matmul::bf16x6: return "bf16x6";
+  }
+  return "?";
 }
 
 std::string_view to_string(Precision p) { return p == Precision::float64 ? "float64" : "float32"; }

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -59,10 +60,33 @@ enum class ParallelMode {
   samples,    // all threads work on one trial, each on its own row blocks of the batch
 };
 
+// How the float32 products are computed. float64 products always use FMA.
+enum class Matmul {
+  automatic,  // bf16x6 for batches of kBf16x6MinBatch or more where the CPU has AMX-BF16, else fma
+  fma,        // float32 FMA on the vector units (AVX-512 where the build has it)
+  bf16x6,     // the matrix units: each operand split into three bfloat16 pieces, six products
+              // summed in float32 (core/amx.hpp); as accurate as fma; needs AMX-BF16
+};
+
+// The smallest batch for which `automatic` takes bf16x6. Every layer's weights are split anew
+// for the matrix units, a cost that the batch pays off: at width 512 and depth 64, bf16x6 takes
+// 1.25 times as long as fma at B = 64, 1.08 at 128, 1.00 at 256, 0.87-0.96 at 512 and 0.84 at
+// 1024 (the reference job, width 1024).
+inline constexpr std::int64_t kBf16x6MinBatch = 512;
+
+// True if bf16x6 can run here: this build has the AMX kernel and the CPU has AMX-BF16.
+bool bf16x6_available();
+
 struct RunOptions {
   int threads = 1;                        // OpenMP threads, >= 1
   ParallelMode parallel = ParallelMode::automatic;
+  Matmul matmul = Matmul::automatic;
 };
+
+// The kernel `matmul` resolves to for point `spec` on this CPU: fma or bf16x6 (always fma for
+// float64). Throws std::invalid_argument for bf16x6 where it cannot run (bf16x6_available).
+Matmul resolve_matmul(Matmul matmul, const PointSpec& spec);
+std::string_view to_string(Matmul m);
 
 // Samples per row block: the unit of work, and of the order of every reduction. A function of the
 // batch size alone (never of the thread count): 128 below 1024 samples, then 256, 384 and 512 from
@@ -89,6 +113,7 @@ struct PointResult {
   int depth = 0;
   std::int64_t trials = 0;
   bool has_weight_gradients = false;
+  std::string matmul;  // how the products were computed: "fma", "bf16x6" (CPU); "cublas", "cublas-tf32"
   // per_trial[s][t * depth + (l - 1)]: statistic s of trial t at layer l. NaN where the layer
   // had non-finite entries in that trial; the gradient statistics are NaN at every layer of a trial
   // whose forward pass had a non-finite entry at any layer (the backward pass runs through it).
@@ -119,6 +144,7 @@ struct WorkEstimate {
   std::size_t buffer_bytes = 0;     // engine buffers allocated for the point
   std::size_t result_bytes = 0;     // the PointResult: every statistic of every trial and layer
   ParallelMode mode = ParallelMode::samples;  // the mode `automatic` resolves to
+  Matmul matmul = Matmul::fma;                // the kernel the products use
   int threads_used = 1;
   // Peak memory of simulate_point: buffers and result together (saturating).
   std::size_t total_bytes() const {

@@ -154,6 +154,7 @@ PointResult CudaBackend::simulate_point(const PointSpec& spec, const StreamSeed&
   out.depth = L;
   out.trials = trials;
   out.has_weight_gradients = job.weight_gradients;
+  out.matmul = job.tf32 ? "cublas-tf32" : "cublas";
   constexpr double nan = std::numeric_limits<double>::quiet_NaN();
   for (auto& v : out.per_trial) v.assign(static_cast<std::size_t>(trials * L), nan);
   out.nonfinite_per_trial.assign(static_cast<std::size_t>(trials * L), 0);

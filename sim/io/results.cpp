@@ -230,8 +230,9 @@ std::vector<unsigned char> build_image(const fs::path& path, const Experiment& e
   }
   {
     std::vector<std::int64_t> depth, trials, first;
-    std::vector<std::string> configs;
+    std::vector<std::string> configs, matmuls;
     for (const auto& r : records) {
+      matmuls.push_back(r.matmul);
       depth.push_back(r.depth);
       trials.push_back(r.trials);
       first.push_back(r.first_nonfinite_layer);
@@ -253,6 +254,13 @@ std::vector<unsigned char> build_image(const fs::path& path, const Experiment& e
     h5::Id c = h5::write_dataset(file, "point_config", configs);
     h5::write_attribute(c, "long_name", std::string("the point's resolved config (JSON)"));
     over_points(c);
+    h5::Id m = h5::write_dataset(file, "point_matmul", matmuls);
+    h5::write_attribute(m, "long_name", std::string("how the point's matrix products were computed"));
+    h5::write_attribute(m, "definition",
+                        std::string("fma: float32 or float64 FMA on the CPU's vector units; bf16x6: float32 on the "
+                                    "CPU's AMX units, six bfloat16 products per float32 product, as accurate as fma; "
+                                    "cublas, cublas-tf32: on an NVIDIA GPU, float32/float64 or TF32"));
+    over_points(m);
   }
 
   // Statistics.
@@ -433,6 +441,7 @@ PointRecord make_record(std::int64_t index, const PointResult& result, bool keep
   r.depth = result.depth;
   r.trials = result.trials;
   r.has_weight_gradients = result.has_weight_gradients;
+  r.matmul = result.matmul;
   for (const auto& info : stat_catalog()) {
     const int s = static_cast<int>(info.stat);
     for (int l = 1; l <= result.depth; ++l) {
@@ -522,6 +531,8 @@ std::vector<PointRecord> read_records(const fs::path& path) {
   const auto trials = h5::read_ints(file, "point_trials");
   const auto first = h5::read_ints(file, "first_nonfinite_layer");
   const auto configs = h5::read_strings(file, "point_config");
+  const auto matmuls = h5::exists(file, "point_matmul") ? h5::read_strings(file, "point_matmul")
+                                                        : std::vector<std::string>(configs.size());
   const auto L = static_cast<std::size_t>(h5::read_ints(file, "layer").size());
   const bool per_trial = h5::exists(file, "trial");
   const std::size_t T = per_trial ? h5::read_ints(file, "trial").size() : 0;
@@ -535,6 +546,7 @@ std::vector<PointRecord> read_records(const fs::path& path) {
     r.depth = static_cast<int>(depth[p]);
     r.trials = trials[p];
     r.first_nonfinite_layer = static_cast<int>(first[p]);
+    r.matmul = matmuls[p];
     r.has_weight_gradients = json::parse(configs[p]).at("monte_carlo").at("weight_gradients").get<bool>();
     for (std::size_t l = 0; l < static_cast<std::size_t>(r.depth); ++l) {
       r.nonfinite_count.push_back(nonfinite[p * L + l]);

@@ -7,6 +7,7 @@
 //   /<statistic>_per_trial [P, T, L]           when output.per_trial is set
 //   /nonfinite_count, /grad_nonfinite_count [P, L], /first_nonfinite_layer [P]
 //   /point_config [P]                          each point's resolved config as JSON
+//   /point_matmul [P]                          how the point's products were computed
 //   root attributes: schema, schema_version, config, config_hash, seed, provenance (with the device,
 //                    and on a GPU its name and the device time), grid shape
 // Layers beyond a point's depth hold NaN (statistics) or -1 (counts).
@@ -84,6 +85,7 @@ struct PointRecord {
   int depth = 0;
   std::int64_t trials = 0;
   bool has_weight_gradients = false;
+  std::string matmul;  // PointResult::matmul; empty in files written before it was recorded
   std::array<std::vector<double>, kStatCount> mean;       // [layer - 1]
   std::array<std::vector<double>, kStatCount> sem;        // [layer - 1]
   std::array<std::vector<double>, kStatCount> per_trial;  // [t * depth + layer - 1], or empty

@@ -55,7 +55,18 @@ TEST_CASE("results are bit-identical for any thread count and parallel mode", "[
   spec.network.widths = {37, 50, 64, 41, 50, 33};  // uneven widths, and B = 300 splits into uneven row blocks
   spec.init.bias_variance = 0.05;
   spec.monte_carlo.weight_gradients = true;
+  Matmul matmul = Matmul::fma;
   SECTION("float32 with biases and weight gradients") {}
+  SECTION("float32 on the matrix units (bf16x6), with biases, weight gradients and alpha dropout") {
+    matmul = Matmul::bf16x6;
+    spec.alpha_dropout.keep_probability = 0.9;
+  }
+  SECTION("bf16x6, a batch of 1100, orthogonal weights (split from stored strips)") {
+    matmul = Matmul::bf16x6;
+    spec.monte_carlo.batch = 1100;
+    spec.monte_carlo.weight_gradients = false;
+    spec.init.kind = InitKind::orthogonal;
+  }
   SECTION("a batch of 1100: row blocks of 256, the last one short") {
     spec.monte_carlo.batch = 1100;
     spec.monte_carlo.weight_gradients = false;
@@ -66,12 +77,17 @@ TEST_CASE("results are bit-identical for any thread count and parallel mode", "[
     spec.monte_carlo.weight_gradients = false;
     spec.alpha_dropout.keep_probability = 0.9;
   }
+  if (matmul == Matmul::bf16x6 && !bf16x6_available()) {
+    WARN("no AMX-BF16 on this CPU or in this build: bf16x6 not checked");
+    return;
+  }
   const StreamSeed seed{123, 4};
-  const PointResult reference = simulate_point(spec, seed, {1, ParallelMode::samples});
+  const PointResult reference = simulate_point(spec, seed, {1, ParallelMode::samples, matmul});
+  REQUIRE(reference.matmul == to_string(resolve_matmul(matmul, spec)));
   for (auto [threads, mode] : {std::pair{2, ParallelMode::samples}, {3, ParallelMode::samples},
                                {2, ParallelMode::trials}, {3, ParallelMode::trials}, {2, ParallelMode::automatic}}) {
     INFO(threads << " threads, mode " << static_cast<int>(mode));
-    require_identical(reference, simulate_point(spec, seed, {threads, mode}));
+    require_identical(reference, simulate_point(spec, seed, {threads, mode, matmul}));
   }
 }
 
@@ -247,11 +263,23 @@ TEST_CASE("the batched engine agrees with a naive sample-by-sample reference", "
 TEST_CASE("float32 at every edge of the kernel's layouts agrees with a float64 reference", "[engine]") {
   // Widths that are no multiple of the 12-unit strips, a batch of 300 in row blocks of 128 whose
   // last one (44 samples) ends inside a 32-sample panel, and more than one block of 96 rows of C.
+  // On the matrix units (bf16x6), the same widths end inside the 32-row tiles and 32-unit chunks.
   PointSpec spec = naive_spec(Precision::float32, {37, 130, 29, 41}, 300);
+  Matmul matmul = Matmul::fma;
   SECTION("biases, weight gradients") {}
   SECTION("and alpha dropout") { spec.alpha_dropout.keep_probability = 0.8; }
+  SECTION("bf16x6: biases, weight gradients") { matmul = Matmul::bf16x6; }
+  SECTION("bf16x6 and alpha dropout") {
+    matmul = Matmul::bf16x6;
+    spec.alpha_dropout.keep_probability = 0.8;
+  }
+  if (matmul == Matmul::bf16x6 && !bf16x6_available()) {
+    WARN("no AMX-BF16 on this CPU or in this build: bf16x6 not checked");
+    return;
+  }
   const StreamSeed seed{78, 3};
-  const PointResult r = simulate_point(spec, seed, {2});
+  const PointResult r = simulate_point(spec, seed, {2, ParallelMode::automatic, matmul});
+  REQUIRE(r.matmul == to_string(matmul));
   const int L = 3;
   for (std::int64_t t = 0; t < 2; ++t) {
     const auto ref = naive_trial<float>(spec, seed, t);
