@@ -50,7 +50,11 @@ def measure_peak(selfnorm, threads):
             out = subprocess.run([str(probe), "--threads", str(threads)], capture_output=True, text=True, timeout=120,
                                  check=True).stdout
             got = json.loads(out)
-            return ({"float32": got["float32_gflops"], "float64": got["float64_gflops"]},
+            peaks = {"float32": got["float32_gflops"], "float64": got["float64_gflops"]}
+            if got.get("amx_bf16_gflops"):
+                # bf16x6 float32 products take six bfloat16 products each: their ceiling.
+                peaks["bf16x6"] = got["amx_bf16_gflops"] / 6
+            return (peaks,
                     f"measured by {display_path(probe)} ({got['isa']} FMAs on {threads} threads, best of 3)")
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
             return dict(PEAK_GFLOPS), f"MACHINE.md's figures: {display_path(probe)} failed ({e})"
@@ -213,6 +217,9 @@ def print_header(info, args, peaks):
     print(f"  python    {info['python']}")
     print(f"  peak      float32 {peaks['float32']:g} GFLOP/s, float64 {peaks['float64']:g} GFLOP/s "
           f"({info['peak_source']})")
+    if "bf16x6" in peaks:
+        print(f"            AMX tile units: bfloat16 {6 * peaks['bf16x6']:.0f} GFLOP/s, so float32 as bf16x6 (six "
+              f"bfloat16 products each) at most {peaks['bf16x6']:.0f}; 'of peak' is always of the float32 FMA peak")
     print(f"  runs      median of {args.repeat} per figure, wall time of the whole process, {args.threads} threads")
     print()
 
@@ -298,17 +305,18 @@ def make_config(base, trials, depth, width, batch, precision=None, weight_gradie
 class Job:
     """One selfnorm configuration to time: a config plus the command-line choices."""
 
-    def __init__(self, label, cfg, threads, parallel="auto"):
+    def __init__(self, label, cfg, threads, parallel="auto", matmul="auto"):
         self.label = label
         self.cfg = cfg
         self.threads = threads
         self.parallel = parallel
+        self.matmul = matmul
         self.path = None
         self.gflop = None
 
     @property
     def key(self):
-        return json.dumps([self.cfg, self.threads, self.parallel], sort_keys=True)
+        return json.dumps([self.cfg, self.threads, self.parallel, self.matmul], sort_keys=True)
 
     @property
     def shape(self):
@@ -335,7 +343,20 @@ class Job:
                "--threads", str(self.threads)]
         if self.parallel != "auto":
             cmd += ["--parallel", self.parallel]
+        if self.matmul != "auto":
+            cmd += ["--matmul", self.matmul]
         return cmd
+
+
+def products_of(h5_path):
+    """How the run's products were computed (the result file's point_matmul), or "?"."""
+    try:
+        import h5py
+        with h5py.File(h5_path, "r") as f:
+            values = {v.decode() if isinstance(v, bytes) else str(v) for v in f["point_matmul"][()]}
+        return ",".join(sorted(values))
+    except (ImportError, OSError, KeyError):
+        return "?"
 
 
 class TorchVariant:
@@ -454,6 +475,7 @@ def reference_table(args, ref, peaks, torch_version, workdir):
                 peak_before = measure_peak(args.selfnorm, ref.threads)[0][ref.precision] if remeasure else None
                 r = checked(run_child(ref.selfnorm_cmd(args.selfnorm, out)), "selfnorm run (reference)")
                 r["peak_before"] = peak_before
+                r["products"] = products_of(out)
                 outputs[name] = out
             else:
                 out = workdir / f"reference_{variant.label.replace(' ', '_')}.json"
@@ -467,7 +489,7 @@ def reference_table(args, ref, peaks, torch_version, workdir):
     rows = []
     for name, variant in programs:
         f = figures[name]
-        label = f"selfnorm, {ref.threads} threads" if variant is None else (
+        label = f"selfnorm, {ref.threads} threads, {runs[name][0]['products']} products" if variant is None else (
             f"torch: {variant.mode}, {ref.threads} threads, OMP_WAIT_POLICY={variant.wait_policy}, OPENBLAS_CORETYPE="
             f"{'unset' if variant.coretype == 'unset' else os.environ.get('OPENBLAS_CORETYPE')}")
         rows.append([label, f"{f['median_s']:.2f}", f"{f['min_s']:.2f}-{f['max_s']:.2f}",
@@ -492,6 +514,12 @@ def reference_table(args, ref, peaks, torch_version, workdir):
         print(f"fma_peak just before each selfnorm run: {min(before):.1f}-{max(before):.1f} GFLOP/s ({ref.precision}); "
               f"each run's fraction of that peak: {100 * min(fractions):.0f}-{100 * max(fractions):.0f}%, "
               f"median {100 * statistics.median(fractions):.0f}%")
+    products = runs["selfnorm"][0]["products"]
+    figures["selfnorm"]["products"] = products
+    if products == "bf16x6" and "bf16x6" in peaks:
+        print(f"selfnorm's float32 products ran on the AMX tile units (bf16x6): "
+              f"{100 * figures['selfnorm']['gflops'] / peaks['bf16x6']:.0f}% of their bf16x6 ceiling "
+              f"({peaks['bf16x6']:.0f} GFLOP/s), {100 * figures['selfnorm']['peak_fraction']:.0f}% of the FMA peak")
     for n in notes:
         print(n)
     print()
@@ -530,6 +558,7 @@ def scaling_jobs(args, base_cfg, sizes):
                      Job("", make_config(base_cfg, **r), threads)))
     for mode in ("trials", "samples"):
         rows.append(("parallel", f"--parallel {mode}", Job("", make_config(base_cfg, **r), t, mode)))
+    rows.append(("products", "--matmul fma", Job("", make_config(base_cfg, **r), t, matmul="fma")))
     rows.append(("precision", "float64", Job("", make_config(base_cfg, **r, precision="float64"), t)))
     rows.append(("weight gradients", "weight gradients on",
                  Job("", make_config(base_cfg, **r, weight_gradients=True), t)))
@@ -558,6 +587,7 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
             if job.key not in known:
                 r = checked(run_child(job.selfnorm_cmd(args.selfnorm, workdir / "scaling.h5")),
                             f"selfnorm run ({describe_shape(job)}, {job.threads} threads, --parallel {job.parallel})")
+                r["products"] = products_of(workdir / "scaling.h5")
                 runs[job.key].append(r)
                 msg += f" {r['wall_s']:.2f} s"
             if with_torch and job.parallel == "auto":
@@ -578,7 +608,7 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
         return figures[job.key]["median_s"] / (t * l * b * n * n)
 
     ref_cost = unit_cost(rows[0][2])
-    header = ["group", "case", "T", "L", "n", "B", "threads", "parallel", "precision", "GFLOP", "median s",
+    header = ["group", "case", "T", "L", "n", "B", "threads", "parallel", "precision", "products", "GFLOP", "median s",
               "min-max s", "CPU s", "GFLOP/s", "of peak", "time/(T L B n^2) vs reference", "other load"]
     if torch_figures:
         header += ["torch s", "torch / selfnorm"]
@@ -587,7 +617,8 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
     for group, label, job in rows:
         f = figures[job.key]
         t, l, n, b = job.shape
-        cells = [group, label, t, l, n, b, job.threads, job.parallel, job.precision, fmt_gflop(job.gflop),
+        products = runs[job.key][0].get("products", "?") if runs[job.key] else "?"
+        cells = [group, label, t, l, n, b, job.threads, job.parallel, job.precision, products, fmt_gflop(job.gflop),
                  f"{f['median_s']:.2f}", f"{f['min_s']:.2f}-{f['max_s']:.2f}",
                  f"{f['cpu_s']:.2f}", fmt_gflop(f['gflops']), f"{100 * f['peak_fraction']:.0f}%",
                  f"{unit_cost(job) / ref_cost:.2f}", fmt_background(f)]
@@ -597,6 +628,7 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
         table.append(cells)
         out_rows.append({"group": group, "case": label, "trials": t, "depth": l, "width": n, "batch": b,
                          "threads": job.threads, "parallel": job.parallel, "precision": job.precision,
+                         "products": products,
                          "weight_gradients": job.weight_gradients, "gflop": job.gflop, **f,
                          "unit_cost_vs_reference": unit_cost(job) / ref_cost,
                          "torch": tf})
@@ -604,7 +636,9 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
           "reference row's runs are the reference table's)")
     print(fmt_table(header, table, align=["<", "<"] + [">"] * (len(header) - 2)))
     print("(GFLOP counts weight gradients' L extra GEMMs; 'time/(T L B n^2)' uses the median and is 1.00 where "
-          "the cost is proportional to T L B n^2; 'CPU s': median user + system time, all threads, which "
+          "the cost is proportional to T L B n^2; 'products': the result file's point_matmul, bf16x6 on the AMX "
+          "tile units (float32 at batch >= 512 where the CPU has them) or fma; 'CPU s': median user + system time, "
+          "all threads, which "
           "load from other processes disturbs less than wall time; 'other load' as above)")
     print()
     return out_rows

@@ -1,10 +1,21 @@
 // The machine's floating-point peak, measured: every thread runs independent fused multiply-adds
 // on the widest vectors the build targets (AVX-512, else AVX2 + FMA), enough chains in flight to
 // fill both FMA pipes, and the best of several rounds is kept. The benchmark divides achieved
-// GEMM rates by these figures.
+// GEMM rates by these figures. Where the CPU has AMX-BF16 (and the build targets it), it also
+// measures the tile units' bfloat16 peak: TDPBF16PS on tiles held in registers, four independent
+// accumulators; selfnorm's bf16x6 float32 products need six of them per product, so their
+// ceiling is a sixth of it.
 //
-//   fma_peak [--threads N]   prints JSON: {"isa": ..., "threads": N, "float32_gflops": ..., "float64_gflops": ...}
+//   fma_peak [--threads N]   prints JSON: {"isa": ..., "threads": N, "float32_gflops": ..., "float64_gflops": ...,
+//                            "amx_bf16_gflops": ... (null without AMX)}
 #include <immintrin.h>
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define FMA_PEAK_AMX 1
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -79,6 +90,70 @@ double measure(int threads, int rounds) {
   return best;
 }
 
+#if defined(FMA_PEAK_AMX)
+// True if the CPU has AMX-BF16 and the kernel grants this process the tile data.
+bool amx_usable() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 22) & 1u) || !((d >> 24) & 1u)) return false;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+struct TileConfig {
+  unsigned char palette = 1, start_row = 0, reserved[14] = {};
+  unsigned short colsb[16] = {};
+  unsigned char rows[16] = {};
+};
+
+constexpr long kTileIterations = 5'000'000;
+
+// kTileIterations rounds of 4 TDPBF16PS (16 x 16 x 32 multiply-adds each) on tiles in registers.
+float tile_spin() {
+  alignas(64) TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+  alignas(64) static thread_local unsigned short ones[16 * 32];
+  for (auto& v : ones) v = 0x3f80;  // 1.0 in bfloat16
+  alignas(64) static thread_local float out[16 * 16];
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, ones, 64);
+  _tile_loadd(5, ones, 64);
+  _tile_loadd(6, ones, 64);
+  _tile_loadd(7, ones, 64);
+  for (long k = 0; k < kTileIterations; ++k) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, out, 64);
+  _tile_release();
+  return out[0];
+}
+
+double measure_amx(int threads, int rounds) {
+  const double flop = 4.0 * 2 * 16 * 16 * 32 * static_cast<double>(kTileIterations) * threads;
+  double best = 0.0;
+  std::vector<float> sink(static_cast<std::size_t>(threads));
+  for (int r = 0; r < rounds; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) pool.emplace_back([&sink, t] { sink[static_cast<std::size_t>(t)] = tile_spin(); });
+    for (auto& t : pool) t.join();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, flop / s / 1e9);
+  }
+  if (sink[0] == -1.0f) std::puts("");
+  return best;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -97,7 +172,12 @@ int main(int argc, char** argv) {
   }
   const double f32 = measure<VF, float>(threads, 3);
   const double f64 = measure<VD, double>(threads, 3);
-  std::printf("{\"isa\": \"%s\", \"threads\": %d, \"float32_gflops\": %.1f, \"float64_gflops\": %.1f}\n", kIsa, threads,
-              f32, f64);
+  char amx[32] = "null";
+#if defined(FMA_PEAK_AMX)
+  if (amx_usable()) std::snprintf(amx, sizeof amx, "%.1f", measure_amx(threads, 3));
+#endif
+  std::printf("{\"isa\": \"%s\", \"threads\": %d, \"float32_gflops\": %.1f, \"float64_gflops\": %.1f, "
+              "\"amx_bf16_gflops\": %s}\n",
+              kIsa, threads, f32, f64, amx);
   return 0;
 }

@@ -97,6 +97,8 @@ def test_bad_command_line_values(run, write_config, tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run("run", cfg, "--parallel", "fast", "-o", tmp_path / "x.h5")
     assert r.returncode == 2 and "use auto, trials or samples" in r.stderr
+    r = run("run", cfg, "--matmul", "tf32", "-o", tmp_path / "x.h5")
+    assert r.returncode == 2 and "--matmul tf32 is not valid; use auto, fma or bf16x6" in r.stderr
     r = run("run", cfg, "-o", tmp_path / "x.h5", env={"OMP_NUM_THREADS": "two"})
     assert r.returncode == 2 and "OMP_NUM_THREADS='two' is not a thread count" in r.stderr
 
@@ -143,6 +145,40 @@ def test_results_depend_only_on_config_and_seed(run, write_config, tmp_path):
             assert np.array_equal(fa[name][:], fb[name][:])  # bit for bit
             assert not np.array_equal(fa[name][:], fc[name][:])
         assert fc.attrs["seed"] == 8
+
+
+def test_each_point_records_how_its_products_were_computed(run, write_config, tmp_path):
+    """--matmul auto takes the AMX tile units (bf16x6) for float32 points with a batch of 512 or more
+    where the CPU has them, fma otherwise (float64 always); the file says which, per point, and
+    what the run could use. --matmul fma and bf16x6 force one."""
+    config = {"name": "mm", "seed": 3, "network": {"depth": 2, "width": 40}, "monte_carlo": {"trials": 2},
+              "sweep": {"grid": {"monte_carlo.batch": [16, 512], "precision": ["float32", "float64"]}}}
+    cfg = write_config(config)
+    auto, fma = tmp_path / "auto.h5", tmp_path / "fma.h5"
+    r = run("run", cfg, "-o", auto)
+    assert r.returncode == 0, r.stderr
+    assert run("run", cfg, "-o", fma, "--quiet", "--matmul", "fma").returncode == 0
+    with h5py.File(auto, "r") as f:
+        backend = f.attrs["gemm_backend"]
+        backend = backend.decode() if isinstance(backend, bytes) else backend
+        batch = list(f["monte_carlo_batch"][:])
+        precision = [p.decode() if isinstance(p, bytes) else p for p in f["precision"][:]]
+        got = [m.decode() if isinstance(m, bytes) else m for m in f["point_matmul"][:]]
+        assert f["point_matmul"].attrs["long_name"]
+    amx = "amx-bf16x6" in backend
+    want = ["bf16x6" if amx and b >= 512 and p == "float32" else "fma" for b, p in zip(batch, precision)]
+    assert got == want
+    assert ("float32 products on AMX (bf16x6) at batch >= 512" in r.stderr) == amx
+    with h5py.File(fma, "r") as f:
+        assert [m.decode() if isinstance(m, bytes) else m for m in f["point_matmul"][:]] == ["fma"] * 4
+        assert "amx" not in (f.attrs["gemm_backend"].decode() if isinstance(f.attrs["gemm_backend"], bytes)
+                             else f.attrs["gemm_backend"])
+    if amx:
+        forced = tmp_path / "bf16x6.h5"
+        assert run("run", cfg, "-o", forced, "--quiet", "--matmul", "bf16x6").returncode == 0
+        with h5py.File(forced, "r") as f:
+            got = [m.decode() if isinstance(m, bytes) else m for m in f["point_matmul"][:]]
+        assert got == ["bf16x6" if p == "float32" else "fma" for p in precision]
 
 
 def test_summary_prints_a_mean_that_rounds_to_zero_without_a_sign(run, write_config, tmp_path):
