@@ -171,66 +171,65 @@ void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, SplitA a, SplitB 
   const std::ptrdiff_t ldc = gemm_block_ld<float>(panels);
   const std::int64_t chunks = round_k(k) / kChunk;
   const std::ptrdiff_t plane_a = a.row_tiles * a.chunks * kTileElements;
-  constexpr std::ptrdiff_t kStrideA = kChunk * 2;          // bytes per row of an A tile
-  constexpr std::ptrdiff_t kStrideB = kPairRow * 2;        // bytes per pair row of a column tile
-  constexpr std::ptrdiff_t kChunkB = kTileRows * kPairRow;  // uint16_t per chunk of a column tile
+  const std::ptrdiff_t below = a.chunks * kTileElements;  // the next row tile of A
+  const std::ptrdiff_t half = b.plane_stride / 2;          // the second column tile of B
+  constexpr int kStrideA = kChunk * 2;                     // bytes per row of an A tile
+  constexpr int kStrideB = kPairRow * 2;                   // bytes per pair row of a B tile
   const auto ldc_bytes = static_cast<int>(ldc * 4);
-  alignas(64) float small[2][kTileRows * 16];
   for (std::int64_t row0 = 0; row0 < m; row0 += kBlockRows) {
     const std::int64_t rows = std::min(kBlockRows, m - row0);
-    for (std::int64_t r = 0; r < rows; r += 2 * kTileRows) {
-      const std::int64_t tile = (row0 + r) / kTileRows;
-      const std::uint16_t* a0 = a.data + tile * a.chunks * kTileElements;
-      const std::uint16_t* a1 = a0 + plane_a;
-      const std::uint16_t* a2 = a1 + plane_a;
-      const std::ptrdiff_t next = a.chunks * kTileElements;  // the row tile below
-      for (std::int64_t q = 0; q < panels; ++q) {
-        for (int h = 0; h < 2; ++h) {
-          const std::uint16_t* b0 = b.data + q * kPlanes * b.plane_stride + h * (b.plane_stride / 2);
-          const std::uint16_t* b1 = b0 + b.plane_stride;
-          const std::uint16_t* b2 = b1 + b.plane_stride;
-          // Tiles 0, 1: a0 b0 for the two row tiles; 2, 3: the five smaller products.
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
-          for (std::int64_t c = 0; c < chunks; ++c) {
-            const std::ptrdiff_t oa = c * kTileElements;
-            const std::ptrdiff_t ob = c * kChunkB;
-            _tile_loadd(4, b0 + ob, kStrideB);
-            _tile_loadd(5, b1 + ob, kStrideB);
-            _tile_loadd(6, b2 + ob, kStrideB);
-            _tile_loadd(7, a0 + oa, kStrideA);
-            _tile_dpbf16ps(2, 7, 5);
-            _tile_dpbf16ps(0, 7, 4);
-            _tile_dpbf16ps(2, 7, 6);
-            _tile_loadd(7, a0 + next + oa, kStrideA);
-            _tile_dpbf16ps(3, 7, 5);
-            _tile_dpbf16ps(1, 7, 4);
-            _tile_dpbf16ps(3, 7, 6);
-            _tile_loadd(7, a1 + oa, kStrideA);
-            _tile_dpbf16ps(2, 7, 4);
-            _tile_dpbf16ps(2, 7, 5);
-            _tile_loadd(7, a1 + next + oa, kStrideA);
-            _tile_dpbf16ps(3, 7, 4);
-            _tile_dpbf16ps(3, 7, 5);
-            _tile_loadd(7, a2 + oa, kStrideA);
-            _tile_dpbf16ps(2, 7, 4);
-            _tile_loadd(7, a2 + next + oa, kStrideA);
-            _tile_dpbf16ps(3, 7, 4);
-          }
-          float* c = c_block + r * ldc + q * kPanel<float> + 16 * h;
-          _tile_stored(0, c, ldc_bytes);
-          _tile_stored(1, c + kTileRows * ldc, ldc_bytes);
-          _tile_stored(2, small[0], 64);
-          _tile_stored(3, small[1], 64);
-          for (int t = 0; t < 2; ++t) {
-            for (int i = 0; i < kTileRows; ++i) {
-              float* row = c + (t * kTileRows + i) * ldc;
-              _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), _mm512_load_ps(small[t] + i * 16)));
-            }
-          }
+    // A panel of B (192 KiB at k = 1024) stays in L2 while the block's rows of A pass over it.
+    for (std::int64_t q = 0; q < panels; ++q) {
+      const std::uint16_t* b_panel = b.data + q * kPlanes * b.plane_stride;
+      for (std::int64_t r = 0; r < rows; r += 2 * kTileRows) {
+        const std::uint16_t* a_tile = a.data + (row0 + r) / kTileRows * a.chunks * kTileElements;
+        // C, 32 rows by the panel's 32 samples, in tiles 0-3 (row tile, column tile); A's two row
+        // tiles of plane p in tiles 4, 5, B's two column tiles of plane p in 6, 7.
+        auto load_a = [&](int p, std::int64_t c) {
+          const std::uint16_t* t = a_tile + p * plane_a + c * kTileElements;
+          _tile_loadd(4, t, kStrideA);
+          _tile_loadd(5, t + below, kStrideA);
+        };
+        auto load_b = [&](int p, std::int64_t c) {
+          const std::uint16_t* t = b_panel + p * b.plane_stride + c * kTileElements;
+          _tile_loadd(6, t, kStrideB);
+          _tile_loadd(7, t + half, kStrideB);
+        };
+        auto multiply = [] {
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        };
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        // The five smaller products over all of k first, in an order that reuses a loaded plane
+        // (a0 b2, a0 b1, a1 b1, a1 b0, a2 b0); then a0 b0, on top of their sum.
+        for (std::int64_t c = 0; c < chunks; ++c) {
+          load_a(0, c);
+          load_b(2, c);
+          multiply();
+          load_b(1, c);
+          multiply();
+          load_a(1, c);
+          multiply();
+          load_b(0, c);
+          multiply();
+          load_a(2, c);
+          multiply();
         }
+        for (std::int64_t c = 0; c < chunks; ++c) {
+          load_a(0, c);
+          load_b(0, c);
+          multiply();
+        }
+        float* cq = c_block + r * ldc + q * kPanel<float>;
+        _tile_stored(0, cq, ldc_bytes);
+        _tile_stored(1, cq + 16, ldc_bytes);
+        _tile_stored(2, cq + kTileRows * ldc, ldc_bytes);
+        _tile_stored(3, cq + kTileRows * ldc + 16, ldc_bytes);
       }
     }
     done(row0, rows, c_block, ldc);

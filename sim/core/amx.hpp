@@ -6,10 +6,11 @@
 // higher-precision computations"). Six of the nine products of the pieces are summed:
 //   a b ~ a0 b0 + (a0 b1 + a1 b0 + a0 b2 + a1 b1 + a2 b0),
 // each exact in float32 and accumulated in float32 by the tile unit. The three dropped products
-// are below 2^-22 |a b| together. a0 b0 goes to one accumulator and the five smaller products to
-// another, added once at the end, so the rounding of the long sum happens at the scale of the
-// leading term only, as in a float32 FMA loop. The error of a product of inner dimension k is
-// then about that of a float32 product; tests/unit/test_amx.cpp checks it against float64.
+// are below 2^-22 |a b| together. The five smaller products are summed first, over all of k,
+// while the accumulator holds only their sum (2^-7 of the result or less), and a0 b0 comes on top:
+// only the leading term's additions round at the scale of the result, as in a float32 FMA loop.
+// tests/unit/test_amx.cpp checks the error against float64: at k = 1024 it is a fifth of an
+// in-order FMA sum's (the tile unit's own additions round less often than one per product).
 //
 // Values below 2^-103 in magnitude lose the low bits of their last piece, and float32 subnormals
 // (below 2^-126) count as zero: the tile unit reads subnormal bfloat16 as zero. Inf and NaN
