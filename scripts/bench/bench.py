@@ -637,7 +637,7 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
     print(fmt_table(header, table, align=["<", "<"] + [">"] * (len(header) - 2)))
     print("(GFLOP counts weight gradients' L extra GEMMs; 'time/(T L B n^2)' uses the median and is 1.00 where "
           "the cost is proportional to T L B n^2; 'products': the result file's point_matmul, bf16x6 on the AMX "
-          "tile units (float32 at batch >= 512 where the CPU has them) or fma; 'CPU s': median user + system time, "
+          "tile units (float32 at batch >= 256 where the CPU has them) or fma; 'CPU s': median user + system time, "
           "all threads, which "
           "load from other processes disturbs less than wall time; 'other load' as above)")
     print()

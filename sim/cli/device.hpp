@@ -33,7 +33,7 @@ class PointRunner {
 
 // The CPU's products for the result file's gemm_backend attribute: the FMA kernel's name ("avx512"
 // or "portable"), and where the float32 products may run on AMX, which ones ("avx512, amx-bf16x6
-// for float32 at batch >= 512"). Each point's own kernel is in the file's point_matmul.
+// for float32 at batch >= 256"). Each point's own kernel is in the file's point_matmul.
 std::string gemm_description(Matmul matmul);
 
 // The runner for `device`; `source` says where the choice came from, for messages ("--device

@@ -70,9 +70,8 @@ enum class Matmul {
 
 // The smallest batch for which `automatic` takes bf16x6. Every layer's weights are split anew
 // for the matrix units, a cost that the batch pays off: at width 512 and depth 64, bf16x6 takes
-// 1.19 times as long as fma at B = 64, 1.06 at 128, 1.00 at 256 and 0.94 at 512; the reference
-// job (width 1024, B = 1024) 0.84.
-inline constexpr std::int64_t kBf16x6MinBatch = 512;
+// 1.17 times as long as fma at B = 64, 1.01 at 128, 0.93 at 256 and 0.82 at 512.
+inline constexpr std::int64_t kBf16x6MinBatch = 256;
 
 // True if bf16x6 can run here: this build has the AMX kernel and the CPU has AMX-BF16.
 bool bf16x6_available();

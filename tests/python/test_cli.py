@@ -148,7 +148,7 @@ def test_results_depend_only_on_config_and_seed(run, write_config, tmp_path):
 
 
 def test_each_point_records_how_its_products_were_computed(run, write_config, tmp_path):
-    """--matmul auto takes the AMX tile units (bf16x6) for float32 points with a batch of 512 or more
+    """--matmul auto takes the AMX tile units (bf16x6) for float32 points with a batch of 256 or more
     where the CPU has them, fma otherwise (float64 always); the file says which, per point, and
     what the run could use. --matmul fma and bf16x6 force one."""
     config = {"name": "mm", "seed": 3, "network": {"depth": 2, "width": 40}, "monte_carlo": {"trials": 2},
@@ -166,9 +166,9 @@ def test_each_point_records_how_its_products_were_computed(run, write_config, tm
         got = [m.decode() if isinstance(m, bytes) else m for m in f["point_matmul"][:]]
         assert f["point_matmul"].attrs["long_name"]
     amx = "amx-bf16x6" in backend
-    want = ["bf16x6" if amx and b >= 512 and p == "float32" else "fma" for b, p in zip(batch, precision)]
+    want = ["bf16x6" if amx and b >= 256 and p == "float32" else "fma" for b, p in zip(batch, precision)]
     assert got == want
-    assert ("float32 products on AMX (bf16x6) at batch >= 512" in r.stderr) == amx
+    assert ("float32 products on AMX (bf16x6) at batch >= 256" in r.stderr) == amx
     with h5py.File(fma, "r") as f:
         assert [m.decode() if isinstance(m, bytes) else m for m in f["point_matmul"][:]] == ["fma"] * 4
         assert "amx" not in (f.attrs["gemm_backend"].decode() if isinstance(f.attrs["gemm_backend"], bytes)
