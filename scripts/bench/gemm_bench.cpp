@@ -4,13 +4,16 @@
 // the engine does in samples mode: forward (A = W^T as strips) or backward (A = W, the same strips
 // read as panels). With --cold, the weights cycle through enough matrices (64 MiB and more) that
 // every product reads them from memory, as a run does; otherwise one matrix stays in cache.
+// --matmul bf16x6 times the float32 products on the AMX tile units instead (core/amx.hpp), with the
+// split copies of both operands in their layouts; forward and backward are the same kernel there.
 //
 //   gemm_bench [--width N] [--rows R] [--threads T] [--direction forward|backward] [--precision
-//              float32|float64] [--cold] [--repeat K]
+//              float32|float64] [--matmul fma|bf16x6] [--cold] [--repeat K]
 //
-// prints JSON: {"direction": ..., "precision": ..., "width": N, "rows": R, "threads": T, "cold":
-// bool, "gflops": total GFLOP/s (median of K rounds), "per_thread": [...]}. Divide by fma_peak's
-// figure for the fraction of peak.
+// (exit status 77 for --matmul bf16x6 where there are no tile units)
+// prints JSON: {"direction": ..., "precision": ..., "matmul": ..., "width": N, "rows": R, "threads":
+// T, "cold": bool, "gflops": total GFLOP/s (median of K rounds), "per_thread": [...]}. Divide by
+// fma_peak's figure for the fraction of peak.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -22,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/amx.hpp"
 #include "core/gemm.hpp"
 
 namespace {
@@ -39,6 +43,7 @@ struct Options {
   bool backward = false;
   bool float64 = false;
   bool cold = false;
+  bool bf16x6 = false;
   int repeat = 5;
 };
 
@@ -67,6 +72,71 @@ AlignedVector<T> filled(std::size_t count, double scale) {
   AlignedVector<T> v(count);
   for (std::size_t i = 0; i < count; ++i) v[i] = static_cast<T>(scale * static_cast<double>(i % 17) - 8 * scale);
   return v;
+}
+
+// Prints the JSON line: per thread the median round, the total their sum (the threads run side by
+// side).
+int report(const Options& o, std::vector<std::vector<double>>& seconds, double flop, std::int64_t n,
+           std::int64_t rows) {
+  std::vector<double> per_thread;
+  double total = 0;
+  for (auto& s : seconds) {
+    std::sort(s.begin(), s.end());
+    per_thread.push_back(flop / s[s.size() / 2] / 1e9);
+    total += per_thread.back();
+  }
+  std::printf("{\"direction\": \"%s\", \"precision\": \"%s\", \"matmul\": \"%s\", \"width\": %lld, \"rows\": %lld, "
+              "\"threads\": %d, \"cold\": %s, \"gflops\": %.1f, \"per_thread\": [",
+              o.backward ? "backward" : "forward", o.float64 ? "float64" : "float32", o.bf16x6 ? "bf16x6" : "fma",
+              static_cast<long long>(n), static_cast<long long>(rows), o.threads, o.cold ? "true" : "false", total);
+  for (std::size_t t = 0; t < per_thread.size(); ++t) std::printf("%s%.1f", t ? ", " : "", per_thread[t]);
+  std::printf("]}\n");
+  return 0;
+}
+
+// The same rounds as run<T>, on the tile units: weights as split A tiles, activations as split B
+// panels (bfloat16 bit patterns of values near 1; the kernel's speed does not depend on them).
+int run_bf16x6(const Options& o) {
+  namespace amx = selfnorm::amx;
+  const std::int64_t n = o.width;
+  const std::int64_t panels = (o.rows + kPanel<float> - 1) / kPanel<float>;
+  const std::ptrdiff_t bs = amx::b_plane_stride(n);
+  const std::size_t a_count = amx::a_size(n, n);
+  const double matrix_bytes = static_cast<double>(a_count) * 2;
+  const int matrices = o.cold ? std::max(2, static_cast<int>(64.0 * 1024 * 1024 / matrix_bytes) + 1) : 1;
+  auto bf16_filled = [](std::size_t count) {
+    AlignedVector<std::uint16_t> v(count);
+    for (std::size_t i = 0; i < count; ++i) v[i] = static_cast<std::uint16_t>(0x3f80 + i % 7);
+    return v;
+  };
+  std::vector<AlignedVector<std::uint16_t>> weights;
+  for (int w = 0; w < matrices; ++w) weights.push_back(bf16_filled(a_count));
+  const int products = std::max(8, matrices);
+  const double flop = 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(panels * kPanel<float>);
+  std::vector<std::vector<double>> seconds(static_cast<std::size_t>(o.threads));
+  auto work = [&](int t) {
+    const auto x = bf16_filled(static_cast<std::size_t>(panels * amx::kPlanes * bs));
+    AlignedVector<float> c(selfnorm::gemm_block_size<float>(panels));
+    double sink = 0;
+    auto done = [&](std::int64_t, std::int64_t, const float* block, std::ptrdiff_t) {
+      sink += static_cast<double>(block[0]);
+    };
+    for (int r = 0; r < o.repeat; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int p = 0; p < products; ++p) {
+        const amx::SplitA a{weights[static_cast<std::size_t>(p % matrices)].data(), amx::row_tiles(n),
+                            amx::round_k(n) / amx::kChunk};
+        amx::gemm(n, n, panels, a, amx::SplitB{x.data(), bs}, c.data(), done);
+      }
+      seconds[static_cast<std::size_t>(t)].push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / products);
+    }
+    if (sink == 12345.678) std::puts("");
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < o.threads; ++t) pool.emplace_back(work, t);
+  for (auto& th : pool) th.join();
+  return report(o, seconds, flop, n, panels * kPanel<float>);
 }
 
 template <class T>
@@ -109,28 +179,13 @@ int run(const Options& o) {
   std::vector<std::thread> pool;
   for (int t = 0; t < o.threads; ++t) pool.emplace_back(work, t);
   for (auto& th : pool) th.join();
-
-  // Per thread, the median round; the total is their sum (the threads run side by side).
-  std::vector<double> per_thread;
-  double total = 0;
-  for (auto& s : seconds) {
-    std::sort(s.begin(), s.end());
-    per_thread.push_back(flop / s[s.size() / 2] / 1e9);
-    total += per_thread.back();
-  }
-  std::printf("{\"direction\": \"%s\", \"precision\": \"%s\", \"width\": %lld, \"rows\": %lld, \"threads\": %d, "
-              "\"cold\": %s, \"gflops\": %.1f, \"per_thread\": [",
-              o.backward ? "backward" : "forward", o.float64 ? "float64" : "float32", static_cast<long long>(n),
-              static_cast<long long>(panels * kPanel<T>), o.threads, o.cold ? "true" : "false", total);
-  for (std::size_t t = 0; t < per_thread.size(); ++t) std::printf("%s%.1f", t ? ", " : "", per_thread[t]);
-  std::printf("]}\n");
-  return 0;
+  return report(o, seconds, flop, n, panels * kPanel<T>);
 }
 
 int usage(const char* problem) {
   std::fprintf(stderr,
                "gemm_bench: %s\nusage: gemm_bench [--width N] [--rows R] [--threads T] [--direction forward|backward] "
-               "[--precision float32|float64] [--cold] [--repeat K]\n",
+               "[--precision float32|float64] [--matmul fma|bf16x6] [--cold] [--repeat K]\n",
                problem);
   return 2;
 }
@@ -158,6 +213,10 @@ int main(int argc, char** argv) {
       const std::string p = argv[++i];
       if (p != "float32" && p != "float64") return usage("--precision must be float32 or float64");
       o.float64 = p == "float64";
+    } else if (a == "--matmul" && has_value) {
+      const std::string m = argv[++i];
+      if (m != "fma" && m != "bf16x6") return usage("--matmul must be fma or bf16x6");
+      o.bf16x6 = m == "bf16x6";
     } else if (a == "--cold") {
       o.cold = true;
     } else {
@@ -166,6 +225,14 @@ int main(int argc, char** argv) {
   }
   if (o.width < 1 || o.rows < 1 || o.threads < 1 || o.repeat < 1) {
     return usage("--width, --rows, --threads and --repeat must be >= 1");
+  }
+  if (o.bf16x6) {
+    if (o.float64) return usage("--matmul bf16x6 computes float32 products only");
+    if (!selfnorm::amx::available()) {
+      std::fprintf(stderr, "gemm_bench: --matmul bf16x6 needs a CPU with AMX-BF16 and a build for it\n");
+      return 77;  // "skipped" to CTest
+    }
+    return run_bf16x6(o);
   }
   return o.float64 ? run<double>(o) : run<float>(o);
 }
