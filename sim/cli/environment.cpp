@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cli/errors.hpp"
+#include "core/amx.hpp"
 #include "core/gemm.hpp"
 #include "core/parallel.hpp"
 #include "selfnorm_git_commit.hpp"  // generated at build time (sim/cli/CMakeLists.txt)
@@ -85,7 +86,8 @@ std::string version_line() {
   const std::string cuda = ", no CUDA backend";
 #endif
   return std::string("selfnorm ") + SELFNORM_VERSION + " (git " + SELFNORM_GIT_COMMIT + ", " + compiler() + ", " +
-         SELFNORM_BUILD_TYPE + ", " + std::string(gemm_backend()) + " GEMM" + cuda + ")";
+         SELFNORM_BUILD_TYPE + ", " + std::string(gemm_backend()) + " GEMM" + (amx::built() ? " and AMX bf16x6" : "") +
+         cuda + ")";
 }
 
 std::string utc_now() {

@@ -38,7 +38,7 @@ struct MachineMemory {
 // (then no memory check is made).
 std::optional<MachineMemory> machine_memory();
 
-// "selfnorm 0.1.0 (git abc123, g++ 12.2.0, Release, avx512 GEMM)".
+// "selfnorm 0.1.0 (git abc123, g++ 12.2.0, Release, avx512 GEMM and AMX bf16x6, no CUDA backend)".
 std::string version_line();
 
 // Provenance for a result file written now by this process.

@@ -73,6 +73,8 @@ constexpr long kXfeatureXtiledata = 18;
 
 }  // namespace
 
+bool built() { return true; }
+
 bool available() {
   static const bool ok = [] {
     unsigned a = 0, b = 0, c = 0, d = 0;
@@ -238,6 +240,7 @@ void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, SplitA a, SplitB 
 
 #else  // no AMX in this build
 
+bool built() { return false; }
 bool available() { return false; }
 
 namespace {

@@ -41,6 +41,8 @@ inline constexpr std::int64_t kTileElements = kTileRows * kChunk;
 // uint16_t per pair of k in a column tile of B: 16 samples x 2.
 inline constexpr std::int64_t kPairRow = 32;
 
+// True if this build has the AMX kernel (compiled for a CPU with AMX-BF16).
+bool built();
 // True if this build has the AMX kernel, the CPU has AMX-BF16 and the operating system lets the
 // process use the tile registers (asked once).
 bool available();
