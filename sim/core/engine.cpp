@@ -691,34 +691,16 @@ class TrialRunner {
     store_fence();  // f'(h) went around the caches
   }
 
-  // The split copies of W_l^T (forward) and W_l (backward, l > 1) from the float32 strips of W_l^T,
-  // in tasks of one row tile dealt over the ranks.
+  // The split copies of W_l^T (forward) and W_l (backward, l > 1) from the stored float32 strips of
+  // W_l^T (orthogonal weights), in tasks of kSplitGroup strips dealt over the ranks.
   void split_weights(int l, const Team& team, Workspace<T>& ws) const {
-    if constexpr (std::is_same_v<T, float>) {
-      const std::int64_t n_out = g_.n[l], n_in = g_.n[l - 1];
-      const T* strips = ws.weight_strips(l);
-      const std::ptrdiff_t ss = g_.strip_stride[static_cast<std::size_t>(l - 1)];
-      std::int64_t task = 0;
-      auto split = [&](const amx::SplitA& a, std::uint16_t* data, bool transposed, std::int64_t m, std::int64_t k) {
-        const std::ptrdiff_t plane = a.row_tiles * a.chunks * amx::kTileElements;
-        for (std::int64_t i = 0; i < a.row_tiles; ++i, ++task) {
-          if (!team.owns(task)) continue;
-          for (std::int64_t c = 0; c < a.chunks; ++c) {
-            amx::split_a_strips(strips, 0, ss, transposed, m, k, i, c, data + (i * a.chunks + c) * amx::kTileElements,
-                                plane, transposed);
-          }
-        }
-      };
-      split(ws.split_weights_t(l), ws.split_fwd(l), false, n_out, n_in);
-      if (l > 1) {
-        // Written around the caches: it is read in the backward pass, long after.
-        split(ws.split_weights(l), Workspace<T>::u16(ws.split_bwd[static_cast<std::size_t>(l - 1)]), true, n_in,
-              n_out);
-        store_fence();
-      }
-    } else {
-      (void)l, (void)team, (void)ws;
+    const std::int64_t strips = g_.strips[static_cast<std::size_t>(l - 1)];
+    const std::ptrdiff_t ss = g_.strip_stride[static_cast<std::size_t>(l - 1)];
+    std::int64_t task = 0;
+    for (std::int64_t s0 = 0; s0 < strips; s0 += kSplitGroup, ++task) {
+      if (team.owns(task)) split_group(l, s0, ws.weight_strips(l) + s0 * ss, ws);
     }
+    store_fence();  // the split W_l went around the caches
   }
 
   // The tiles of both split copies of layer l that strips [s0, s0 + kSplitGroup) of W_l^T (at

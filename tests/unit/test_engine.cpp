@@ -273,6 +273,11 @@ TEST_CASE("float32 at every edge of the kernel's layouts agrees with a float64 r
     matmul = Matmul::bf16x6;
     spec.alpha_dropout.keep_probability = 0.8;
   }
+  SECTION("bf16x6, orthogonal weights (split from stored strips)") {
+    matmul = Matmul::bf16x6;
+    spec.init.kind = InitKind::orthogonal;
+    spec.init.weight_mean = 0.0;
+  }
   if (matmul == Matmul::bf16x6 && !bf16x6_available()) {
     WARN("no AMX-BF16 on this CPU or in this build: bf16x6 not checked");
     return;
