@@ -15,7 +15,9 @@
 // Values below 2^-103 in magnitude lose the low bits of their last piece, and float32 subnormals
 // (below 2^-126) count as zero: the tile unit reads subnormal bfloat16 as zero. Inf and NaN
 // carry through as in float32, except that an inf operand gives NaN instead of a signed inf in
-// any sum it enters.
+// any sum it enters. Near the top of the float32 range, a single piece product beyond 3.4e38
+// overflows, where a fused multiply-add could still bring the sum back below it: blown-up layers
+// can count somewhat different entries as non-finite than with FMA (tests/python/test_blowups.py).
 //
 // Layouts (bfloat16 stored as uint16_t; k, the inner dimension, rounded up to kChunk with zeros):
 //   A, m x k:  tiles of 16 rows x 32 k, row-major, tile (plane p, row tile i, chunk c) at

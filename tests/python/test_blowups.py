@@ -118,3 +118,37 @@ def test_float64_statistics_beyond_the_double_range_are_flagged(run, tmp_path):
     assert re.search(rf"^note: point 0: at layers (\d+-)?\d+(,\d+(-\d+)?)* some statistics exceed the range of a "
                      rf"double although every entry is finite", stdout, re.M), stdout
     assert f"{first_bad}-30 some statistics" in stdout or f",{first_bad}-30 some" in stdout, stdout
+
+
+def test_a_blow_up_on_the_tile_units_is_counted_as_on_the_vector_units(run, tmp_path):
+    """With a batch of 256 the float32 products run on the AMX tile units (bf16x6) where the CPU has
+    them. The blow-up is found at the same layer as with --matmul fma, and the layers before it
+    agree to float32 rounding (relu is not chaotic: differences do not grow). Which entries of the
+    blown-up layers overflow may differ: a single product beyond 3.4e38 overflows on the tile
+    units, where a fused multiply-add can still bring the sum back below it."""
+    config = relu_float32(200)
+    config["init"] = {"weight_variance": 16}  # q grows 8x per layer: activations pass 2^128 near layer 85
+    config["monte_carlo"] = {"trials": 2, "batch": 256}
+    config["output"] = {"per_trial": False}
+    cfg = tmp_path / "blow.json"
+    cfg.write_text(json.dumps(config))
+    outs = {}
+    for matmul in ("auto", "fma"):
+        outs[matmul] = tmp_path / f"{matmul}.h5"
+        r = run("run", cfg, "-o", outs[matmul], "--matmul", matmul)
+        assert r.returncode == 0, r.stderr
+    with h5py.File(outs["auto"], "r") as a, h5py.File(outs["fma"], "r") as b:
+        backend = a.attrs["gemm_backend"]
+        backend = backend.decode() if isinstance(backend, bytes) else backend
+        got = a["point_matmul"][0]
+        assert (got.decode() if isinstance(got, bytes) else got) == ("bf16x6" if "amx-bf16x6" in backend else "fma")
+        first = int(a["first_nonfinite_layer"][0])
+        assert 60 < first < 120
+        assert first == int(b["first_nonfinite_layer"][0])
+        for f in (a, b):
+            counts = f["nonfinite_count"][0]
+            assert np.all(counts[: first - 1] == 0) and counts[first - 1] > 0 and counts[-1] == 2 * 256 * 16
+        for name in FORWARD:
+            x, y = a[name][0, : first - 1], b[name][0, : first - 1]
+            # float32 rounding through up to 120 layers of 16-unit sums: far below 1e-4 relative.
+            assert np.allclose(x, y, rtol=1e-4, atol=1e-4 * np.sqrt(a["activation_msq"][0, : first - 1])), name
