@@ -247,7 +247,7 @@ struct Geometry {
   bool weight_gradients = false;
   bool dropout = false;
   bool amx = false;                   // bf16x6 products
-  bool shared_weights = false;        // amx with an elementwise initialiser: no stored float32 strips
+  bool split_as_drawn = false;        // amx, elementwise initialiser: W_l split as drawn, never stored
   std::ptrdiff_t split_plane = 0;     // uint16_t per plane of a panel of a split batch (amx::SplitB)
   std::size_t split_fwd_size = 0;     // uint16_t of the largest split W_l^T
 
@@ -275,7 +275,7 @@ struct Geometry {
     dropout = spec.alpha_dropout.enabled();
     amx = use_amx;
     if (amx) {
-      shared_weights = init_is_elementwise(spec.init.kind);
+      split_as_drawn = init_is_elementwise(spec.init.kind);
       split_plane = amx::b_plane_stride(n_max);
       for (int l = 1; l <= depth; ++l) split_fwd_size = std::max(split_fwd_size, amx::a_size(n[l], n[l - 1]));
     }
@@ -400,10 +400,10 @@ class Workspace {
     Slice rows;
     Slice units;
     Slice grad_block;  // C blocks of dL/dW^T (weight gradients only)
-    Slice weight_group;  // kSplitGroup strips of W_l^T being drawn (shared_weights only)
+    Slice weight_group;  // kSplitGroup strips of W_l^T being drawn (split_as_drawn only)
   };
 
-  std::vector<Slice> weight_slices;  // W_l^T at [l-1] (empty slices with shared_weights)
+  std::vector<Slice> weight_slices;  // W_l^T at [l-1] (empty slices with split_as_drawn)
   // Split W_l^T, ping-pong (uint16_t): a rank may draw and split layer l + 1 while another still
   // multiplies with layer l.
   std::array<Slice, 2> split_fwds;
@@ -455,7 +455,7 @@ class Workspace {
     }
     for (int l = 1; l <= g.depth; ++l) {
       const auto i = static_cast<std::size_t>(l - 1);
-      put(ws ? &ws->weight_slices : nullptr, g.shared_weights ? 0.0 : d(g.strips[i]) * d(g.strip_stride[i]));
+      put(ws ? &ws->weight_slices : nullptr, g.split_as_drawn ? 0.0 : d(g.strips[i]) * d(g.strip_stride[i]));
       put(ws ? &ws->split_bwd : nullptr, g.amx ? halves(g.split_bwd_size(l)) : 0.0);
       put(ws ? &ws->biases : nullptr, g.bias ? d(g.n[i + 1]) : 0.0);
       put(ws ? &ws->derivs : nullptr, d(g.blocks) * d(g.n[i + 1]) * d(g.rows_per_block));
@@ -488,7 +488,7 @@ class Workspace {
       rs.rows = take(d(g.rows_per_block) * d(g.ld_rows));
       rs.units = take(d(g.n_max) * d(g.ld_units));
       rs.grad_block = take(g.weight_gradients ? d(gemm_block_size<T>(g.unit_panels)) : 0.0);
-      rs.weight_group = take(g.shared_weights ? group_strips : 0.0);
+      rs.weight_group = take(g.split_as_drawn ? group_strips : 0.0);
       if (ws) ws->scratch.push_back(rs);
     }
   }
@@ -589,7 +589,7 @@ class TrialRunner {
     const auto i = static_cast<std::size_t>(l - 1);
     const std::uint64_t wkey = key(StreamKind::weights, trial, l);
     std::int64_t task = 0;
-    if (g_.shared_weights) {
+    if (g_.split_as_drawn) {
       // A group of strips per task, drawn into the rank's buffer and split from there.
       const std::int64_t rows = Geometry::round_up_to_strip(fan_in);
       T* group = ws.scratch[static_cast<std::size_t>(team.rank())].weight_group.ptr;
@@ -664,7 +664,7 @@ class TrialRunner {
         generate_layer(trial, l, team, ws);
         team.barrier();
       }
-      if (g_.amx && !g_.shared_weights) {
+      if (g_.amx && !g_.split_as_drawn) {
         split_weights(l, team, ws);
         team.barrier();
       }
@@ -674,7 +674,7 @@ class TrialRunner {
         ws.stat(b, l) = BlockLayerStats{};
         auto done = [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
           forward_rows(l, b, row0, rows, c, ldc, dropout_key, ws);
-          if (g_.amx) split_rows(ws.x(l), ws.split_x(l), b, row0, rows, g_.n[l]);
+          if (g_.amx && l < g_.depth) split_rows(ws.x(l), ws.split_x(l), b, row0, rows, g_.n[l]);
         };
         if constexpr (std::is_same_v<T, float>) {
           if (g_.amx) {
@@ -747,14 +747,14 @@ class TrialRunner {
   void split_rows(const T* src, std::uint16_t* dst, std::int64_t b, std::int64_t row0, std::int64_t rows,
                   std::int64_t n) const {
     if constexpr (std::is_same_v<T, float>) {
-      const amx::SplitB out = split_block(dst, b);
+      const std::ptrdiff_t ps = g_.split_plane;
       for (std::int64_t q = 0; q < g_.block_panels(b); ++q) {
         const T* panel = src + (g_.first_panel(b) + q) * g_.panel_stride;
-        std::uint16_t* split = const_cast<std::uint16_t*>(out.data) + q * amx::kPlanes * out.plane_stride;
+        std::uint16_t* split = dst + (g_.first_panel(b) + q) * amx::kPlanes * ps;
         for (std::int64_t j = row0; j < row0 + rows; j += 2) {
-          amx::split_b_pair(panel + j * P, j + 1 < n ? panel + (j + 1) * P : nullptr, j / 2, split, out.plane_stride);
+          amx::split_b_pair(panel + j * P, j + 1 < n ? panel + (j + 1) * P : nullptr, j / 2, split, ps);
         }
-        if (row0 + rows == n) amx::zero_b_pairs((n + 1) / 2, amx::round_k(n) / 2, split, out.plane_stride);
+        if (row0 + rows == n) amx::zero_b_pairs((n + 1) / 2, amx::round_k(n) / 2, split, ps);
       }
     } else {
       (void)src, (void)dst, (void)b, (void)row0, (void)rows, (void)n;
