@@ -33,7 +33,8 @@ main_tests() {
 }
 check_tests() {
   rm -f "$SELFNORM_ROOT/build-check/fuzz/summary.txt"
-  build_checking "$SELFNORM_ROOT/build-check" "selfnorm selfnorm_tests selfnorm_fuzz_config" -DSELFNORM_FUZZ=ON \
+  build_checking "$SELFNORM_ROOT/build-check" "selfnorm selfnorm_tests selfnorm_amx_tests selfnorm_fuzz_config" \
+      -DSELFNORM_FUZZ=ON \
       -DSELFNORM_SANITIZE=address,undefined -DSELFNORM_FUZZ_SECONDS="${SELFNORM_FUZZ_SECONDS:-25}" &&
     ctest --test-dir "$SELFNORM_ROOT/build-check" --output-on-failure --parallel "$(nproc)"
 }
