@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <stdexcept>
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__linux__)
+// GCC spells the feature macros __AMX_TILE__ and __AMX_BF16__, clang __AMXTILE__ and __AMXBF16__.
+#if (defined(__AMX_TILE__) || defined(__AMXTILE__)) && (defined(__AMX_BF16__) || defined(__AMXBF16__)) && \
+    defined(__AVX512F__) && defined(__linux__)
 #define SELFNORM_AMX 1
 #include <cpuid.h>
 #include <immintrin.h>
@@ -76,12 +78,20 @@ constexpr long kXfeatureXtiledata = 18;
 bool built() { return true; }
 
 bool available() {
+  // This file is compiled for AVX-512 and AMX whatever the rest of the build targets: nothing in it
+  // runs before these checks say the CPU and the operating system support both.
   static const bool ok = [] {
     unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1u)) return false;  // OSXSAVE
+    unsigned xcr0_lo = 0, xcr0_hi = 0;
+    asm volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    constexpr unsigned kZmmState = 0xE6;  // SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM
+    if ((xcr0_lo & kZmmState) != kZmmState) return false;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool avx512 = ((b >> 16) & 1u) && ((b >> 17) & 1u) && ((b >> 30) & 1u) && ((b >> 31) & 1u);  // F DQ BW VL
     const bool amx_bf16 = (d >> 22) & 1u;
     const bool amx_tile = (d >> 24) & 1u;
-    if (!amx_bf16 || !amx_tile) return false;
+    if (!avx512 || !amx_bf16 || !amx_tile) return false;
     return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
   }();
   return ok;
