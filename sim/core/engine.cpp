@@ -249,7 +249,7 @@ struct Geometry {
   bool amx = false;                   // bf16x6 products
   bool split_as_drawn = false;        // amx, elementwise initialiser: W_l split as drawn, never stored
   std::ptrdiff_t split_plane = 0;     // uint16_t per plane of a panel of a split batch (amx::SplitB)
-  std::size_t split_fwd_size = 0;     // uint16_t of the largest split W_l^T
+  double split_fwd_size = 0;          // uint16_t of the largest split W_l^T
 
   Geometry(const PointSpec& spec, std::size_t element_size, bool use_amx) {
     depth = spec.network.depth();
@@ -277,13 +277,20 @@ struct Geometry {
     if (amx) {
       split_as_drawn = init_is_elementwise(spec.init.kind);
       split_plane = amx::b_plane_stride(n_max);
-      for (int l = 1; l <= depth; ++l) split_fwd_size = std::max(split_fwd_size, amx::a_size(n[l], n[l - 1]));
+      for (int l = 1; l <= depth; ++l) split_fwd_size = std::max(split_fwd_size, split_a_size(n[l], n[l - 1]));
     }
   }
-  // uint16_t of a split copy of a whole batch.
-  std::size_t split_batch_size() const { return static_cast<std::size_t>(panels * amx::kPlanes * split_plane); }
-  // uint16_t of the split W_l used by the backward product (none for l = 1, which has none).
-  std::size_t split_bwd_size(int l) const { return l > 1 ? amx::a_size(n[l - 1], n[l]) : 0; }
+  // Sizes of the split copies in uint16_t, counted in double like Workspace::bytes, so that absurd
+  // shapes give a huge estimate instead of overflowing: a split m x k matrix (amx::a_size), a whole
+  // batch, and W_l for the backward product (none for l = 1, which has none).
+  static double split_a_size(std::int64_t m, std::int64_t k) {
+    return static_cast<double>(amx::kPlanes) * static_cast<double>(amx::row_tiles(m)) *
+           static_cast<double>(amx::round_k(k) / amx::kChunk) * static_cast<double>(amx::kTileElements);
+  }
+  double split_batch_size() const {
+    return static_cast<double>(panels) * amx::kPlanes * static_cast<double>(split_plane);
+  }
+  double split_bwd_size(int l) const { return l > 1 ? split_a_size(n[l - 1], n[l]) : 0.0; }
   static std::int64_t round_up_to_strip(std::int64_t v) { return (v + kStrip - 1) / kStrip * kStrip; }
   std::int64_t block_rows(std::int64_t b) const { return std::min(rows_per_block, batch - b * rows_per_block); }
   std::int64_t block_panels(std::int64_t b) const { return (block_rows(b) + panel - 1) / panel; }
@@ -447,7 +454,7 @@ class Workspace {
     }
     const double batch_panels = d(g.panels) * d(g.panel_stride);
     // uint16_t counts in elements of T.
-    auto halves = [&](std::size_t count) { return std::ceil(d(count) * 2.0 / d(sizeof(T))); };
+    auto halves = [&](double count) { return std::ceil(count * 2.0 / d(sizeof(T))); };
     double group_strips = 0.0;
     for (int l = 1; l <= g.depth; ++l) {
       const auto i = static_cast<std::size_t>(l - 1);
