@@ -78,8 +78,8 @@ constexpr long kXfeatureXtiledata = 18;
 bool built() { return true; }
 
 bool available() {
-  // This file is compiled for AVX-512 and AMX whatever the rest of the build targets: nothing in it
-  // runs before these checks say the CPU and the operating system support both.
+  // The build targets AVX-512 and AMX; these checks keep a binary carried to another machine from
+  // using them where the CPU or the operating system does not support both.
   static const bool ok = [] {
     unsigned a = 0, b = 0, c = 0, d = 0;
     if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1u)) return false;  // OSXSAVE
