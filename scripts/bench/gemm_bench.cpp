@@ -101,7 +101,7 @@ int run_bf16x6(const Options& o) {
   const std::int64_t n = o.width;
   const std::int64_t panels = (o.rows + kPanel<float> - 1) / kPanel<float>;
   const std::ptrdiff_t bs = amx::b_plane_stride(n);
-  const std::size_t a_count = amx::a_size(n, n);
+  const auto a_count = static_cast<std::size_t>(amx::a_size(n, n));
   const double matrix_bytes = static_cast<double>(a_count) * 2;
   const int matrices = o.cold ? std::max(2, static_cast<int>(64.0 * 1024 * 1024 / matrix_bytes) + 1) : 1;
   auto bf16_filled = [](std::size_t count) {

@@ -23,8 +23,9 @@ std::ptrdiff_t b_plane_stride(std::int64_t k) {
   return 2 * half;
 }
 
-std::size_t a_size(std::int64_t m, std::int64_t k) {
-  return static_cast<std::size_t>(kPlanes * row_tiles(m) * (round_k(k) / kChunk) * kTileElements);
+double a_size(std::int64_t m, std::int64_t k) {
+  return static_cast<double>(kPlanes) * static_cast<double>(row_tiles(m)) *
+         static_cast<double>(round_k(k) / kChunk) * static_cast<double>(kTileElements);
 }
 
 #if defined(SELFNORM_AMX)
@@ -48,6 +49,22 @@ namespace {
 
 // The high halves of 16 pieces, as 16 bfloat16.
 [[gnu::always_inline]] inline __m256i bf16(__m512i p) { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(p, 16)); }
+
+// Row r of the three tiles of A at tile (plane q's at tile + q * plane_step) from the pieces of its
+// 32 values (p[h][q]: values 16 h to 16 h + 15, piece q); `stream` writes around the caches (the
+// tiles must then be 64-byte aligned).
+[[gnu::always_inline]] inline void store_tile_row(const __m512i (&p)[2][3], std::uint16_t* tile, std::ptrdiff_t plane_step,
+                                                  int r, bool stream) {
+  for (int q = 0; q < kPlanes; ++q) {
+    auto* out = reinterpret_cast<__m512i*>(tile + q * plane_step + r * kChunk);
+    const __m512i row = _mm512_inserti64x4(_mm512_castsi256_si512(bf16(p[0][q])), bf16(p[1][q]), 1);
+    if (stream) {
+      _mm512_stream_si512(out, row);
+    } else {
+      _mm512_storeu_si512(out, row);
+    }
+  }
+}
 
 struct TileConfig {
   std::uint8_t palette = 1;
@@ -101,11 +118,7 @@ void split_a_tile(const float* block, std::ptrdiff_t ld, std::uint16_t* tile, st
   for (int r = 0; r < kTileRows; ++r) {
     __m512i p[2][3];
     for (int h = 0; h < 2; ++h) pieces(_mm512_loadu_ps(block + r * ld + 16 * h), p[h][0], p[h][1], p[h][2]);
-    for (int q = 0; q < kPlanes; ++q) {
-      auto* row = reinterpret_cast<__m256i*>(tile + q * plane_step + r * kChunk);
-      _mm256_storeu_si256(row, bf16(p[0][q]));
-      _mm256_storeu_si256(row + 1, bf16(p[1][q]));
-    }
+    store_tile_row(p, tile, plane_step, r, false);
   }
 }
 
@@ -140,15 +153,7 @@ void split_a_strips(const float* strips, std::int64_t strip0, std::ptrdiff_t ss,
       }
       pieces(v, p[h][0], p[h][1], p[h][2]);
     }
-    for (int q = 0; q < kPlanes; ++q) {
-      auto* out = reinterpret_cast<__m512i*>(tile + q * plane_step + r * kChunk);
-      const __m512i row_bf16 = _mm512_inserti64x4(_mm512_castsi256_si512(bf16(p[0][q])), bf16(p[1][q]), 1);
-      if (stream) {
-        _mm512_stream_si512(out, row_bf16);
-      } else {
-        _mm512_store_si512(out, row_bf16);
-      }
-    }
+    store_tile_row(p, tile, plane_step, r, stream);
   }
 }
 

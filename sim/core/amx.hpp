@@ -55,8 +55,9 @@ inline std::int64_t row_tiles(std::int64_t m) { return (m + 2 * kTileRows - 1) /
 // uint16_t of one plane of one panel of B with k rows (k rounded up to kChunk): its two column
 // tiles, each padded so that they do not start a multiple of 4 KiB apart.
 std::ptrdiff_t b_plane_stride(std::int64_t k);
-// uint16_t of an A operand m x k.
-std::size_t a_size(std::int64_t m, std::int64_t k);
+// uint16_t of an A operand m x k, counted in double so that estimates for absurd shapes come out
+// huge instead of overflowing.
+double a_size(std::int64_t m, std::int64_t k);
 
 struct SplitA {
   const std::uint16_t* data = nullptr;

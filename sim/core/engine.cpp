@@ -277,20 +277,16 @@ struct Geometry {
     if (amx) {
       split_as_drawn = init_is_elementwise(spec.init.kind);
       split_plane = amx::b_plane_stride(n_max);
-      for (int l = 1; l <= depth; ++l) split_fwd_size = std::max(split_fwd_size, split_a_size(n[l], n[l - 1]));
+      for (int l = 1; l <= depth; ++l) split_fwd_size = std::max(split_fwd_size, amx::a_size(n[l], n[l - 1]));
     }
   }
   // Sizes of the split copies in uint16_t, counted in double like Workspace::bytes, so that absurd
-  // shapes give a huge estimate instead of overflowing: a split m x k matrix (amx::a_size), a whole
-  // batch, and W_l for the backward product (none for l = 1, which has none).
-  static double split_a_size(std::int64_t m, std::int64_t k) {
-    return static_cast<double>(amx::kPlanes) * static_cast<double>(amx::row_tiles(m)) *
-           static_cast<double>(amx::round_k(k) / amx::kChunk) * static_cast<double>(amx::kTileElements);
-  }
+  // shapes give a huge estimate instead of overflowing: a whole batch, and W_l for the backward
+  // product (none for l = 1, which has none).
   double split_batch_size() const {
     return static_cast<double>(panels) * amx::kPlanes * static_cast<double>(split_plane);
   }
-  double split_bwd_size(int l) const { return l > 1 ? split_a_size(n[l - 1], n[l]) : 0.0; }
+  double split_bwd_size(int l) const { return l > 1 ? amx::a_size(n[l - 1], n[l]) : 0.0; }
   static std::int64_t round_up_to_strip(std::int64_t v) { return (v + kStrip - 1) / kStrip * kStrip; }
   std::int64_t block_rows(std::int64_t b) const { return std::min(rows_per_block, batch - b * rows_per_block); }
   std::int64_t block_panels(std::int64_t b) const { return (block_rows(b) + panel - 1) / panel; }

@@ -45,7 +45,7 @@ float from_bf16(std::uint16_t h) { return std::bit_cast<float>(static_cast<std::
 // An m x k matrix (row-major) as split A tiles.
 std::vector<std::uint16_t> split_a(const std::vector<float>& w, std::int64_t m, std::int64_t k) {
   const std::int64_t tiles = amx::row_tiles(m), chunks = amx::round_k(k) / amx::kChunk;
-  std::vector<std::uint16_t> out(amx::a_size(m, k));
+  std::vector<std::uint16_t> out(static_cast<std::size_t>(amx::a_size(m, k)));
   const std::ptrdiff_t plane = tiles * chunks * amx::kTileElements;
   std::vector<float> block(amx::kTileElements);
   for (std::int64_t i = 0; i < tiles; ++i) {
