@@ -668,35 +668,43 @@ class TrialRunner {
         team.barrier();
       }
       if (g_.amx && !g_.split_as_drawn) {
-        split_weights(l, team, ws);
+        split_stored_weights(l, team, ws);
         team.barrier();
       }
       const std::uint64_t dropout_key = key(StreamKind::dropout, trial, l);
       for (std::int64_t b = 0; b < g_.blocks; ++b) {
         if (!team.owns(b)) continue;
         ws.stat(b, l) = BlockLayerStats{};
-        auto done = [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
-          forward_rows(l, b, row0, rows, c, ldc, dropout_key, ws);
-          if (g_.amx && l < g_.depth) split_rows(ws.x(l), ws.split_x(l), b, row0, rows, g_.n[l]);
-        };
-        if constexpr (std::is_same_v<T, float>) {
-          if (g_.amx) {
-            amx::gemm(g_.n[l], g_.n[l - 1], g_.block_panels(b), ws.split_weights_t(l), split_block(ws.split_x(l - 1), b),
-                      scratch.c_block.ptr, done);
-            continue;
-          }
-        }
-        const PanelView<T> x_in{ws.x(l - 1) + g_.first_panel(b) * g_.panel_stride, g_.panel_stride, P};
-        gemm<T>(g_.n[l], g_.n[l - 1], g_.block_panels(b), ws.weights_t(l), x_in, scratch.c_block.ptr, done);
+        multiply(g_.n[l], g_.n[l - 1], b, ws.weights_t(l), ws.x(l - 1), ws.split_weights_t(l), ws.split_x(l - 1),
+                 scratch.c_block.ptr, [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
+                   forward_rows(l, b, row0, rows, c, ldc, dropout_key, ws);
+                   if (g_.amx && l < g_.depth) split_rows(ws.x(l), ws.split_x(l), b, row0, rows, g_.n[l]);
+                 });
       }
       if (team.rank() == 0) tick();
     }
     store_fence();  // f'(h) went around the caches
   }
 
+  // C = A B for row block b of the batch (m x k times k x the block's samples), handed to `done` 96
+  // rows at a time: on the tile units from the split copies of A and of the batch (bf16x6), else
+  // with FMA from A in its strips or panels and the batch's float32 panels.
+  template <class StoredA>
+  void multiply(std::int64_t m, std::int64_t k, std::int64_t b, StoredA a, const T* batch, const amx::SplitA& split_a,
+                const std::uint16_t* split_batch, T* c_block, RowsDone<T> done) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (g_.amx) {
+        amx::gemm(m, k, g_.block_panels(b), split_a, split_block(split_batch, b), c_block, done);
+        return;
+      }
+    }
+    const PanelView<T> panels{batch + g_.first_panel(b) * g_.panel_stride, g_.panel_stride, P};
+    gemm<T>(m, k, g_.block_panels(b), a, panels, c_block, done);
+  }
+
   // The split copies of W_l^T (forward) and W_l (backward, l > 1) from the stored float32 strips of
   // W_l^T (orthogonal weights), in tasks of kSplitGroup strips dealt over the ranks.
-  void split_weights(int l, const Team& team, Workspace<T>& ws) const {
+  void split_stored_weights(int l, const Team& team, Workspace<T>& ws) const {
     const std::int64_t strips = g_.strips[static_cast<std::size_t>(l - 1)];
     const std::ptrdiff_t ss = g_.strip_stride[static_cast<std::size_t>(l - 1)];
     std::int64_t task = 0;
@@ -886,19 +894,11 @@ class TrialRunner {
       if (l > 1) {
         for (std::int64_t b = 0; b < g_.blocks; ++b) {
           if (!team.owns(b)) continue;
-          auto done = [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
-            backward_rows(l - 1, b, row0, rows, c, ldc, ws);
-            if (g_.amx && l > 2) split_rows(ws.dh(l - 1), ws.split_dh(l - 1), b, row0, rows, g_.n[l - 1]);
-          };
-          if constexpr (std::is_same_v<T, float>) {
-            if (g_.amx) {
-              amx::gemm(g_.n[l - 1], g_.n[l], g_.block_panels(b), ws.split_weights(l), split_block(ws.split_dh(l), b),
-                        scratch.c_block.ptr, done);
-              continue;
-            }
-          }
-          const PanelView<T> dh{ws.dh(l) + g_.first_panel(b) * g_.panel_stride, g_.panel_stride, P};
-          gemm<T>(g_.n[l - 1], g_.n[l], g_.block_panels(b), ws.weights(l), dh, scratch.c_block.ptr, done);
+          multiply(g_.n[l - 1], g_.n[l], b, ws.weights(l), ws.dh(l), ws.split_weights(l), ws.split_dh(l),
+                   scratch.c_block.ptr, [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
+                     backward_rows(l - 1, b, row0, rows, c, ldc, ws);
+                     if (g_.amx && l > 2) split_rows(ws.dh(l - 1), ws.split_dh(l - 1), b, row0, rows, g_.n[l - 1]);
+                   });
         }
       }
       if (team.rank() == 0) tick();
