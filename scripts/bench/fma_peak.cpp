@@ -10,14 +10,7 @@
 //                            "amx_bf16_gflops": ... (null without AMX)}
 #include <immintrin.h>
 
-// GCC spells the feature macros __AMX_TILE__ and __AMX_BF16__, clang __AMXTILE__ and __AMXBF16__.
-#if (defined(__AMX_TILE__) || defined(__AMXTILE__)) && (defined(__AMX_BF16__) || defined(__AMXBF16__)) && \
-    defined(__linux__)
-#include <cpuid.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#define FMA_PEAK_AMX 1
-#endif
+#include "core/amx.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -92,31 +85,12 @@ double measure(int threads, int rounds) {
   return best;
 }
 
-#if defined(FMA_PEAK_AMX)
-// True if the CPU has AMX-BF16 and the kernel grants this process the tile data.
-bool amx_usable() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 22) & 1u) || !((d >> 24) & 1u)) return false;
-  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-}
-
-struct TileConfig {
-  unsigned char palette = 1, start_row = 0, reserved[14] = {};
-  unsigned short colsb[16] = {};
-  unsigned char rows[16] = {};
-};
-
+#if defined(SELFNORM_AMX)
 constexpr long kTileIterations = 5'000'000;
 
 // kTileIterations rounds of 4 TDPBF16PS (16 x 16 x 32 multiply-adds each) on tiles in registers.
 float tile_spin() {
-  alignas(64) TileConfig config;
-  for (int t = 0; t < 8; ++t) {
-    config.colsb[t] = 64;
-    config.rows[t] = 16;
-  }
-  _tile_loadconfig(&config);
+  selfnorm::amx::configure_tiles();
   alignas(64) static thread_local unsigned short ones[16 * 32];
   for (auto& v : ones) v = 0x3f80;  // 1.0 in bfloat16
   alignas(64) static thread_local float out[16 * 16];
@@ -135,7 +109,6 @@ float tile_spin() {
     _tile_dpbf16ps(3, 5, 7);
   }
   _tile_stored(0, out, 64);
-  _tile_release();
   return out[0];
 }
 
@@ -175,8 +148,8 @@ int main(int argc, char** argv) {
   const double f32 = measure<VF, float>(threads, 3);
   const double f64 = measure<VD, double>(threads, 3);
   char amx[32] = "null";
-#if defined(FMA_PEAK_AMX)
-  if (amx_usable()) std::snprintf(amx, sizeof amx, "%.1f", measure_amx(threads, 3));
+#if defined(SELFNORM_AMX)
+  if (selfnorm::amx::available()) std::snprintf(amx, sizeof amx, "%.1f", measure_amx(threads, 3));
 #endif
   std::printf("{\"isa\": \"%s\", \"threads\": %d, \"float32_gflops\": %.1f, \"float64_gflops\": %.1f, "
               "\"amx_bf16_gflops\": %s}\n",

@@ -83,9 +83,10 @@ Matmul parse_matmul(const std::string& s) {
   } else {
     throw UsageError("--matmul " + s + " is not valid; use auto, fma or bf16x6");
   }
-  if (m == Matmul::bf16x6 && !bf16x6_available()) {
-    throw UsageError("--matmul bf16x6 needs a CPU with AMX-BF16 (Intel Sapphire Rapids or later) and a build for "
-                     "it; this one has none: use --matmul auto or fma");
+  try {
+    resolve_matmul(m, PointSpec{});  // refuses bf16x6 where it cannot run, saying why
+  } catch (const std::invalid_argument& e) {
+    throw UsageError("--matmul " + s + ": " + e.what());
   }
   return m;
 }

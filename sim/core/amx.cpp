@@ -3,10 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
-// GCC spells the feature macros __AMX_TILE__ and __AMX_BF16__, clang __AMXTILE__ and __AMXBF16__.
-#if (defined(__AMX_TILE__) || defined(__AMXTILE__)) && (defined(__AMX_BF16__) || defined(__AMXBF16__)) && \
-    defined(__AVX512F__) && defined(__linux__)
-#define SELFNORM_AMX 1
+#if defined(SELFNORM_AMX)
 #include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -74,7 +71,11 @@ struct TileConfig {
   std::uint8_t rows[16] = {};
 };
 
-// Every tile register 16 rows of 64 bytes, loaded once per thread.
+constexpr long kArchReqXcompPerm = 0x1023;
+constexpr long kXfeatureXtiledata = 18;
+
+}  // namespace
+
 void configure_tiles() {
   thread_local bool configured = false;
   if (configured) return;
@@ -83,14 +84,11 @@ void configure_tiles() {
     config.colsb[t] = 64;
     config.rows[t] = 16;
   }
-  _tile_loadconfig(&config);
+  // Not _tile_loadconfig: GCC 12 declares only the config's first 8 bytes as its input, so the
+  // stores to the rest may be dropped or moved past it (a #GP at ldtilecfg where they were).
+  asm volatile("ldtilecfg %0" : : "m"(config));
   configured = true;
 }
-
-constexpr long kArchReqXcompPerm = 0x1023;
-constexpr long kXfeatureXtiledata = 18;
-
-}  // namespace
 
 bool built() { return true; }
 
@@ -262,6 +260,7 @@ namespace {
 [[noreturn]] void unavailable() { throw std::logic_error("this build of selfnorm has no AMX kernel"); }
 }  // namespace
 
+void configure_tiles() { unavailable(); }
 void split_a_tile(const float*, std::ptrdiff_t, std::uint16_t*, std::ptrdiff_t) { unavailable(); }
 void split_a_strips(const float*, std::int64_t, std::ptrdiff_t, bool, std::int64_t, std::int64_t, std::int64_t,
                     std::int64_t, std::uint16_t*, std::ptrdiff_t, bool) {

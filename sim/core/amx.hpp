@@ -34,6 +34,13 @@
 
 #include "core/gemm.hpp"
 
+// Defined where the build targets AMX-BF16 and AVX-512 on Linux, the kernel's requirements (GCC
+// spells the feature macros __AMX_TILE__ and __AMX_BF16__, clang __AMXTILE__ and __AMXBF16__).
+#if (defined(__AMX_TILE__) || defined(__AMXTILE__)) && (defined(__AMX_BF16__) || defined(__AMXBF16__)) && \
+    defined(__AVX512F__) && defined(__linux__)
+#define SELFNORM_AMX 1
+#endif
+
 namespace selfnorm::amx {
 
 inline constexpr int kPlanes = 3;
@@ -48,6 +55,9 @@ bool built();
 // True if this build has the AMX kernel, the CPU has AMX-BF16 and the operating system lets the
 // process use the tile registers (asked once).
 bool available();
+// Loads the kernel's tile configuration (all eight tiles 16 rows of 64 bytes) into the calling
+// thread, once per thread; gemm does it itself. Only where available().
+void configure_tiles();
 
 inline std::int64_t round_k(std::int64_t k) { return (k + kChunk - 1) / kChunk * kChunk; }
 // Row tiles of an A operand with m rows (rows rounded up to a multiple of 32).

@@ -1221,7 +1221,7 @@ Matmul resolve_matmul(Matmul matmul, const PointSpec& spec) {
   if (matmul == Matmul::bf16x6 && !amx::available()) {
     throw std::invalid_argument(
         "bf16x6 products need a CPU with AMX-BF16 (Intel Sapphire Rapids or later) and a build for it; this one has "
-        "none: use matmul auto or fma");
+        "none: use auto or fma");
   }
   if (spec.precision == Precision::float64 || matmul == Matmul::fma) return Matmul::fma;
   if (matmul == Matmul::bf16x6) return Matmul::bf16x6;
