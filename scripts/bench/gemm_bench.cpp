@@ -94,16 +94,45 @@ int report(const Options& o, std::vector<std::vector<double>>& seconds, double f
   return 0;
 }
 
-// The same rounds as run<T>, on the tile units: weights as split A tiles, activations as split B
-// panels (bfloat16 bit patterns of values near 1; the kernel's speed does not depend on them).
+// Weight matrices to cycle through: enough that cycling evicts every cache (>= 64 MiB), or one.
+int matrix_count(const Options& o, double matrix_bytes) {
+  return o.cold ? std::max(2, static_cast<int>(64.0 * 1024 * 1024 / matrix_bytes) + 1) : 1;
+}
+
+// Times o.repeat rounds of `products` products on each of o.threads threads, side by side, and
+// reports them. setup() runs on each thread: it allocates the thread's operands and returns the
+// product, called as multiply(p, done) for product p.
+template <class C, class Setup>
+int time_products(const Options& o, int products, std::int64_t rows, Setup setup) {
+  const double flop = 2.0 * static_cast<double>(o.width) * static_cast<double>(o.width) * static_cast<double>(rows);
+  std::vector<std::vector<double>> seconds(static_cast<std::size_t>(o.threads));
+  auto work = [&](int t) {
+    auto multiply = setup();
+    double sink = 0;
+    auto done = [&](std::int64_t, std::int64_t, const C* block, std::ptrdiff_t) { sink += static_cast<double>(block[0]); };
+    for (int r = 0; r < o.repeat; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int p = 0; p < products; ++p) multiply(p, selfnorm::RowsDone<C>(done));
+      seconds[static_cast<std::size_t>(t)].push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / products);
+    }
+    if (sink == 12345.678) std::puts("");  // keeps the products observable
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < o.threads; ++t) pool.emplace_back(work, t);
+  for (auto& th : pool) th.join();
+  return report(o, seconds, flop, o.width, rows);
+}
+
+// On the tile units: weights as split A tiles, activations as split B panels (bfloat16 bit
+// patterns of values near 1; the kernel's speed does not depend on them).
 int run_bf16x6(const Options& o) {
   namespace amx = selfnorm::amx;
   const std::int64_t n = o.width;
   const std::int64_t panels = (o.rows + kPanel<float> - 1) / kPanel<float>;
   const std::ptrdiff_t bs = amx::b_plane_stride(n);
   const auto a_count = static_cast<std::size_t>(amx::a_size(n, n));
-  const double matrix_bytes = static_cast<double>(a_count) * 2;
-  const int matrices = o.cold ? std::max(2, static_cast<int>(64.0 * 1024 * 1024 / matrix_bytes) + 1) : 1;
+  const int matrices = matrix_count(o, static_cast<double>(a_count) * 2);
   auto bf16_filled = [](std::size_t count) {
     AlignedVector<std::uint16_t> v(count);
     for (std::size_t i = 0; i < count; ++i) v[i] = static_cast<std::uint16_t>(0x3f80 + i % 7);
@@ -111,32 +140,14 @@ int run_bf16x6(const Options& o) {
   };
   std::vector<AlignedVector<std::uint16_t>> weights;
   for (int w = 0; w < matrices; ++w) weights.push_back(bf16_filled(a_count));
-  const int products = std::max(8, matrices);
-  const double flop = 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(panels * kPanel<float>);
-  std::vector<std::vector<double>> seconds(static_cast<std::size_t>(o.threads));
-  auto work = [&](int t) {
-    const auto x = bf16_filled(static_cast<std::size_t>(panels * amx::kPlanes * bs));
-    AlignedVector<float> c(selfnorm::gemm_block_size<float>(panels));
-    double sink = 0;
-    auto done = [&](std::int64_t, std::int64_t, const float* block, std::ptrdiff_t) {
-      sink += static_cast<double>(block[0]);
+  return time_products<float>(o, std::max(8, matrices), panels * kPanel<float>, [&] {
+    return [&, x = bf16_filled(static_cast<std::size_t>(panels * amx::kPlanes * bs)),
+            c = AlignedVector<float>(selfnorm::gemm_block_size<float>(panels))](int p, selfnorm::RowsDone<float> done) mutable {
+      const amx::SplitA a{weights[static_cast<std::size_t>(p % matrices)].data(), amx::row_tiles(n),
+                          amx::round_k(n) / amx::kChunk};
+      amx::gemm(n, n, panels, a, amx::SplitB{x.data(), bs}, c.data(), done);
     };
-    for (int r = 0; r < o.repeat; ++r) {
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int p = 0; p < products; ++p) {
-        const amx::SplitA a{weights[static_cast<std::size_t>(p % matrices)].data(), amx::row_tiles(n),
-                            amx::round_k(n) / amx::kChunk};
-        amx::gemm(n, n, panels, a, amx::SplitB{x.data(), bs}, c.data(), done);
-      }
-      seconds[static_cast<std::size_t>(t)].push_back(
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / products);
-    }
-    if (sink == 12345.678) std::puts("");
-  };
-  std::vector<std::thread> pool;
-  for (int t = 0; t < o.threads; ++t) pool.emplace_back(work, t);
-  for (auto& th : pool) th.join();
-  return report(o, seconds, flop, n, panels * kPanel<float>);
+  });
 }
 
 template <class T>
@@ -146,40 +157,21 @@ int run(const Options& o) {
   const std::ptrdiff_t ss = selfnorm::padded_ld(strips * kStrip * kStrip, sizeof(T));
   const std::int64_t panels = (o.rows + kPanel<T> - 1) / kPanel<T>;
   const std::ptrdiff_t ps = selfnorm::padded_ld(strips * kStrip * kPanel<T>, sizeof(T));
-  // Enough weight matrices that cycling through them evicts every cache (>= 64 MiB), or one.
-  const double matrix_bytes = static_cast<double>(strips * ss) * sizeof(T);
-  const int matrices = o.cold ? std::max(2, static_cast<int>(64.0 * 1024 * 1024 / matrix_bytes) + 1) : 1;
+  const int matrices = matrix_count(o, static_cast<double>(strips * ss) * sizeof(T));
   std::vector<AlignedVector<T>> weights;
   for (int w = 0; w < matrices; ++w) weights.push_back(filled<T>(static_cast<std::size_t>(strips * ss), 0.01));
-  const int products = std::max(8, matrices);
-  const double flop = 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(panels * kPanel<T>);
-
-  std::vector<std::vector<double>> seconds(static_cast<std::size_t>(o.threads));
-  auto work = [&](int t) {
-    const auto x = filled<T>(static_cast<std::size_t>(panels * ps), 0.02);
-    AlignedVector<T> c(selfnorm::gemm_block_size<T>(panels));
-    double sink = 0;
-    auto done = [&](std::int64_t, std::int64_t, const T* block, std::ptrdiff_t) { sink += static_cast<double>(block[0]); };
-    const PanelView<T> b{x.data(), ps, kPanel<T>};
-    for (int r = 0; r < o.repeat; ++r) {
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int p = 0; p < products; ++p) {
-        const T* w = weights[static_cast<std::size_t>(p % matrices)].data();
-        if (o.backward) {
-          gemm<T>(n, n, panels, PanelView<T>{w, ss, kStrip}, b, c.data(), done);
-        } else {
-          gemm<T>(n, n, panels, StripView<T>{w, ss}, b, c.data(), done);
-        }
+  return time_products<T>(o, std::max(8, matrices), panels * kPanel<T>, [&] {
+    return [&, x = filled<T>(static_cast<std::size_t>(panels * ps), 0.02),
+            c = AlignedVector<T>(selfnorm::gemm_block_size<T>(panels))](int p, selfnorm::RowsDone<T> done) mutable {
+      const T* w = weights[static_cast<std::size_t>(p % matrices)].data();
+      const PanelView<T> b{x.data(), ps, kPanel<T>};
+      if (o.backward) {
+        gemm<T>(n, n, panels, PanelView<T>{w, ss, kStrip}, b, c.data(), done);
+      } else {
+        gemm<T>(n, n, panels, StripView<T>{w, ss}, b, c.data(), done);
       }
-      seconds[static_cast<std::size_t>(t)].push_back(
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / products);
-    }
-    if (sink == 12345.678) std::puts("");  // keeps the products observable
-  };
-  std::vector<std::thread> pool;
-  for (int t = 0; t < o.threads; ++t) pool.emplace_back(work, t);
-  for (auto& th : pool) th.join();
-  return report(o, seconds, flop, n, panels * kPanel<T>);
+    };
+  });
 }
 
 int usage(const char* problem) {
