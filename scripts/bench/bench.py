@@ -19,6 +19,7 @@ weight gradients L more, 2 B n^2 each, times T). Peak RSS comes from os.wait4 on
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -395,6 +396,59 @@ def torch_blas():
     return None
 
 
+# OpenBLAS's AVX-512 kernel sets (its names for OPENBLAS_CORETYPE).
+OPENBLAS_AVX512_CORES = {"SkylakeX", "Cooperlake", "SapphireRapids"}
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.lru_cache(maxsize=None)
+def openblas_cores():
+    """(detected, best): the kernels OpenBLAS picks by itself on this CPU (OPENBLAS_CORETYPE unset;
+    None if torch's BLAS is not OpenBLAS), and the OPENBLAS_CORETYPE of PyTorch's best
+    configuration: 'unset' where OpenBLAS finds its best kernels by itself, else SkylakeX, its
+    AVX-512 kernels, on an AVX-512 CPU that this OpenBLAS does not recognise (Debian's 0.3.21
+    takes Intel's Emerald Rapids, CPU model 207, for a Prescott and runs SSE3 kernels)."""
+    blas = torch_blas()
+    if not blas or "openblas" not in blas:
+        return None, "unset"
+    probe = ("import ctypes, sys\n"
+             "lib = ctypes.CDLL(sys.argv[1])\n"
+             "lib.openblas_get_corename.restype = ctypes.c_char_p\n"
+             "print(lib.openblas_get_corename().decode())")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    try:
+        detected = subprocess.run([sys.executable, "-c", probe, blas], env=env, capture_output=True, text=True,
+                                  timeout=60, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None, "unset"
+    if detected not in OPENBLAS_AVX512_CORES and {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= cpu_flags():
+        return detected, "SkylakeX"
+    return detected, "unset"
+
+
+def torch_best():
+    """PyTorch's best configuration (see torch_reference.py), with the core type for this CPU."""
+    return TorchVariant("torch best", coretype=openblas_cores()[1])
+
+
+def coretype_label(coretype):
+    if coretype == "unset":
+        return "unset"
+    if coretype == "keep":
+        return f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')} (environment)"
+    return f"{coretype} (OpenBLAS detects {openblas_cores()[0]})"
+
+
 def summarise(runs, gflop, peak):
     walls = [r["wall_s"] for r in runs]
     med = statistics.median(walls)
@@ -449,7 +503,7 @@ def reference_table(args, ref, peaks, torch_version, workdir):
     programs = [("selfnorm", None)]
     notes = []
     if torch_version and not args.no_torch:
-        programs.append(("torch best", TorchVariant("torch best")))
+        programs.append(("torch best", torch_best()))
         env_coretype = os.environ.get("OPENBLAS_CORETYPE")
         if env_coretype and args.smoke:
             notes.append("(smoke: PyTorch with the environment's OPENBLAS_CORETYPE runs in the configurations table "
@@ -491,7 +545,7 @@ def reference_table(args, ref, peaks, torch_version, workdir):
         f = figures[name]
         label = f"selfnorm, {ref.threads} threads, {runs[name][0]['products']} products" if variant is None else (
             f"torch: {variant.mode}, {ref.threads} threads, OMP_WAIT_POLICY={variant.wait_policy}, OPENBLAS_CORETYPE="
-            f"{'unset' if variant.coretype == 'unset' else os.environ.get('OPENBLAS_CORETYPE')}")
+            f"{coretype_label(variant.coretype)}")
         rows.append([label, f"{f['median_s']:.2f}", f"{f['min_s']:.2f}-{f['max_s']:.2f}",
                      "" if f["compute_s"] is None else f"{f['compute_s']:.2f}", f"{f['cpu_s']:.2f}",
                      fmt_gflop(f["gflops"]),
@@ -580,7 +634,7 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
     known = known or {}
     runs = {job.key: list(known.get(job.key, [])) for job in jobs}
     torch_runs = {job.key: [] for job in jobs}
-    best = TorchVariant("torch best")
+    best = torch_best()
     for rep in range(args.repeat):
         for i, job in enumerate(jobs):
             msg = f"  [scaling {i + 1}/{len(jobs)}] run {rep + 1}/{args.repeat}:"
@@ -713,7 +767,7 @@ def check_mode(args, base_cfg, torch_version, workdir):
         out = workdir / f"check_{act}.h5"
         checked(run_child(job.selfnorm_cmd(args.selfnorm, out)), f"selfnorm run (check {act})")
         tj = workdir / f"check_{act}.json"
-        checked(run_child(TorchVariant("check").cmd(job, tj)), f"torch_reference.py (check {act})")
+        checked(run_child(torch_best().cmd(job, tj)), f"torch_reference.py (check {act})")
         results[act] = compare_statistics(out, tj, f"{act}, {describe_shape(job)}", size["trials"])
         if act == "relu":
             import h5py
@@ -740,7 +794,7 @@ def torch_configs_mode(args, ref, peaks, workdir, variants=None):
     interleaved, on the reference job; by default every combination."""
     if variants is None:
         variants = []
-        for coretype in ("unset", "keep"):
+        for coretype in dict.fromkeys(("unset", openblas_cores()[1], "keep")):
             if coretype == "keep" and not os.environ.get("OPENBLAS_CORETYPE"):
                 continue
             for wait in ("PASSIVE", "keep"):
@@ -763,12 +817,11 @@ def torch_configs_mode(args, ref, peaks, workdir, variants=None):
     best = min(figures.values(), key=lambda f: f["median_s"])["median_s"]
     rows = []
     env_wait = os.environ.get("OMP_WAIT_POLICY", "(unset)")
-    env_core = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
     for v in variants:
         mode, threads, wait, coretype = v
         f = figures[v]
         rows.append([mode, threads, "PASSIVE" if wait == "PASSIVE" else f"{env_wait} (environment)",
-                     "unset" if coretype == "unset" else f"{env_core} (environment)", f"{f['median_s']:.2f}",
+                     coretype_label(coretype), f"{f['median_s']:.2f}",
                      f"{f['compute_s']:.2f}", f"{f['cpu_s']:.2f}", fmt_gflop(f['gflops']), f"{f['maxrss_mib']:.0f}",
                      f"{f['median_s'] / best:.2f}", fmt_background(f)])
     print(f"PyTorch configurations on the reference job ({describe_shape(ref)}, {fmt_gflop(ref.gflop)} GFLOP)")
@@ -883,6 +936,12 @@ def main(argv):
         info["torch_blas"] = blas
         print(f"PyTorch {torch_version} under {sys.executable}, script {display_path(TORCH_SCRIPT)}, "
               f"BLAS {blas or '(not found)'}")
+        detected, best = openblas_cores()
+        info["openblas_core"] = detected
+        info["torch_openblas_coretype"] = best
+        if best != "unset":
+            print(f"OpenBLAS detects this CPU as {detected}, not as an AVX-512 one: PyTorch's best configuration "
+                  f"sets OPENBLAS_CORETYPE={best}.")
         if blas and "openblas" not in blas:
             print("warning: PyTorch's GEMMs go to the reference BLAS, some 50x slower than OpenBLAS, so this is not "
                   "its best configuration: install Debian's libopenblas0-pthread to compare fairly.")

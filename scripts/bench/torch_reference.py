@@ -27,7 +27,10 @@ scripts/bench/README.md; these are the defaults:
 - OMP_WAIT_POLICY=PASSIVE, so torch's OpenMP pool and OpenBLAS's pool stop spinning against each
   other on 2 cores (--omp-wait-policy keep leaves the environment alone);
 - OPENBLAS_CORETYPE unset, so OpenBLAS picks its AVX-512 kernels; an environment that forces
-  Haswell halves its GEMM speed (--openblas-coretype keep uses the environment's value).
+  Haswell halves its GEMM speed (--openblas-coretype keep uses the environment's value). On an
+  AVX-512 CPU newer than the OpenBLAS (Debian's 0.3.21 takes Intel's Emerald Rapids for a Prescott
+  and runs SSE3 kernels, which made the whole job 3x slower), bench.py passes
+  --openblas-coretype SkylakeX, OpenBLAS's AVX-512 kernels.
 The environment variables are set before torch is imported, since OpenBLAS and libgomp read them
 once when they load.
 
