@@ -40,13 +40,8 @@ inline constexpr std::int64_t kPanel = 128 / static_cast<std::int64_t>(sizeof(T)
 // 1 and 2 threads, interleaved). float32 measured no better at 264 than at 516.
 template <class T>
 inline constexpr std::int64_t kKBlock = sizeof(T) == 4 ? 516 : 132;
-// Rows of C per block handed to `done`. Each block streams the k x (block's samples) B once from
-// beyond L2 (2 MiB for 256 samples in float64, 1 MiB in float32), so taller blocks mean less
-// traffic there: at 16 strips against 8 the reference job ran 8-15% faster in float32 on the FMA
-// kernels, with a shared host's load on the caches (interleaved runs, 5 of 6 pairs), and the
-// float64 products 5-7% (gemm_bench --cold), while C's block (192 x 256 doubles, 384 KiB) still
-// stays in L2 for the pass that follows. Also the unit of the weight-gradient sums (engine.cpp).
-inline constexpr std::int64_t kBlockRows = 16 * kStrip;
+// Rows of C per block handed to `done`.
+inline constexpr std::int64_t kBlockRows = 8 * kStrip;
 
 // An m x k matrix in strips of kStrip rows, each strip k-major: element (i, p) at
 // data[(i / kStrip) * strip_stride + p * kStrip + i % kStrip]. The rows of the last strip past m
