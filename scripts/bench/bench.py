@@ -157,15 +157,20 @@ def parse_args(argv):
 # Machine and provenance
 
 
-def cpu_model():
+def cpuinfo_value(key):
+    """The value of the first `key` line of /proc/cpuinfo, or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return None
+
+
+def cpu_model():
+    return cpuinfo_value("model name") or platform.processor() or "unknown CPU"
 
 
 def git_commit():
@@ -400,38 +405,40 @@ def torch_blas():
 OPENBLAS_AVX512_CORES = {"SkylakeX", "Cooperlake", "SapphireRapids"}
 
 
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+def cpu_has_avx512():
+    """The AVX-512 subsets OpenBLAS's SkylakeX kernels use."""
+    return {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= set((cpuinfo_value("flags") or "").split())
 
 
-@functools.lru_cache(maxsize=None)
-def openblas_cores():
-    """(detected, best): the kernels OpenBLAS picks by itself on this CPU (OPENBLAS_CORETYPE unset;
-    None if torch's BLAS is not OpenBLAS), and the OPENBLAS_CORETYPE of PyTorch's best
-    configuration: 'unset' where OpenBLAS finds its best kernels by itself, else SkylakeX, its
-    AVX-512 kernels, on an AVX-512 CPU that this OpenBLAS does not recognise (Debian's 0.3.21
-    takes Intel's Emerald Rapids, CPU model 207, for a Prescott and runs SSE3 kernels)."""
-    blas = torch_blas()
-    if not blas or "openblas" not in blas:
-        return None, "unset"
+def openblas_corename(blas, coretype="unset"):
+    """The kernel set OpenBLAS at `blas` loads with OPENBLAS_CORETYPE=coretype ('unset': its own
+    detection), asked in a child process since OpenBLAS reads the variable once, when it loads."""
     probe = ("import ctypes, sys\n"
              "lib = ctypes.CDLL(sys.argv[1])\n"
              "lib.openblas_get_corename.restype = ctypes.c_char_p\n"
              "print(lib.openblas_get_corename().decode())")
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    if coretype != "unset":
+        env["OPENBLAS_CORETYPE"] = coretype
+    return subprocess.run([sys.executable, "-c", probe, blas], env=env, capture_output=True, text=True, timeout=60,
+                          check=True).stdout.strip()
+
+
+@functools.lru_cache(maxsize=None)
+def openblas_cores():
+    """(detected, best): the kernels OpenBLAS picks by itself on this CPU (None if torch's BLAS is
+    not OpenBLAS), and the OPENBLAS_CORETYPE of PyTorch's best configuration: 'unset' where
+    OpenBLAS finds its best kernels by itself, else SkylakeX, its AVX-512 kernels, on an AVX-512
+    CPU that this OpenBLAS does not recognise (Debian's 0.3.21 takes Intel's Emerald Rapids, CPU
+    model 207, for a Prescott and runs SSE3 kernels)."""
+    blas = torch_blas()
+    if not blas or "openblas" not in blas:
+        return None, "unset"
     try:
-        detected = subprocess.run([sys.executable, "-c", probe, blas], env=env, capture_output=True, text=True,
-                                  timeout=60, check=True).stdout.strip()
+        detected = openblas_corename(blas)
     except (OSError, subprocess.SubprocessError):
         return None, "unset"
-    if detected not in OPENBLAS_AVX512_CORES and {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= cpu_flags():
+    if detected not in OPENBLAS_AVX512_CORES and cpu_has_avx512():
         return detected, "SkylakeX"
     return detected, "unset"
 

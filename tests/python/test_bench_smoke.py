@@ -73,7 +73,6 @@ def test_gpu_smoke_runs_on_a_gpu_and_skips_cleanly_without_one(selfnorm_bin, tmp
 def test_torch_best_configuration_gets_openblas_avx512_kernels_on_an_avx512_cpu():
     """PyTorch's best configuration must not run OpenBLAS's fallback kernels on a CPU with AVX-512
     that OpenBLAS does not recognise: the core type bench.py picks gives AVX-512 kernels."""
-    import os
     import pytest
     sys.path.insert(0, str(BENCH.parent))
     try:
@@ -83,16 +82,8 @@ def test_torch_best_configuration_gets_openblas_avx512_kernels_on_an_avx512_cpu(
     blas = bench.torch_blas()
     if not blas or "openblas" not in blas:
         pytest.skip("libblas.so.3 is not OpenBLAS here (Debian's libopenblas0-pthread is not installed)")
-    if not {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= bench.cpu_flags():
+    if not bench.cpu_has_avx512():
         pytest.skip("this CPU has no AVX-512")
     detected, best = bench.openblas_cores()
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-    if best != "unset":
-        env["OPENBLAS_CORETYPE"] = best
-    probe = ("import ctypes, sys\n"
-             "lib = ctypes.CDLL(sys.argv[1])\n"
-             "lib.openblas_get_corename.restype = ctypes.c_char_p\n"
-             "print(lib.openblas_get_corename().decode())")
-    got = subprocess.run([sys.executable, "-c", probe, blas], env=env, capture_output=True, text=True,
-                         timeout=60, check=True).stdout.strip()
+    got = bench.openblas_corename(blas, best)
     assert got in bench.OPENBLAS_AVX512_CORES, (detected, best, got)
