@@ -31,8 +31,8 @@ class PointRunner {
   virtual std::string timing_note() const { return {}; }
 };
 
-// The CPU's products for the result file's gemm_backend attribute: the FMA kernel's name ("avx512"
-// or "portable"), and where the float32 products may run on AMX, which ones ("avx512, amx-bf16x6
+// The CPU's products for the result file's gemm_backend attribute: the FMA kernel's name ("avx512",
+// "avx2" or "portable"), and where the float32 products may run on AMX, which ones ("avx512, amx-bf16x6
 // for float32 at batch >= 256"). Each point's own kernel is in the file's point_matmul.
 std::string gemm_description(Matmul matmul);
 

@@ -4,7 +4,7 @@
 #include <stdexcept>
 #include <type_traits>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -13,7 +13,17 @@ namespace {
 
 constexpr int kRows = static_cast<int>(kStrip);
 
+// The register tile is a sub-tile of the kStrip x kPanel<T> tile: kSubRows rows by kSubCols<T>
+// columns, as many accumulators as the ISA has registers for. Where it is smaller than the tile,
+// the micro-kernels run the whole k block once per sub-tile, so every element of C still gets the
+// same sequence of operations (see the determinism contract in gemm.hpp).
 #if defined(__AVX512F__)
+
+// The tile in one: 12 rows by two zmm vectors, 24 accumulators (with the two B vectors and one
+// broadcast, 27 of the 32 zmm registers).
+constexpr int kSubRows = kRows;
+template <class T>
+inline constexpr int kSubCols = static_cast<int>(kPanel<T>);
 
 template <class T>
 struct Simd;
@@ -48,11 +58,60 @@ struct Simd<double> {
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
 };
 
-// The register tile: 12 rows by two vectors, 24 accumulators (with the two B vectors and one
-// broadcast, 27 of the 32 zmm registers). The accumulators are a local array of each kernel,
-// touched only through these always-inlined helpers, so that they stay in registers.
+constexpr std::string_view kBackend = "avx512";
+
+#elif defined(__AVX2__) && defined(__FMA__)
+
+// Six rows by two ymm vectors (half a panel), 12 accumulators (with the two B vectors and one
+// broadcast, 15 of the 16 ymm registers); four sub-tiles make the tile.
+constexpr int kSubRows = kRows / 2;
 template <class T>
-using Acc = typename Simd<T>::V[kRows][2];
+inline constexpr int kSubCols = static_cast<int>(kPanel<T>) / 2;
+
+template <class T>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  using V = __m256;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) {
+    asm("vfmadd231ps %[a], %[b], %[c]" : [c] "+x"(c) : [a] "x"(a), [b] "x"(b));
+    return c;
+  }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+};
+
+template <>
+struct Simd<double> {
+  using V = __m256d;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static V broadcast(const double* p) { return _mm256_broadcast_sd(p); }
+  static V fma(V a, V b, V c) {
+    asm("vfmadd231pd %[a], %[b], %[c]" : [c] "+x"(c) : [a] "x"(a), [b] "x"(b));
+    return c;
+  }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+};
+
+constexpr std::string_view kBackend = "avx2";
+
+#endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+
+// The accumulators, two vectors per row, are a local array of each kernel, touched only through
+// these always-inlined helpers, so that they stay in registers.
+template <class T>
+using Acc = typename Simd<T>::V[kSubRows][2];
+template <class T>
+inline constexpr int kLanes = static_cast<int>(sizeof(typename Simd<T>::V) / sizeof(T));
+static_assert(2 * kLanes<float> == kSubCols<float> && 2 * kLanes<double> == kSubCols<double>);
 
 template <class T, int Rows>
 [[gnu::always_inline]] inline void tile_zero(Acc<T>& acc) {
@@ -60,12 +119,12 @@ template <class T, int Rows>
   for (int r = 0; r < Rows; ++r) acc[r][0] = acc[r][1] = Simd<T>::zero();
 }
 
-// One step of k: row r < Rows gains a[r * RowStride] * b[0 .. kPanel).
+// One step of k: row r < Rows gains a[r * RowStride] * b[0 .. kSubCols).
 template <class T, std::ptrdiff_t RowStride, int Rows>
 [[gnu::always_inline]] inline void tile_step(Acc<T>& acc, const T* a, const T* b) {
   using S = Simd<T>;
   const auto b0 = S::load(b);
-  const auto b1 = S::load(b + 64 / sizeof(T));
+  const auto b1 = S::load(b + kLanes<T>);
 #pragma GCC unroll 12
   for (int r = 0; r < Rows; ++r) {
     const auto av = S::broadcast(a + r * RowStride);
@@ -78,27 +137,28 @@ template <class T, std::ptrdiff_t RowStride, int Rows>
 template <class T, int Rows>
 [[gnu::always_inline]] inline void tile_store(const Acc<T>& acc, T* c, std::ptrdiff_t ldc, bool accumulate) {
   using S = Simd<T>;
-  constexpr int kLanes = 64 / sizeof(T);
 #pragma GCC unroll 12
   for (int r = 0; r < Rows; ++r) {
     T* row = c + r * ldc;
     if (accumulate) {
       S::store(row, S::add(S::load(row), acc[r][0]));
-      S::store(row + kLanes, S::add(S::load(row + kLanes), acc[r][1]));
+      S::store(row + kLanes<T>, S::add(S::load(row + kLanes<T>), acc[r][1]));
     } else {
       S::store(row, acc[r][0]);
-      S::store(row + kLanes, acc[r][1]);
+      S::store(row + kLanes<T>, acc[r][1]);
     }
   }
 }
 
 // Towards L1, and to L2 only.
-inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
-inline void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
-
-constexpr std::string_view kBackend = "avx512";
+[[gnu::always_inline]] inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+[[gnu::always_inline]] inline void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
 
 #else  // portable: the same tile and order of operations, in plain loops the compiler vectorises
+
+constexpr int kSubRows = kRows;
+template <class T>
+inline constexpr int kSubCols = static_cast<int>(kPanel<T>);
 
 template <class T>
 using Acc = T[kRows][kPanel<T>];
@@ -130,6 +190,22 @@ constexpr std::string_view kBackend = "portable";
 
 #endif
 
+// Calls f(first row, rows, first column, first) for each register sub-tile of a tile of Rows rows
+// (Rows <= 2 kSubRows), columns outer (the two row halves of a column half share its B); `first`
+// only for the first sub-tile.
+template <class T, int Rows, class F>
+[[gnu::always_inline]] inline void for_each_subtile(const F& f) {
+  static_assert(Rows <= 2 * kSubRows);
+  constexpr int kTop = Rows < kSubRows ? Rows : kSubRows;
+#pragma GCC unroll 2
+  for (int col = 0; col < kPanel<T>; col += kSubCols<T>) {
+    f(std::integral_constant<int, 0>{}, std::integral_constant<int, kTop>{}, col, col == 0);
+    if constexpr (Rows > kSubRows) {
+      f(std::integral_constant<int, kSubRows>{}, std::integral_constant<int, Rows - kSubRows>{}, col, false);
+    }
+  }
+}
+
 // The A operand of the tile that comes after the current one's run of panels, in the loop order
 // of drive(): its first row and k block. While the current strip is multiplied with each of the
 // `phases` panels of B, call `phase` brings its share of that next strip into L2, so that the
@@ -157,21 +233,25 @@ void kernel_strips(std::int64_t kc, const T* a, const T* b, T* c, std::ptrdiff_t
     pf = reinterpret_cast<const char*>(next_a) + 64 * (next.phase * lines / next.phases);
     pf_end = reinterpret_cast<const char*>(next_a) + 64 * ((next.phase + 1) * lines / next.phases);
   }
-  Acc<T> acc;
-  tile_zero<T, Rows>(acc);
-  std::int64_t p = 0;
-  for (std::int64_t iter = 0; p + 2 <= kc; p += 2, ++iter) {
-    tile_step<T, 1, Rows>(acc, a, b);
-    tile_step<T, 1, Rows>(acc, a + kStrip, b + P);
-    if ((iter & 3) == 0 && pf < pf_end) {
-      prefetch_l2(pf);
-      pf += 64;
+  for_each_subtile<T, Rows>([&](auto r0, auto rows, int col, bool) __attribute__((always_inline)) {
+    const T* as = a + r0();
+    const T* bs = b + col;
+    Acc<T> acc;
+    tile_zero<T, rows()>(acc);
+    std::int64_t p = 0;
+    for (std::int64_t iter = 0; p + 2 <= kc; p += 2, ++iter) {
+      tile_step<T, 1, rows()>(acc, as, bs);
+      tile_step<T, 1, rows()>(acc, as + kStrip, bs + P);
+      if ((iter & 3) == 0 && pf < pf_end) {
+        prefetch_l2(pf);
+        pf += 64;
+      }
+      as += 2 * kStrip;
+      bs += 2 * P;
     }
-    a += 2 * kStrip;
-    b += 2 * P;
-  }
-  if (p < kc) tile_step<T, 1, Rows>(acc, a, b);
-  tile_store<T, Rows>(acc, c, ldc, accumulate);
+    if (p < kc) tile_step<T, 1, rows()>(acc, as, bs);
+    tile_store<T, rows()>(acc, c + r0() * ldc + col, ldc, accumulate);
+  });
 }
 
 // How kernel_panels prefetches, by precision (measured, gemm_bench and the reference job):
@@ -201,38 +281,42 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
   const int pf_last = next.valid ? static_cast<int>((next.phase + 1) * kLines / next.phases) : 0;
   const std::int64_t next_panel0 = next.p0 / G - p0 / G;  // the next strip's panel for this one's first
   const std::int64_t next_panels = next.valid ? (next.p0 + next.kc + G - 1) / G - next.p0 / G : 0;
-  Acc<T> acc;
-  tile_zero<T, Rows>(acc);
   const std::int64_t end = p0 + kc;
-  std::int64_t p = p0;
-  while (p < end) {
-    const std::int64_t g = p / G;
-    const T* panel = a + g * stride;
-    const std::int64_t q0 = p % G;
-    const std::int64_t q1 = std::min<std::int64_t>(G, q0 + (end - p));
-    if (kPrefetchEveryCall<T> && g - p0 / G < next_panels) {
-      const char* nx = reinterpret_cast<const char*>(next_a + (g + next_panel0) * stride);
-      for (int l = pf_first; l < pf_last; ++l) prefetch_l2(nx + 64 * l);
+  // The prefetches are issued while the first sub-tile runs.
+  for_each_subtile<T, Rows>([&](auto r0, auto rows, int col, bool first) __attribute__((always_inline)) {
+    const T* bs = b + col;
+    Acc<T> acc;
+    tile_zero<T, rows()>(acc);
+    std::int64_t p = p0;
+    while (p < end) {
+      const std::int64_t g = p / G;
+      const T* panel = a + g * stride + r0() * G;
+      const std::int64_t q0 = p % G;
+      const std::int64_t q1 = std::min<std::int64_t>(G, q0 + (end - p));
+      if (first && kPrefetchEveryCall<T> && g - p0 / G < next_panels) {
+        const char* nx = reinterpret_cast<const char*>(next_a + (g + next_panel0) * stride);
+        for (int l = pf_first; l < pf_last; ++l) prefetch_l2(nx + 64 * l);
+      }
+      if (q0 == 0 && q1 == G) {
+        if (first && (kPrefetchEveryCall<T> || next.phase == 0) && p + G < end) {
+          const char* following = reinterpret_cast<const char*>(a + (g + 1) * stride);
+          for (int l = 0; l < kLines; ++l) prefetch(following + 64 * l);
+        }
+        for (std::int64_t q = 0; q < G; q += 2) {
+          tile_step<T, G, rows()>(acc, panel + q, bs);
+          tile_step<T, G, rows()>(acc, panel + q + 1, bs + P);
+          bs += 2 * P;
+        }
+      } else {
+        for (std::int64_t q = q0; q < q1; ++q) {
+          tile_step<T, G, rows()>(acc, panel + q, bs);
+          bs += P;
+        }
+      }
+      p += q1 - q0;
     }
-    if (q0 == 0 && q1 == G) {
-      if ((kPrefetchEveryCall<T> || next.phase == 0) && p + G < end) {
-        const char* following = reinterpret_cast<const char*>(panel + stride);
-        for (int l = 0; l < kLines; ++l) prefetch(following + 64 * l);
-      }
-      for (std::int64_t q = 0; q < G; q += 2) {
-        tile_step<T, G, Rows>(acc, panel + q, b);
-        tile_step<T, G, Rows>(acc, panel + q + 1, b + P);
-        b += 2 * P;
-      }
-    } else {
-      for (std::int64_t q = q0; q < q1; ++q) {
-        tile_step<T, G, Rows>(acc, panel + q, b);
-        b += P;
-      }
-    }
-    p += q1 - q0;
-  }
-  tile_store<T, Rows>(acc, c, ldc, accumulate);
+    tile_store<T, rows()>(acc, c + r0() * ldc + col, ldc, accumulate);
+  });
 }
 
 // The loops around the micro-kernel: blocks of kBlockRows rows of C, k blocks, strips of the

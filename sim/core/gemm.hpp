@@ -8,8 +8,9 @@
 //   dL/dW_l^T            = dL/dH_l^T X_{l-1}   A: the gradient's panels (PanelView, width kPanel)
 // and B is always a PanelView of width kPanel<T>: the activations or gradients of the batch.
 //
-// The register tile is kStrip rows of C by kPanel<T> columns (12 x 2 AVX-512 vectors): per step
-// of k it loads two vectors of B and broadcasts 12 values of A. C is built kBlockRows rows at a
+// The tile is kStrip rows of C by kPanel<T> columns: 12 x 2 AVX-512 vectors, all in registers (per
+// step of k it loads two vectors of B and broadcasts 12 values of A); with AVX2, four register
+// sub-tiles of 6 rows x 2 ymm vectors, each over the whole k block. C is built kBlockRows rows at a
 // time in a caller's buffer; when a block is complete, `done` gets it (the engine applies the
 // activation there, while the block is still in cache).
 //
@@ -108,7 +109,7 @@ void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, PanelView<T> a, P
 // never a multiple of 1024 bytes (rows that far apart would share cache sets).
 std::ptrdiff_t padded_ld(std::ptrdiff_t cols, std::size_t element_size);
 
-// Which kernel gemm() uses in this build: "avx512" or "portable".
+// Which kernel gemm() uses in this build: "avx512", "avx2" or "portable".
 std::string_view gemm_backend();
 
 }  // namespace selfnorm
