@@ -4,15 +4,17 @@
 //
 // Sums go to 16 double lanes (two AVX-512 vectors): element k of a panel row always goes to lane
 // k % 16, and the lanes are combined in a fixed order, so results depend only on the data and the
-// order of the rows, never on the thread that ran them. The portable build uses the same lanes.
+// order of the rows, never on the thread that ran them. The AVX2 and portable builds use the same
+// lanes (four ymm vectors, or an array).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#define SELFNORM_PANEL_SIMD 1
 #endif
 
 #include "core/gemm.hpp"
@@ -42,6 +44,13 @@ struct Lanes16 {
     _mm512_store_pd(t + 8, v[1]);
     return fold_lanes<16>(t);
   }
+#elif defined(__AVX2__)
+  __m256d v[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+  double total() const {
+    alignas(32) double t[16];
+    for (int i = 0; i < 4; ++i) _mm256_store_pd(t + 4 * i, v[i]);
+    return fold_lanes<16>(t);
+  }
 #else
   double v[16] = {};
   double total() const { return fold_lanes<16>(v); }
@@ -54,7 +63,7 @@ struct ForwardLanes {
   Lanes16 pre_s1, pre_s2, act_s2;
 };
 
-#if !defined(__AVX512F__)
+#if !defined(SELFNORM_PANEL_SIMD)
 template <class T>
 std::int64_t forward_panel_row_portable(const T* h, const T* x, int m, double pre_shift, double act_shift,
                                         ForwardLanes& s, Lanes16& row_sum) {
@@ -128,6 +137,54 @@ inline __m512d hi(__m512 v) {
 inline __mmask16 first(int m) { return m >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << m) - 1u); }
 
 }  // namespace panel_detail
+#elif defined(__AVX2__)
+namespace panel_detail {
+
+// All ones in the lanes of elements k0 .. k0 + 3 that are below m.
+inline __m256d first4(int k0, int m) {
+  const __m256i k = _mm256_add_epi64(_mm256_set1_epi64x(k0), _mm256_setr_epi64x(0, 1, 2, 3));
+  return _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(m), k));
+}
+inline __m256 first8(int k0, int m) {
+  const __m256i k = _mm256_add_epi32(_mm256_set1_epi32(k0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(m), k));
+}
+
+// All ones where v is inf or NaN: v - v is NaN exactly there.
+inline __m256d nonfinite(__m256d v) {
+  const __m256d d = _mm256_sub_pd(v, v);
+  return _mm256_cmp_pd(d, d, _CMP_UNORD_Q);
+}
+inline __m256 nonfinite(__m256 v) {
+  const __m256 d = _mm256_sub_ps(v, v);
+  return _mm256_cmp_ps(d, d, _CMP_UNORD_Q);
+}
+
+// Four values (h, x) in double into lanes 4 group .. 4 group + 3 (group = element / 4 % 4); ok
+// selects the valid ones. Returns how many valid ones are not finite in h or in x.
+inline int add_forward(__m256d h, __m256d x, __m256d ok, int group, double pre_shift, double act_shift,
+                       ForwardLanes& s, Lanes16& row_sum) {
+  const int bad = __builtin_popcount(_mm256_movemask_pd(_mm256_and_pd(ok, _mm256_or_pd(nonfinite(h), nonfinite(x)))));
+  const __m256d dh = _mm256_and_pd(ok, _mm256_sub_pd(h, _mm256_set1_pd(pre_shift)));
+  const __m256d dx = _mm256_and_pd(ok, _mm256_sub_pd(x, _mm256_set1_pd(act_shift)));
+  s.pre_s1.v[group] = _mm256_add_pd(s.pre_s1.v[group], dh);
+  s.pre_s2.v[group] = _mm256_fmadd_pd(dh, dh, s.pre_s2.v[group]);
+  s.act_s2.v[group] = _mm256_fmadd_pd(dx, dx, s.act_s2.v[group]);
+  row_sum.v[group] = _mm256_add_pd(row_sum.v[group], _mm256_and_pd(ok, x));
+  return bad;
+}
+
+inline void add_squares(__m256d g, __m256d gh, __m256d ok, int group, Lanes16& sx, Lanes16& sh) {
+  const __m256d a = _mm256_and_pd(ok, g);
+  const __m256d b = _mm256_and_pd(ok, gh);
+  sx.v[group] = _mm256_fmadd_pd(a, a, sx.v[group]);
+  sh.v[group] = _mm256_fmadd_pd(b, b, sh.v[group]);
+}
+
+inline __m256d lo(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
+inline __m256d hi(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+
+}  // namespace panel_detail
 #endif
 
 // The first m (<= kPanel<T>) entries of one panel row of h and x = f(h) into the sums; returns how
@@ -146,6 +203,15 @@ inline std::int64_t forward_panel_row(const float* h, const float* x, int m, dou
   add_forward(lo(h1), lo(x1), static_cast<__mmask8>(k1), 0, pre_shift, act_shift, s, row_sum);
   add_forward(hi(h1), hi(x1), static_cast<__mmask8>(k1 >> 8), 1, pre_shift, act_shift, s, row_sum);
   return bad;
+#elif defined(__AVX2__)
+  using namespace panel_detail;
+  int bad = 0;
+  for (int c = 0; c < 4; ++c) {
+    const __m256 h8 = _mm256_loadu_ps(h + 8 * c), x8 = _mm256_loadu_ps(x + 8 * c);
+    bad += add_forward(lo(h8), lo(x8), first4(8 * c, m), (2 * c) % 4, pre_shift, act_shift, s, row_sum);
+    bad += add_forward(hi(h8), hi(x8), first4(8 * c + 4, m), (2 * c + 1) % 4, pre_shift, act_shift, s, row_sum);
+  }
+  return bad;
 #else
   return forward_panel_row_portable(h, x, m, pre_shift, act_shift, s, row_sum);
 #endif
@@ -163,6 +229,14 @@ inline std::int64_t forward_panel_row(const double* h, const double* x, int m, d
                   __builtin_popcount(nonfinite(h1, k1) | nonfinite(x1, k1));
   add_forward(h0, x0, k0, 0, pre_shift, act_shift, s, row_sum);
   add_forward(h1, x1, k1, 1, pre_shift, act_shift, s, row_sum);
+  return bad;
+#elif defined(__AVX2__)
+  using namespace panel_detail;
+  int bad = 0;
+  for (int c = 0; c < 4; ++c) {
+    bad += add_forward(_mm256_loadu_pd(h + 4 * c), _mm256_loadu_pd(x + 4 * c), first4(4 * c, m), c, pre_shift,
+                       act_shift, s, row_sum);
+  }
   return bad;
 #else
   return forward_panel_row_portable(h, x, m, pre_shift, act_shift, s, row_sum);
@@ -185,6 +259,19 @@ inline std::int64_t backward_panel_row(const float* g, const float* d, float* gh
   add_squares(lo(g1), lo(p1), static_cast<__mmask8>(k1), 0, sx, sh);
   add_squares(hi(g1), hi(p1), static_cast<__mmask8>(k1 >> 8), 1, sx, sh);
   return __builtin_popcount(nonfinite(p0, k0)) + __builtin_popcount(nonfinite(p1, k1));
+#elif defined(__AVX2__)
+  using namespace panel_detail;
+  int bad = 0;
+  for (int c = 0; c < 4; ++c) {
+    const __m256 ok = first8(8 * c, m);
+    const __m256 g8 = _mm256_loadu_ps(g + 8 * c);
+    const __m256 p8 = _mm256_and_ps(ok, _mm256_mul_ps(g8, _mm256_maskload_ps(d + 8 * c, _mm256_castps_si256(ok))));
+    _mm256_storeu_ps(gh + 8 * c, p8);
+    bad += __builtin_popcount(_mm256_movemask_ps(_mm256_and_ps(ok, nonfinite(p8))));
+    add_squares(lo(g8), lo(p8), first4(8 * c, m), (2 * c) % 4, sx, sh);
+    add_squares(hi(g8), hi(p8), first4(8 * c + 4, m), (2 * c + 1) % 4, sx, sh);
+  }
+  return bad;
 #else
   return backward_panel_row_portable(g, d, gh, m, sx, sh);
 #endif
@@ -203,6 +290,18 @@ inline std::int64_t backward_panel_row(const double* g, const double* d, double*
   add_squares(g0, p0, k0, 0, sx, sh);
   add_squares(g1, p1, k1, 1, sx, sh);
   return __builtin_popcount(nonfinite(p0, k0)) + __builtin_popcount(nonfinite(p1, k1));
+#elif defined(__AVX2__)
+  using namespace panel_detail;
+  int bad = 0;
+  for (int c = 0; c < 4; ++c) {
+    const __m256d ok = first4(4 * c, m);
+    const __m256d g4 = _mm256_loadu_pd(g + 4 * c);
+    const __m256d p4 = _mm256_and_pd(ok, _mm256_mul_pd(g4, _mm256_maskload_pd(d + 4 * c, _mm256_castpd_si256(ok))));
+    _mm256_storeu_pd(gh + 4 * c, p4);
+    bad += __builtin_popcount(_mm256_movemask_pd(_mm256_and_pd(ok, nonfinite(p4))));
+    add_squares(g4, p4, ok, c, sx, sh);
+  }
+  return bad;
 #else
   return backward_panel_row_portable(g, d, gh, m, sx, sh);
 #endif
@@ -215,6 +314,11 @@ inline void stream_panel_row(T* dst, const T* src) {
 #if defined(__AVX512F__)
   _mm512_stream_si512(reinterpret_cast<__m512i*>(dst), _mm512_loadu_si512(src));
   _mm512_stream_si512(reinterpret_cast<__m512i*>(dst) + 1, _mm512_loadu_si512(src + 64 / sizeof(T)));
+#elif defined(__AVX2__)
+  for (int i = 0; i < 4; ++i) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst) + i,
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src) + i));
+  }
 #else
   std::memcpy(dst, src, kPanel<T> * sizeof(T));
 #endif
@@ -223,7 +327,7 @@ inline void stream_panel_row(T* dst, const T* src) {
 // Brings the kPanel<T> elements at p (two cache lines) towards L1.
 template <class T>
 inline void prefetch_panel_row(const T* p) {
-#if defined(__AVX512F__)
+#if defined(SELFNORM_PANEL_SIMD)
   _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(p) + 64, _MM_HINT_T0);
 #else
@@ -232,7 +336,7 @@ inline void prefetch_panel_row(const T* p) {
 }
 
 inline void store_fence() {
-#if defined(__AVX512F__)
+#if defined(SELFNORM_PANEL_SIMD)
   _mm_sfence();
 #endif
 }

@@ -388,6 +388,20 @@ TEST_CASE("a blow-up is recorded as data, not a crash", "[engine]") {
   CHECK(r.nonfinite_count[399] == 2 * 64 * 64);
 }
 
+TEST_CASE("every non-finite entry is counted in partial panels too", "[engine]") {
+  // A batch of 50 fills one panel of samples and part of the next (32 floats, 16 doubles per
+  // panel), a width of 40 three strips and part of a fourth; q grows 5e5-fold per layer, so the
+  // last layers are non-finite in every entry, and every one of them must be counted.
+  for (const Precision precision : {Precision::float32, Precision::float64}) {
+    PointSpec spec = make_spec(Relu{}, 160, 40, 2, 50, precision);
+    spec.init.weight_variance = 1e6;
+    const PointResult r = simulate_point(spec, {1, 0}, {2});
+    INFO(to_string(precision));
+    REQUIRE(r.first_nonfinite_layer > 0);
+    CHECK(r.nonfinite_count[159] == 2 * 50 * 40);
+  }
+}
+
 TEST_CASE("a blow-up leaves the layers before it bit for bit as the network cut there", "[engine]") {
   // Streams are keyed by (trial, layer), so the first F - 1 layers of a deep network are the same
   // network as one of depth F - 1: their forward statistics must be identical, inf or not further up.
