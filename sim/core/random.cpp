@@ -84,8 +84,9 @@ inline void normal_group(std::uint64_t key, std::uint64_t g, T* out) {
   } else {
     for (int k = 0; k < kPairs; ++k) {
       const std::uint64_t p = g * kPairs + k;
-      u1[k] = uniform_open(stream_word(key, 2 * p));
-      u2[k] = static_cast<double>(stream_word(key, 2 * p + 1) >> 11) * 0x1.0p-53;
+      // uniform_open and the 53-bit uniform on [0, 1), with the conversion that vectorises.
+      u1[k] = (vmath::from_uint53(stream_word(key, 2 * p) >> 11) + 0.5) * 0x1.0p-53;
+      u2[k] = vmath::from_uint53(stream_word(key, 2 * p + 1) >> 11) * 0x1.0p-53;
     }
   }
   for (int k = 0; k < kPairs; ++k) {

@@ -75,6 +75,17 @@ inline T round_nearest(T v) {
   return (v + FloatTraits<T>::round_magic) - FloatTraits<T>::round_magic;
 }
 
+// The integer value of an integral v (|v| < 2^22 for float, 2^51 for double), read from the bits
+// of v + round_magic, where it sits in the low mantissa bits: the same value as static_cast, but
+// in integer operations that vectorise (without AVX-512 there is no vector conversion from double
+// to int64).
+template <class T>
+inline typename FloatTraits<T>::Int integer_of(T v) {
+  using Tr = FloatTraits<T>;
+  using I = typename Tr::Int;
+  return std::bit_cast<I>(v + Tr::round_magic) - std::bit_cast<I>(Tr::round_magic);
+}
+
 // Reduces x to n and r with x = n ln2 + r, |r| <= ln2/2 (plus rounding).
 template <class T>
 inline void reduce_ln2(T x, T& n, T& r) {
@@ -122,7 +133,7 @@ inline T exp(T x) {
   T nf, r;
   reduce_ln2(x, nf, r);
   nf = (nf != nf) ? T(0) : nf;  // NaN stays in r; keep the integer conversion defined
-  const I n = static_cast<I>(nf);
+  const I n = integer_of(nf);
   const I n1 = n >> 1;
   const I n2 = n - n1;
   const T p = expm1_reduced(r) + T(1);
@@ -138,7 +149,7 @@ inline T expm1(T x) {
   T nf, r;
   reduce_ln2(x, nf, r);
   nf = (nf != nf) ? T(0) : nf;  // NaN stays in r; keep the integer conversion defined
-  const I n = static_cast<I>(nf);
+  const I n = integer_of(nf);
   const I n1 = n >> 1;
   const I n2 = n - n1;
   const T scale = pow2i<T>(n1) * pow2i<T>(n2);  // 2^n, 0 or inf at the ends
@@ -157,13 +168,23 @@ inline void exp_expm1(T x, T& e, T& em1_out) {
   T nf, r;
   reduce_ln2(x, nf, r);
   nf = (nf != nf) ? T(0) : nf;
-  const I n = static_cast<I>(nf);
+  const I n = integer_of(nf);
   const I n1 = n >> 1;
   const I n2 = n - n1;
   const T scale = pow2i<T>(n1) * pow2i<T>(n2);
   const T em1 = expm1_reduced(r);
   e = (em1 + T(1)) * scale;
   em1_out = std::fma(scale, em1, scale - T(1));
+}
+
+// x < 2^53 as a double, exactly, in operations every vector ISA has: 2 (x >> 1) + (x & 1), each
+// part placed in the mantissa of 2^52. Without AVX-512 there is no vector conversion of 64-bit
+// integers, and a plain static_cast keeps the loop around it scalar.
+constexpr double from_uint53(std::uint64_t x) {
+  constexpr std::uint64_t two52 = 0x4330000000000000ULL;  // the bits of 2^52
+  const double half = std::bit_cast<double>((x >> 1) | two52) - 0x1.0p52;
+  const double low = std::bit_cast<double>((x & 1) | two52) - 0x1.0p52;
+  return 2.0 * half + low;
 }
 
 // Natural logarithm; log(0) = -inf, log(x < 0) = NaN.
@@ -180,11 +201,20 @@ inline T log(T x) {
   const bool sub = x < tiny;
   const T xs = sub ? x * subnormal_scale : x;
   const U bits = std::bit_cast<U>(xs);
-  I e = static_cast<I>(bits >> Tr::mantissa_bits) - Tr::exponent_bias - (sub ? subnormal_shift : 0);
   T m = std::bit_cast<T>((bits & mantissa_mask) | std::bit_cast<U>(T(1)));
   const bool big = m > static_cast<T>(1.41421356237309504880);
   m = big ? m * T(0.5) : m;
-  e = big ? e + 1 : e;
+  T ef;
+  if constexpr (std::is_same_v<T, double>) {
+    // The exponent field in the mantissa of 2^52, an exact conversion: without AVX-512 there is no
+    // vector conversion of 64-bit integers, and static_cast<double>(int64) keeps callers' loops scalar.
+    const T field = std::bit_cast<T>((bits >> Tr::mantissa_bits) | std::bit_cast<U>(0x1.0p52)) - 0x1.0p52;
+    ef = field - T(Tr::exponent_bias + (sub ? subnormal_shift : 0)) + (big ? T(1) : T(0));
+  } else {
+    I e = static_cast<I>(bits >> Tr::mantissa_bits) - Tr::exponent_bias - (sub ? subnormal_shift : 0);
+    e = big ? e + 1 : e;
+    ef = static_cast<T>(e);
+  }
   const T s = (m - T(1)) / (m + T(1));
   const T s2 = s * s;
   T p;
@@ -207,7 +237,6 @@ inline T log(T x) {
   }
   const T two_s = s + s;
   const T log_m = std::fma(two_s * s2, p, two_s);
-  const T ef = static_cast<T>(e);
   T result = std::fma(ef, Tr::ln2_hi, std::fma(ef, Tr::ln2_lo, log_m));
   constexpr T inf = std::numeric_limits<T>::infinity();
   result = (x == inf) ? inf : result;

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "core/vmath.hpp"
@@ -80,4 +81,23 @@ TEMPLATE_TEST_CASE("elementary functions handle special values like the C librar
   CHECK(std::isnan(vmath::log(nan)));
   CHECK(vmath::log1p(T(0)) == 0);
   CHECK(vmath::log1p(inf) == inf);
+}
+
+TEST_CASE("from_uint53 converts every integer below 2^53 exactly", "[vmath]") {
+  // The edges of each part (the low bit, the 52 bits above it), then a sweep of mixed bit patterns.
+  const std::uint64_t top = (std::uint64_t{1} << 53) - 1;
+  for (const std::uint64_t x : {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{2}, std::uint64_t{3},
+                                (std::uint64_t{1} << 52) - 1, std::uint64_t{1} << 52, (std::uint64_t{1} << 52) + 1,
+                                top - 1, top}) {
+    INFO(x);
+    CHECK(vmath::from_uint53(x) == static_cast<double>(x));
+  }
+  std::uint64_t z = 0x9E3779B97F4A7C15ULL;
+  int mismatches = 0;
+  for (int i = 0; i < 100000; ++i) {
+    z = z * 6364136223846793005ULL + 1442695040888963407ULL;
+    const std::uint64_t x = z >> 11;
+    mismatches += vmath::from_uint53(x) != static_cast<double>(x);
+  }
+  CHECK(mismatches == 0);
 }
