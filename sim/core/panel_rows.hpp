@@ -342,3 +342,5 @@ inline void store_fence() {
 }
 
 }  // namespace selfnorm
+
+#undef SELFNORM_PANEL_SIMD

@@ -204,17 +204,12 @@ inline T log(T x) {
   T m = std::bit_cast<T>((bits & mantissa_mask) | std::bit_cast<U>(T(1)));
   const bool big = m > static_cast<T>(1.41421356237309504880);
   m = big ? m * T(0.5) : m;
-  T ef;
-  if constexpr (std::is_same_v<T, double>) {
-    // The exponent field in the mantissa of 2^52, an exact conversion: without AVX-512 there is no
-    // vector conversion of 64-bit integers, and static_cast<double>(int64) keeps callers' loops scalar.
-    const T field = std::bit_cast<T>((bits >> Tr::mantissa_bits) | std::bit_cast<U>(0x1.0p52)) - 0x1.0p52;
-    ef = field - T(Tr::exponent_bias + (sub ? subnormal_shift : 0)) + (big ? T(1) : T(0));
-  } else {
-    I e = static_cast<I>(bits >> Tr::mantissa_bits) - Tr::exponent_bias - (sub ? subnormal_shift : 0);
-    e = big ? e + 1 : e;
-    ef = static_cast<T>(e);
-  }
+  // The exponent field placed in the mantissa of 2^mantissa_bits and read back as T: an exact
+  // conversion in operations that vectorise (without AVX-512 there is no vector conversion of
+  // 64-bit integers, and static_cast<double>(int64) kept callers' loops scalar).
+  const T two_m = pow2i<T>(Tr::mantissa_bits);
+  const T field = std::bit_cast<T>((bits >> Tr::mantissa_bits) | std::bit_cast<U>(two_m)) - two_m;
+  const T ef = field - T(Tr::exponent_bias + (sub ? subnormal_shift : 0)) + (big ? T(1) : T(0));
   const T s = (m - T(1)) / (m + T(1));
   const T s2 = s * s;
   T p;
