@@ -808,35 +808,37 @@ class TrialRunner {
     ForwardLanes sums;
     double act_s1 = 0.0;
     std::int64_t bad = 0;
+    // One unit's h and x = f(h) over the block's samples, for the statistics.
+    alignas(64) T h[kMaxRowBlock];
+    alignas(64) T y[kMaxRowBlock];
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t j = row0 + r;
       const T* h_row = c + r * ldc;
       const T bj = bias ? bias[j] : T(0);
       T* d_row = deriv + j * g_.rows_per_block;
-      Lanes16 row_sum;
       for (std::int64_t q = 0; q * P < count; ++q) {
         const int m = static_cast<int>(std::min<std::int64_t>(P, count - q * P));
-        alignas(64) T h[P];
-        alignas(64) T y[P];
+        T* hq = h + q * P;
+        T* yq = y + q * P;
         alignas(64) T dy[P];
-        for (int k = 0; k < P; ++k) h[k] = h_row[q * P + k] + bj;
-        for (int k = 0; k < P; ++k) act_.eval(h[k], y[k], dy[k]);
+        for (int k = 0; k < P; ++k) hq[k] = h_row[q * P + k] + bj;
+        for (int k = 0; k < P; ++k) act_.eval(hq[k], yq[k], dy[k]);
         if (g_.dropout) {
-          bad += count_nonfinite(h, y, m);
-          apply_dropout(dropout_key, b * g_.rows_per_block + q * P, j, n_out, y, dy);
-          forward_panel_row(h, y, m, pre_shift, act_shift, sums, row_sum);
-        } else {
-          bad += forward_panel_row(h, y, m, pre_shift, act_shift, sums, row_sum);
+          bad += count_nonfinite(hq, yq, m);
+          apply_dropout(dropout_key, b * g_.rows_per_block + q * P, j, n_out, yq, dy);
         }
-        for (int k = m; k < P; ++k) y[k] = T(0);
+        for (int k = m; k < P; ++k) yq[k] = T(0);
         T* x_dst = x_out + q * g_.panel_stride + j * P;
-        for (int k = 0; k < P; ++k) x_dst[k] = y[k];
+        for (int k = 0; k < P; ++k) x_dst[k] = yq[k];
         if (m == P) {
           stream_panel_row(d_row + q * P, dy);
         } else {
           for (int k = 0; k < m; ++k) d_row[q * P + k] = dy[k];
         }
       }
+      // With dropout, the entries were counted before it (a dropped inf is still a blow-up).
+      Lanes16 row_sum;
+      bad += forward_row(h, y, count, pre_shift, act_shift, sums, row_sum, !g_.dropout);
       const double unit_sum = row_sum.total();
       colsum[j] = unit_sum;
       act_s1 += unit_sum - static_cast<double>(count) * act_shift;

@@ -96,6 +96,9 @@ constexpr std::int64_t row_block(std::int64_t batch) {
   const std::int64_t k = batch / 512;
   return 128 * (k < 1 ? 1 : (k > 4 ? 4 : k));
 }
+// The largest row block, of any batch.
+inline constexpr std::int64_t kMaxRowBlock = 512;
+static_assert(row_block(std::int64_t(1) << 62) == kMaxRowBlock);
 
 // Where a point's random streams come from.
 struct StreamSeed {

@@ -8,6 +8,7 @@
 // lanes (four ymm vectors, or an array).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -240,6 +241,116 @@ inline std::int64_t forward_panel_row(const double* h, const double* x, int m, d
   return bad;
 #else
   return forward_panel_row_portable(h, x, m, pre_shift, act_shift, s, row_sum);
+#endif
+}
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+namespace panel_detail {
+
+// Eight consecutive values from p, in double.
+inline void load8(const float* p, __m256d& lo8, __m256d& hi8) {
+  const __m256 v = _mm256_loadu_ps(p);
+  lo8 = lo(v);
+  hi8 = hi(v);
+}
+inline void load8(const double* p, __m256d& lo8, __m256d& hi8) {
+  lo8 = _mm256_loadu_pd(p);
+  hi8 = _mm256_loadu_pd(p + 4);
+}
+
+// One lane group's share of four (h, x) values: the arithmetic of add_forward, without the mask.
+struct GroupSums {
+  __m256d s1, s2, a2, rs;
+  void add(__m256d h, __m256d x, __m256d pre_shift, __m256d act_shift) {
+    const __m256d dh = _mm256_sub_pd(h, pre_shift);
+    const __m256d dx = _mm256_sub_pd(x, act_shift);
+    s1 = _mm256_add_pd(s1, dh);
+    s2 = _mm256_fmadd_pd(dh, dh, s2);
+    a2 = _mm256_fmadd_pd(dx, dx, a2);
+    rs = _mm256_add_pd(rs, x);
+  }
+};
+
+// Whether every sum of squares is finite: true until an entry that is inf or NaN has been added
+// (or, in float64 only, a square past the largest double).
+inline bool squares_finite(const ForwardLanes& s) {
+  __m256d t = _mm256_add_pd(s.pre_s2.v[0], s.act_s2.v[0]);
+  for (int g = 1; g < 4; ++g) t = _mm256_add_pd(t, _mm256_add_pd(s.pre_s2.v[g], s.act_s2.v[g]));
+  return _mm256_movemask_pd(nonfinite(t)) == 0;
+}
+
+// Entries among the first count where h or x is not finite.
+inline std::int64_t count_nonfinite(const float* h, const float* x, std::int64_t count) {
+  std::int64_t bad = 0;
+  for (std::int64_t s = 0; s < count; s += 8) {
+    const __m256 ok = first8(0, static_cast<int>(std::min<std::int64_t>(8, count - s)));
+    const __m256 v = _mm256_or_ps(nonfinite(_mm256_loadu_ps(h + s)), nonfinite(_mm256_loadu_ps(x + s)));
+    bad += __builtin_popcount(_mm256_movemask_ps(_mm256_and_ps(ok, v)));
+  }
+  return bad;
+}
+inline std::int64_t count_nonfinite(const double* h, const double* x, std::int64_t count) {
+  std::int64_t bad = 0;
+  for (std::int64_t s = 0; s < count; s += 4) {
+    const __m256d ok = first4(0, static_cast<int>(std::min<std::int64_t>(4, count - s)));
+    const __m256d v = _mm256_or_pd(nonfinite(_mm256_loadu_pd(h + s)), nonfinite(_mm256_loadu_pd(x + s)));
+    bad += __builtin_popcount(_mm256_movemask_pd(_mm256_and_pd(ok, v)));
+  }
+  return bad;
+}
+
+}  // namespace panel_detail
+#endif
+
+// The statistics' sums of one unit's row of `count` samples, h and x = f(h) at consecutive
+// addresses (readable up to the next multiple of kPanel<T>): the same sums, in the same order, as
+// forward_panel_row over the row's panels. With count_bad, returns how many of the entries are not
+// finite in h or in x, else 0.
+//
+// With AVX2 the 16 lanes of four sums do not fit in the 16 ymm registers alongside the data, so
+// the row is swept twice, for lanes 0-7 and then 8-15, each sweep's sums in registers. Entries
+// are not checked one by one: they are counted only where the sums of squares have stopped being
+// finite, since an inf or NaN in h or x makes them so and nothing else can in float32.
+template <class T>
+inline std::int64_t forward_row(const T* h, const T* x, std::int64_t count, double pre_shift, double act_shift,
+                                ForwardLanes& s, Lanes16& row_sum, bool count_bad) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  using namespace panel_detail;
+  const __m256d ps = _mm256_set1_pd(pre_shift), as = _mm256_set1_pd(act_shift);
+  const std::int64_t full = count / 16 * 16;
+  for (int g = 0; g < 4; g += 2) {
+    GroupSums a{s.pre_s1.v[g], s.pre_s2.v[g], s.act_s2.v[g], row_sum.v[g]};
+    GroupSums b{s.pre_s1.v[g + 1], s.pre_s2.v[g + 1], s.act_s2.v[g + 1], row_sum.v[g + 1]};
+    for (std::int64_t s0 = 0; s0 < full; s0 += 16) {
+      __m256d h0, h1, x0, x1;
+      load8(h + s0 + 4 * g, h0, h1);
+      load8(x + s0 + 4 * g, x0, x1);
+      a.add(h0, x0, ps, as);
+      b.add(h1, x1, ps, as);
+    }
+    if (full < count) {
+      // The last, partial 16 samples: entries past count add +0, which leaves every sum as it is.
+      __m256d h0, h1, x0, x1;
+      load8(h + full + 4 * g, h0, h1);
+      load8(x + full + 4 * g, x0, x1);
+      const int m = static_cast<int>(count - full);
+      const __m256d ok0 = first4(4 * g, m), ok1 = first4(4 * g + 4, m);
+      a.add(_mm256_and_pd(ok0, h0), _mm256_and_pd(ok0, x0), _mm256_and_pd(ok0, ps), _mm256_and_pd(ok0, as));
+      b.add(_mm256_and_pd(ok1, h1), _mm256_and_pd(ok1, x1), _mm256_and_pd(ok1, ps), _mm256_and_pd(ok1, as));
+    }
+    s.pre_s1.v[g] = a.s1, s.pre_s2.v[g] = a.s2, s.act_s2.v[g] = a.a2, row_sum.v[g] = a.rs;
+    s.pre_s1.v[g + 1] = b.s1, s.pre_s2.v[g + 1] = b.s2, s.act_s2.v[g + 1] = b.a2, row_sum.v[g + 1] = b.rs;
+  }
+  // Once not finite, the sums stay so: every later row of the block is counted entry by entry.
+  if (!count_bad || squares_finite(s)) return 0;
+  return count_nonfinite(h, x, count);
+#else
+  std::int64_t bad = 0;
+  for (std::int64_t q = 0; q * kPanel<T> < count; ++q) {
+    const int m = static_cast<int>(std::min<std::int64_t>(kPanel<T>, count - q * kPanel<T>));
+    bad += forward_panel_row(h + q * kPanel<T>, x + q * kPanel<T>, m, pre_shift, act_shift, s, row_sum);
+  }
+  return count_bad ? bad : 0;
 #endif
 }
 

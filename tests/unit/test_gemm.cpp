@@ -3,7 +3,10 @@
 // panel row (panel_rows.hpp): the sums, the non-finite counts and the ragged last panel.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -245,6 +248,64 @@ TEMPLATE_TEST_CASE("a panel row's sums and non-finite counts match a direct comp
         CHECK(!std::isfinite(sh.total()));
       }
     }
+  }
+}
+
+TEMPLATE_TEST_CASE("a row's statistics equal its panel rows' and count exactly its non-finite entries", "[gemm][panel]",
+                   float, double) {
+  // forward_row sums a whole unit's row at once and counts entries only where the sums of squares
+  // stop being finite; forward_panel_row checks every entry of each panel row. Rows of every
+  // length mod 16 and mod kPanel, clean rows after blown-up ones (the sums stay non-finite), and
+  // finite values whose squares overflow in float64.
+  using T = TestType;
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  constexpr T nan = std::numeric_limits<T>::quiet_NaN();
+  std::mt19937_64 rng(7);
+  std::normal_distribution<double> normal;
+  for (const std::int64_t count : {1, 5, 15, 16, 17, 31, 32, 33, 47, 100, 256, 300, 512}) {
+    INFO("count " << count);
+    const std::int64_t padded = (count + kPanel<T> - 1) / kPanel<T> * kPanel<T>;
+    ForwardLanes by_panel, by_row;
+    for (int r = 0; r < 12; ++r) {
+      INFO("row " << r);
+      std::vector<T> h(static_cast<std::size_t>(padded)), x(h.size());
+      for (std::size_t k = 0; k < h.size(); ++k) {
+        h[k] = static_cast<T>(normal(rng));
+        x[k] = static_cast<T>(h[k] > 0 ? h[k] : 0.5 * normal(rng));
+      }
+      std::int64_t expected = 0;
+      auto spoil = [&](std::vector<T>& v, std::int64_t k, T value) {
+        const bool was_bad = !std::isfinite(h[static_cast<std::size_t>(k)]) || !std::isfinite(x[static_cast<std::size_t>(k)]);
+        v[static_cast<std::size_t>(k)] = value;
+        if (!was_bad) ++expected;
+      };
+      if (r == 3) spoil(h, count - 1, inf);  // the last entry: the partial lane group
+      if (r == 5) {
+        spoil(x, 0, nan);
+        spoil(h, count / 2, -inf);
+        spoil(x, count / 2, inf);  // the same entry twice: one bad entry
+      }
+      if (r == 8 && sizeof(T) == 8) {
+        h[0] = static_cast<T>(1e200);  // finite, its square is not
+      }
+      for (std::int64_t k = count; k < padded; ++k) {  // past the row: read, never counted
+        h[static_cast<std::size_t>(k)] = nan;
+        x[static_cast<std::size_t>(k)] = inf;
+      }
+      Lanes16 sum_panel, sum_row;
+      std::int64_t bad_panel = 0;
+      for (std::int64_t q = 0; q * kPanel<T> < count; ++q) {
+        const int m = static_cast<int>(std::min<std::int64_t>(kPanel<T>, count - q * kPanel<T>));
+        bad_panel += forward_panel_row(h.data() + q * kPanel<T>, x.data() + q * kPanel<T>, m, 0.25, -0.5, by_panel,
+                                       sum_panel);
+      }
+      const std::int64_t bad_row = forward_row(h.data(), x.data(), count, 0.25, -0.5, by_row, sum_row, true);
+      CHECK(bad_panel == expected);
+      CHECK(bad_row == expected);
+      CHECK(std::memcmp(&sum_panel, &sum_row, sizeof(Lanes16)) == 0);
+      REQUIRE(std::memcmp(&by_panel, &by_row, sizeof(ForwardLanes)) == 0);
+    }
+    CHECK(!std::isfinite(by_row.pre_s2.total()));
   }
 }
 
