@@ -334,6 +334,7 @@ class Workspace {
     colsum_offset.assign(L + 1, 0);
     for (std::size_t l = 0; l < L; ++l) colsum_offset[l + 1] = colsum_offset[l] + g.n[l + 1];
     stats.resize(static_cast<std::size_t>(g.blocks) * L);
+    draws = std::vector<LayerDraws>(L);
     colsums.resize(static_cast<std::size_t>(g.blocks) * static_cast<std::size_t>(colsum_offset[L]));
     if (g.weight_gradients) {
       for (int l = 1; l <= g.depth; ++l) {
@@ -424,6 +425,39 @@ class Workspace {
   std::vector<std::int64_t> colsum_offset;
   std::vector<double> grad_sq;  // per layer, per chunk of kBlockRows rows of dL/dW^T: sum of squares
   std::vector<std::size_t> grad_offset;
+  // Per layer: the drawing tasks of W_l and b_l taken by a rank so far, and those finished (see
+  // TrialRunner::draw_layer); a cache line each, so that ranks drawing different layers do not
+  // contend.
+  struct alignas(64) LayerDraws {
+    std::atomic<std::int64_t> taken{0};
+    std::atomic<std::int64_t> done{0};
+  };
+  std::vector<LayerDraws> draws;
+  // The backward pass's tasks (see TrialRunner::backward_chains), under the mutex: per row block,
+  // whether its forward pass is done, whether a rank holds it, and the layer l whose dL/dh_l it
+  // computes next (0 when done).
+  struct Chains {
+    std::mutex mutex;
+    std::vector<char> ready;
+    std::vector<char> held;
+    std::vector<int> next;
+    std::int64_t left = 0;  // blocks not done
+    std::int64_t tasks_done = 0;
+  };
+  Chains chains;
+  // Before each trial, with no rank running.
+  void reset_schedule() {
+    for (auto& d : draws) {
+      d.taken.store(0, std::memory_order_relaxed);
+      d.done.store(0, std::memory_order_relaxed);
+    }
+    const auto blocks = static_cast<std::size_t>(g_.blocks);
+    chains.ready.assign(blocks, 0);
+    chains.held.assign(blocks, 0);
+    chains.next.assign(blocks, g_.depth);
+    chains.left = g_.blocks;
+    chains.tasks_done = 0;
+  }
 
  private:
   // Counts rounded to whole 64-byte lines, so that every slice starts on a line.
@@ -564,11 +598,17 @@ class TrialRunner {
       : spec_(spec), g_(g), act_(act), seed_(seed), dropout_(dropout) {}
 
   // Runs trial `trial` with `team`; on return (all ranks), rank 0 has written `out`.
-  // `tick` is called by rank 0 after each layer pass.
+  // `tick` is called after each layer pass, by one rank.
   template <class Tick>
   void run(std::int64_t trial, const Team& team, Workspace<T>& ws, PointResult& out, const Tick& tick) const {
+    if (team.rank() == 0) ws.reset_schedule();
+    team.barrier();
     forward(trial, team, ws, tick);
-    backward(trial, team, ws, tick);
+    if (g_.weight_gradients) {
+      backward(trial, team, ws, tick);
+    } else {
+      backward_chains(trial, team, ws, tick);
+    }
     team.barrier();
     if (team.rank() == 0) collect(trial, ws, out);
   }
@@ -581,10 +621,11 @@ class TrialRunner {
                       static_cast<std::uint64_t>(layer));
   }
 
-  // The weights and bias of layer l. Elementwise initialisers draw W_l^T in place, a strip per
-  // task, dealt round-robin over the ranks (the stream is in strip order: init.hpp); orthogonal
-  // weights are drawn whole by one rank per layer and laid out in strips. Values depend only on
-  // the stream keys.
+  // The weights and bias of layer l, where they are not drawn by draw_layer: for the bf16x6
+  // products, elementwise initialisers draw W_l^T a group of strips per task, dealt round-robin
+  // over the ranks (the stream is in strip order: init.hpp), and split it; orthogonal weights are
+  // drawn whole by one rank per layer and laid out in strips. Values depend only on the stream
+  // keys.
   void generate_layer(std::int64_t trial, int l, const Team& team, Workspace<T>& ws) const {
     static_assert(kWeightStrip == kStrip, "the weight stream's strips are the GEMM's strips");
     const std::int64_t fan_in = g_.n[l - 1];
@@ -603,13 +644,6 @@ class TrialRunner {
         split_group(l, s0, group, ws);
       }
       store_fence();  // the split W_l went around the caches
-    } else if (init_is_elementwise(spec_.init.kind)) {
-      const std::int64_t rows = Geometry::round_up_to_strip(fan_in);
-      for (std::int64_t s = 0; s < g_.strips[i]; ++s, ++task) {
-        if (!team.owns(task)) continue;
-        generate_weight_strips<T>(spec_.init, wkey, fan_in, fan_out, s, s + 1, rows,
-                                  ws.weight_strips(l) + s * g_.strip_stride[i], g_.strip_stride[i]);
-      }
     } else if (team.owns(l)) {  // whole matrices, dealt by layer so that ranks draw different layers
       std::vector<T> w(static_cast<std::size_t>(fan_in * fan_out));
       generate_weights<T>(spec_.init, wkey, fan_in, fan_out, w.data(), fan_out);
@@ -619,6 +653,49 @@ class TrialRunner {
       fill_normal<T>(key(StreamKind::biases, trial, l), 0, static_cast<std::size_t>(fan_out),
                      ws.biases[i].ptr, static_cast<T>(spec_.init.bias_mean),
                      static_cast<T>(std::sqrt(spec_.init.bias_variance)));
+    }
+  }
+
+  // The tasks of drawing layer l with an elementwise initialiser into stored strips: strip s of
+  // W_l^T is task s, and the bias, if any, the last.
+  std::int64_t draw_tasks(int l) const { return g_.strips[static_cast<std::size_t>(l - 1)] + (g_.bias ? 1 : 0); }
+  void draw_task(std::int64_t trial, int l, std::int64_t task, Workspace<T>& ws) const {
+    const auto i = static_cast<std::size_t>(l - 1);
+    const std::int64_t fan_in = g_.n[i];
+    const std::int64_t fan_out = g_.n[i + 1];
+    if (task < g_.strips[i]) {
+      generate_weight_strips<T>(spec_.init, key(StreamKind::weights, trial, l), fan_in, fan_out, task, task + 1,
+                                Geometry::round_up_to_strip(fan_in), ws.weight_strips(l) + task * g_.strip_stride[i],
+                                g_.strip_stride[i]);
+    } else {
+      fill_normal<T>(key(StreamKind::biases, trial, l), 0, static_cast<std::size_t>(fan_out), ws.biases[i].ptr,
+                     static_cast<T>(spec_.init.bias_mean), static_cast<T>(std::sqrt(spec_.init.bias_variance)));
+    }
+  }
+
+  // Takes the next drawing task of layer l no rank has taken and draws it; false if none is left.
+  bool take_draw(std::int64_t trial, int l, Workspace<T>& ws) const {
+    auto& d = ws.draws[static_cast<std::size_t>(l - 1)];
+    const std::int64_t tasks = draw_tasks(l);
+    if (d.taken.load(std::memory_order_relaxed) >= tasks) return false;
+    const std::int64_t task = d.taken.fetch_add(1, std::memory_order_relaxed);
+    if (task >= tasks) return false;
+    draw_task(trial, l, task, ws);
+    d.done.fetch_add(1, std::memory_order_release);
+    return true;
+  }
+
+  // Returns once W_l and b_l are complete. Instead of a barrier: the ranks take the layer's tasks
+  // as they arrive, so the first to finish its products of layer l - 1 draws more of layer l, and
+  // while the other ranks finish its last tasks it draws layer l + 1. A rank waits only when both
+  // layers are taken, and what it draws does not depend on which rank draws it.
+  void draw_layer(std::int64_t trial, int l, Workspace<T>& ws) const {
+    const auto& d = ws.draws[static_cast<std::size_t>(l - 1)];
+    const std::int64_t tasks = draw_tasks(l);
+    while (d.done.load(std::memory_order_acquire) < tasks) {
+      if (take_draw(trial, l, ws)) continue;
+      if (l < g_.depth && take_draw(trial, l + 1, ws)) continue;
+      cpu_pause();
     }
   }
 
@@ -663,7 +740,9 @@ class TrialRunner {
       team.barrier();
     }
     for (int l = 1; l <= g_.depth; ++l) {
-      if (just_in_time) {
+      if (just_in_time && !g_.split_as_drawn) {
+        draw_layer(trial, l, ws);
+      } else if (just_in_time) {
         generate_layer(trial, l, team, ws);
         team.barrier();
       }
@@ -874,37 +953,106 @@ class TrialRunner {
     }
   }
 
+  // The backward pass with weight gradients: dL/dW_l needs every block's dL/dh_l, so the ranks go
+  // through the layers in step, each with its own blocks.
   template <class Tick>
   void backward(std::int64_t trial, const Team& team, Workspace<T>& ws, const Tick& tick) const {
     const int L = g_.depth;
-    const Scratch& scratch = ws.scratch[static_cast<std::size_t>(team.rank())];
-    // Upstream gradient g = dL/dx_L, element sample * n_L + j of its stream, turned unit-major.
-    const std::uint64_t upstream_key = key(StreamKind::upstream, trial, L);
     for (std::int64_t b = 0; b < g_.blocks; ++b) {
-      if (!team.owns(b)) continue;
-      const std::int64_t rows = g_.block_rows(b);
-      for (std::int64_t r = 0; r < rows; ++r) {
-        fill_normal<T>(upstream_key, static_cast<std::uint64_t>((b * g_.rows_per_block + r) * g_.n[L]),
-                       static_cast<std::size_t>(g_.n[L]), scratch.rows.ptr + r * g_.ld_rows, T(0), T(1));
-      }
-      transpose<T>(scratch.rows.ptr, g_.ld_rows, rows, g_.n[L], scratch.units.ptr, g_.ld_units);
-      backward_rows(L, b, 0, g_.n[L], scratch.units.ptr, g_.ld_units, ws);
-      if (g_.amx && L > 1) split_rows(ws.dh(L), ws.split_dh(L), b, 0, g_.n[L], g_.n[L]);
+      if (team.owns(b)) backward_task(trial, team, ws, b, L);
     }
     for (int l = L; l >= 1; --l) {
-      if (g_.weight_gradients) weight_gradient(l, team, ws);
+      weight_gradient(l, team, ws);
       if (l > 1) {
         for (std::int64_t b = 0; b < g_.blocks; ++b) {
-          if (!team.owns(b)) continue;
-          multiply(g_.n[l - 1], g_.n[l], b, ws.weights(l), ws.dh(l), ws.split_weights(l), ws.split_dh(l),
-                   scratch.c_block.ptr, [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
-                     backward_rows(l - 1, b, row0, rows, c, ldc, ws);
-                     if (g_.amx && l > 2) split_rows(ws.dh(l - 1), ws.split_dh(l - 1), b, row0, rows, g_.n[l - 1]);
-                   });
+          if (team.owns(b)) backward_task(trial, team, ws, b, l - 1);
         }
       }
       if (team.rank() == 0) tick();
     }
+  }
+
+  // The backward pass without weight gradients. Each row block's chain of tasks (dL/dh_L from the
+  // upstream gradient, then dL/dh_l from dL/dh_{l+1} for l = L - 1 .. 1) depends on nothing but
+  // its own forward pass and the stored weights, so a rank takes the next task of whichever chain
+  // is furthest behind, among those no rank holds and whose forward pass is done. The ranks then
+  // finish within one task of each other, instead of the faster waiting at the end of the trial;
+  // what a task computes does not depend on which rank runs it.
+  template <class Tick>
+  void backward_chains(std::int64_t trial, const Team& team, Workspace<T>& ws, const Tick& tick) const {
+    auto& ch = ws.chains;
+    {
+      std::lock_guard<std::mutex> lock(ch.mutex);
+      for (std::int64_t b = 0; b < g_.blocks; ++b) {
+        if (team.owns(b)) ch.ready[static_cast<std::size_t>(b)] = 1;
+      }
+    }
+    std::int64_t held = -1;
+    for (;;) {
+      std::int64_t b = -1;
+      int l = 0;
+      bool layer_done = false;
+      bool all_done = false;
+      {
+        std::lock_guard<std::mutex> lock(ch.mutex);
+        if (held >= 0) {
+          const auto h = static_cast<std::size_t>(held);
+          ch.held[h] = 0;
+          if (--ch.next[h] == 0) --ch.left;
+          layer_done = ++ch.tasks_done % g_.blocks == 0;  // a layer pass's worth of tasks
+        }
+        all_done = ch.left == 0;
+        for (std::int64_t c = 0; c < g_.blocks; ++c) {
+          const auto i = static_cast<std::size_t>(c);
+          if (ch.ready[i] && !ch.held[i] && ch.next[i] > 0 && (b < 0 || ch.next[i] > ch.next[static_cast<std::size_t>(b)])) {
+            b = c;
+          }
+        }
+        if (b >= 0) {
+          ch.held[static_cast<std::size_t>(b)] = 1;
+          l = ch.next[static_cast<std::size_t>(b)];
+        }
+      }
+      if (layer_done) tick();
+      if (all_done) break;
+      held = b;
+      if (b < 0) {
+        cpu_pause();
+        continue;
+      }
+      backward_task(trial, team, ws, b, l);
+      store_fence();  // the next task of this block may run on another rank
+    }
+  }
+
+  // dL/dh_l for row block b: from the upstream gradient (l = L), else from dL/dh_{l+1}.
+  void backward_task(std::int64_t trial, const Team& team, Workspace<T>& ws, std::int64_t b, int l) const {
+    const int L = g_.depth;
+    const Scratch& scratch = ws.scratch[static_cast<std::size_t>(team.rank())];
+    if (l == L) {
+      upstream(trial, scratch, ws, b);
+      return;
+    }
+    multiply(g_.n[l], g_.n[l + 1], b, ws.weights(l + 1), ws.dh(l + 1), ws.split_weights(l + 1), ws.split_dh(l + 1),
+             scratch.c_block.ptr, [&](std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc) {
+               backward_rows(l, b, row0, rows, c, ldc, ws);
+               if (g_.amx && l > 1) split_rows(ws.dh(l), ws.split_dh(l), b, row0, rows, g_.n[l]);
+             });
+  }
+
+  // dL/dh_L for row block b: the upstream gradient g = dL/dx_L, element sample * n_L + j of its
+  // stream, turned unit-major, times f'(h_L).
+  void upstream(std::int64_t trial, const Scratch& scratch, Workspace<T>& ws, std::int64_t b) const {
+    const int L = g_.depth;
+    const std::uint64_t upstream_key = key(StreamKind::upstream, trial, L);
+    const std::int64_t rows = g_.block_rows(b);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      fill_normal<T>(upstream_key, static_cast<std::uint64_t>((b * g_.rows_per_block + r) * g_.n[L]),
+                     static_cast<std::size_t>(g_.n[L]), scratch.rows.ptr + r * g_.ld_rows, T(0), T(1));
+    }
+    transpose<T>(scratch.rows.ptr, g_.ld_rows, rows, g_.n[L], scratch.units.ptr, g_.ld_units);
+    backward_rows(L, b, 0, g_.n[L], scratch.units.ptr, g_.ld_units, ws);
+    if (g_.amx && L > 1) split_rows(ws.dh(L), ws.split_dh(L), b, 0, g_.n[L], g_.n[L]);
   }
 
   // The backward pass after the product, on rows [row0, row0 + rows) of dL/dX_l^T for block b:

@@ -34,6 +34,14 @@ void run_team(int threads, const std::function<void(const Team&)>& body);
 // i % threads. The first exception is rethrown after all tasks have ended.
 void run_tasks(int threads, std::int64_t count, const std::function<void(std::int64_t, const Team&)>& body);
 
+// Tells the CPU that the thread is spinning while it waits for another (x86's pause), so that
+// the wait costs the other hardware thread of its core less.
+inline void cpu_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 // True on the thread that called run_team/run_tasks (OpenMP thread 0), false on the others.
 bool is_main_thread();
 
