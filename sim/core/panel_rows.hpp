@@ -279,23 +279,11 @@ inline bool squares_finite(const ForwardLanes& s) {
   return _mm256_movemask_pd(nonfinite(t)) == 0;
 }
 
-// Entries among the first count where h or x is not finite.
-inline std::int64_t count_nonfinite(const float* h, const float* x, std::int64_t count) {
+// Entries among the first count where h or x is not finite (the slow path of forward_row).
+template <class T>
+inline std::int64_t count_nonfinite(const T* h, const T* x, std::int64_t count) {
   std::int64_t bad = 0;
-  for (std::int64_t s = 0; s < count; s += 8) {
-    const __m256 ok = first8(0, static_cast<int>(std::min<std::int64_t>(8, count - s)));
-    const __m256 v = _mm256_or_ps(nonfinite(_mm256_loadu_ps(h + s)), nonfinite(_mm256_loadu_ps(x + s)));
-    bad += __builtin_popcount(_mm256_movemask_ps(_mm256_and_ps(ok, v)));
-  }
-  return bad;
-}
-inline std::int64_t count_nonfinite(const double* h, const double* x, std::int64_t count) {
-  std::int64_t bad = 0;
-  for (std::int64_t s = 0; s < count; s += 4) {
-    const __m256d ok = first4(0, static_cast<int>(std::min<std::int64_t>(4, count - s)));
-    const __m256d v = _mm256_or_pd(nonfinite(_mm256_loadu_pd(h + s)), nonfinite(_mm256_loadu_pd(x + s)));
-    bad += __builtin_popcount(_mm256_movemask_pd(_mm256_and_pd(ok, v)));
-  }
+  for (std::int64_t s = 0; s < count; ++s) bad += !(std::isfinite(h[s]) && std::isfinite(x[s]));
   return bad;
 }
 
