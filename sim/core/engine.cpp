@@ -1072,12 +1072,10 @@ class TrialRunner {
       const std::int64_t j = row0 + r;
       const T* g_row = c + r * ldc;
       const T* d_row = deriv + j * g_.rows_per_block;
-      const bool pf = j + kAhead < pf_end;
-      for (std::int64_t q = 0; q * P < count; ++q) {
-        const int m = static_cast<int>(std::min<std::int64_t>(P, count - q * P));
-        if (pf) prefetch_panel_row(d_row + kAhead * g_.rows_per_block + q * P);
-        bad += backward_panel_row(g_row + q * P, d_row + q * P, dh_out + q * g_.panel_stride + j * P, m, sx, sh);
+      if (j + kAhead < pf_end) {
+        for (std::int64_t q = 0; q * P < count; ++q) prefetch_panel_row(d_row + kAhead * g_.rows_per_block + q * P);
       }
+      bad += backward_row(g_row, d_row, count, dh_out + j * P, g_.panel_stride, sx, sh);
     }
     BlockLayerStats& st = ws.stat(b, l);
     st.grad_act_sq += sx.total();

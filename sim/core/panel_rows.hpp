@@ -406,6 +406,74 @@ inline std::int64_t backward_panel_row(const double* g, const double* d, double*
 #endif
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+namespace panel_detail {
+
+// Whether all 16 lanes of s are finite.
+inline bool lanes_finite(const Lanes16& s) {
+  const __m256d t = _mm256_add_pd(_mm256_add_pd(s.v[0], s.v[1]), _mm256_add_pd(s.v[2], s.v[3]));
+  return _mm256_movemask_pd(nonfinite(t)) == 0;
+}
+
+// A whole panel row of backward_panel_row (m = kPanel<T>), without masks or counts.
+inline void backward_full_panel_row(const float* g, const float* d, float* gh, Lanes16& sx, Lanes16& sh) {
+  for (int c = 0; c < 4; ++c) {
+    const __m256 g8 = _mm256_loadu_ps(g + 8 * c);
+    const __m256 p8 = _mm256_mul_ps(g8, _mm256_loadu_ps(d + 8 * c));
+    _mm256_storeu_ps(gh + 8 * c, p8);
+    const int lo_group = (2 * c) % 4, hi_group = (2 * c + 1) % 4;
+    const __m256d glo = lo(g8), ghi = hi(g8), plo = lo(p8), phi = hi(p8);
+    sx.v[lo_group] = _mm256_fmadd_pd(glo, glo, sx.v[lo_group]);
+    sh.v[lo_group] = _mm256_fmadd_pd(plo, plo, sh.v[lo_group]);
+    sx.v[hi_group] = _mm256_fmadd_pd(ghi, ghi, sx.v[hi_group]);
+    sh.v[hi_group] = _mm256_fmadd_pd(phi, phi, sh.v[hi_group]);
+  }
+}
+inline void backward_full_panel_row(const double* g, const double* d, double* gh, Lanes16& sx, Lanes16& sh) {
+  for (int c = 0; c < 4; ++c) {
+    const __m256d g4 = _mm256_loadu_pd(g + 4 * c);
+    const __m256d p4 = _mm256_mul_pd(g4, _mm256_loadu_pd(d + 4 * c));
+    _mm256_storeu_pd(gh + 4 * c, p4);
+    sx.v[c] = _mm256_fmadd_pd(g4, g4, sx.v[c]);
+    sh.v[c] = _mm256_fmadd_pd(p4, p4, sh.v[c]);
+  }
+}
+
+}  // namespace panel_detail
+#endif
+
+// backward_panel_row over one unit's row of `count` samples: g and d at consecutive addresses,
+// gh written as panel rows, panel q's at gh + q * gh_stride (zeros past count in the last). The
+// same values and sums in the same order; returns how many entries of gh are not finite.
+//
+// With AVX2 the whole panels run without masks, and their entries are counted one by one only
+// where the sum of the squares of gh has stopped being finite (an inf or NaN in gh makes it so;
+// nothing else can in float32, and in float64 a false alarm only costs the exact count).
+template <class T>
+inline std::int64_t backward_row(const T* g, const T* d, std::int64_t count, T* gh, std::ptrdiff_t gh_stride,
+                                 Lanes16& sx, Lanes16& sh) {
+  constexpr std::int64_t P = kPanel<T>;
+  const std::int64_t full = count / P;
+  std::int64_t bad = 0;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  for (std::int64_t q = 0; q < full; ++q) panel_detail::backward_full_panel_row(g + q * P, d + q * P, gh + q * gh_stride, sx, sh);
+  if (full * P < count) {
+    bad += backward_panel_row(g + full * P, d + full * P, gh + full * gh_stride, static_cast<int>(count - full * P), sx, sh);
+  }
+  // Once not finite, the sum stays so: every later row of the block is counted entry by entry.
+  if (panel_detail::lanes_finite(sh)) return bad;
+  for (std::int64_t q = 0; q < full; ++q) {
+    for (std::int64_t k = 0; k < P; ++k) bad += !std::isfinite(gh[q * gh_stride + k]);
+  }
+#else
+  for (std::int64_t q = 0; q * P < count; ++q) {
+    const int m = static_cast<int>(std::min<std::int64_t>(P, count - q * P));
+    bad += backward_panel_row(g + q * P, d + q * P, gh + q * gh_stride, m, sx, sh);
+  }
+#endif
+  return bad;
+}
+
 // dst[0 .. kPanel<T>) = src, 64-byte aligned, past the caches (for f'(h), read back only in the
 // backward pass). Needs store_fence() before another thread reads the data.
 template <class T>

@@ -309,6 +309,65 @@ TEMPLATE_TEST_CASE("a row's statistics equal its panel rows' and count exactly i
   }
 }
 
+TEMPLATE_TEST_CASE("a row's backward pass equals its panel rows' and counts exactly its non-finite entries",
+                   "[gemm][panel]", float, double) {
+  // backward_row runs whole panels without masks and counts entries only where the sum of the
+  // squares of gh stops being finite; backward_panel_row checks every entry.
+  using T = TestType;
+  constexpr std::int64_t P = kPanel<T>;
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  constexpr T nan = std::numeric_limits<T>::quiet_NaN();
+  std::mt19937_64 rng(13);
+  std::normal_distribution<double> normal;
+  for (const std::int64_t count : {1, 5, 16, 17, 31, 32, 33, 64, 100, 256, 300, 512}) {
+    INFO("count " << count);
+    const std::int64_t panels = (count + P - 1) / P;
+    const std::ptrdiff_t stride = 3 * P;  // panel rows of other units in between
+    Lanes16 sx_panel, sh_panel, sx_row, sh_row;
+    for (int r = 0; r < 10; ++r) {
+      INFO("row " << r);
+      std::vector<T> g(static_cast<std::size_t>(panels * P)), d(g.size());
+      for (std::size_t k = 0; k < g.size(); ++k) {
+        g[k] = static_cast<T>(normal(rng));
+        d[k] = static_cast<T>(normal(rng) > 0 ? 1.0507 : 0.3 * normal(rng));
+      }
+      std::int64_t expected = 0;
+      if (r == 2) {
+        d[0] = inf;  // gh inf
+        ++expected;
+      }
+      if (r == 4) {
+        g[static_cast<std::size_t>(count - 1)] = nan;  // the last entry, in the partial panel if any
+        g[static_cast<std::size_t>(count / 2)] = inf;
+        d[static_cast<std::size_t>(count / 2)] = 0;  // inf * 0 = NaN
+        expected += count > 1 ? 2 : 1;
+      }
+      if (r == 6 && sizeof(T) == 8) {
+        g[0] = static_cast<T>(1e200);  // a finite gh whose square is not
+        d[0] = 1;
+      }
+      for (std::int64_t k = count; k < panels * P; ++k) {  // past the row: read, never counted
+        g[static_cast<std::size_t>(k)] = nan;
+        d[static_cast<std::size_t>(k)] = inf;
+      }
+      std::vector<T> gh_panel(static_cast<std::size_t>(panels * stride), T(7)), gh_row(gh_panel.size(), T(7));
+      std::int64_t bad_panel = 0;
+      for (std::int64_t q = 0; q < panels; ++q) {
+        const int m = static_cast<int>(std::min<std::int64_t>(P, count - q * P));
+        bad_panel += backward_panel_row(g.data() + q * P, d.data() + q * P, gh_panel.data() + q * stride, m, sx_panel,
+                                        sh_panel);
+      }
+      const std::int64_t bad_row = backward_row(g.data(), d.data(), count, gh_row.data(), stride, sx_row, sh_row);
+      CHECK(bad_panel == expected);
+      CHECK(bad_row == expected);
+      CHECK(std::memcmp(gh_panel.data(), gh_row.data(), gh_row.size() * sizeof(T)) == 0);
+      CHECK(std::memcmp(&sx_panel, &sx_row, sizeof(Lanes16)) == 0);
+      REQUIRE(std::memcmp(&sh_panel, &sh_row, sizeof(Lanes16)) == 0);
+    }
+    CHECK(!std::isfinite(sh_row.total()));
+  }
+}
+
 TEST_CASE("Lanes16 folds its lanes in a fixed order", "[gemm][panel]") {
   // 1e16 + 1 - 1e16 depends on the order of the additions: the fold is lanes k + 8, then halves.
   Lanes16 a;
