@@ -1,6 +1,7 @@
-// The engine's per-element work after each product, one panel row (kPanel<T> consecutive samples
-// of one unit) at a time: the statistics' sums in double, the count of non-finite entries, and
-// stores that bypass the cache for data read back only much later.
+// The engine's per-element work after each product, by panel row (kPanel<T> consecutive samples
+// of one unit) or by a unit's whole row of a block (forward_row, backward_row: the same sums in the
+// same order): the statistics' sums in double, the count of non-finite entries, and stores that
+// bypass the cache for data read back only much later.
 //
 // Sums go to 16 double lanes (two AVX-512 vectors): element k of a panel row always goes to lane
 // k % 16, and the lanes are combined in a fixed order, so results depend only on the data and the
