@@ -542,11 +542,6 @@ class Workspace {
 // Lanes of a row sum (combined by fold_lanes).
 constexpr int kLanes = 32;
 
-template <class T>
-inline bool finite(T v) {
-  return std::isfinite(v);
-}
-
 // Moments of n values from their sums of deviations from `shift`, and of squared deviations
 // (Chan, Golub, LeVeque 1983, "shifted data": stable when the values are within a few standard
 // deviations of the shift).
@@ -927,13 +922,6 @@ class TrialRunner {
     st.pre.merge(moments_from_sums(entries, pre_shift, sums.pre_s1.total(), sums.pre_s2.total()));
     st.act.merge(moments_from_sums(entries, act_shift, act_s1, sums.act_s2.total()));
     st.nonfinite += bad;
-  }
-
-  // Entries among the first m where h or f(h) is not finite.
-  static std::int64_t count_nonfinite(const T* h, const T* y, int m) {
-    std::int64_t bad = 0;
-    for (int k = 0; k < m; ++k) bad += !(finite(h[k]) && finite(y[k]));
-    return bad;
   }
 
   // Alpha dropout on P consecutive samples of unit j (first sample `sample`): keep with

@@ -272,24 +272,23 @@ struct GroupSums {
   }
 };
 
-// Whether every sum of squares is finite: true until an entry that is inf or NaN has been added
-// (or, in float64 only, a square past the largest double).
-inline bool squares_finite(const ForwardLanes& s) {
-  __m256d t = _mm256_add_pd(s.pre_s2.v[0], s.act_s2.v[0]);
-  for (int g = 1; g < 4; ++g) t = _mm256_add_pd(t, _mm256_add_pd(s.pre_s2.v[g], s.act_s2.v[g]));
+// Whether all 16 lanes of s are finite. For a sum of squares: true until an entry that is inf or
+// NaN has been added (or, in float64 only, a square past the largest double).
+inline bool lanes_finite(const Lanes16& s) {
+  const __m256d t = _mm256_add_pd(_mm256_add_pd(s.v[0], s.v[1]), _mm256_add_pd(s.v[2], s.v[3]));
   return _mm256_movemask_pd(nonfinite(t)) == 0;
-}
-
-// Entries among the first count where h or x is not finite (the slow path of forward_row).
-template <class T>
-inline std::int64_t count_nonfinite(const T* h, const T* x, std::int64_t count) {
-  std::int64_t bad = 0;
-  for (std::int64_t s = 0; s < count; ++s) bad += !(std::isfinite(h[s]) && std::isfinite(x[s]));
-  return bad;
 }
 
 }  // namespace panel_detail
 #endif
+
+// Entries among the first count where h or x is not finite.
+template <class T>
+inline std::int64_t count_nonfinite(const T* h, const T* x, std::int64_t count) {
+  std::int64_t bad = 0;
+  for (std::int64_t k = 0; k < count; ++k) bad += !(std::isfinite(h[k]) && std::isfinite(x[k]));
+  return bad;
+}
 
 // The statistics' sums of one unit's row of `count` samples, h and x = f(h) at consecutive
 // addresses (readable up to the next multiple of kPanel<T>): the same sums, in the same order, as
@@ -317,21 +316,19 @@ inline std::int64_t forward_row(const T* h, const T* x, std::int64_t count, doub
       a.add(h0, x0, ps, as);
       b.add(h1, x1, ps, as);
     }
-    if (full < count) {
-      // The last, partial 16 samples: entries past count add +0, which leaves every sum as it is.
+    s.pre_s1.v[g] = a.s1, s.pre_s2.v[g] = a.s2, s.act_s2.v[g] = a.a2, row_sum.v[g] = a.rs;
+    s.pre_s1.v[g + 1] = b.s1, s.pre_s2.v[g + 1] = b.s2, s.act_s2.v[g + 1] = b.a2, row_sum.v[g + 1] = b.rs;
+    if (full < count) {  // the last, partial 16 samples, masked as in forward_panel_row
       __m256d h0, h1, x0, x1;
       load8(h + full + 4 * g, h0, h1);
       load8(x + full + 4 * g, x0, x1);
       const int m = static_cast<int>(count - full);
-      const __m256d ok0 = first4(4 * g, m), ok1 = first4(4 * g + 4, m);
-      a.add(_mm256_and_pd(ok0, h0), _mm256_and_pd(ok0, x0), _mm256_and_pd(ok0, ps), _mm256_and_pd(ok0, as));
-      b.add(_mm256_and_pd(ok1, h1), _mm256_and_pd(ok1, x1), _mm256_and_pd(ok1, ps), _mm256_and_pd(ok1, as));
+      add_forward(h0, x0, first4(4 * g, m), g, pre_shift, act_shift, s, row_sum);
+      add_forward(h1, x1, first4(4 * g + 4, m), g + 1, pre_shift, act_shift, s, row_sum);
     }
-    s.pre_s1.v[g] = a.s1, s.pre_s2.v[g] = a.s2, s.act_s2.v[g] = a.a2, row_sum.v[g] = a.rs;
-    s.pre_s1.v[g + 1] = b.s1, s.pre_s2.v[g + 1] = b.s2, s.act_s2.v[g + 1] = b.a2, row_sum.v[g + 1] = b.rs;
   }
   // Once not finite, the sums stay so: every later row of the block is counted entry by entry.
-  if (!count_bad || squares_finite(s)) return 0;
+  if (!count_bad || (lanes_finite(s.pre_s2) && lanes_finite(s.act_s2))) return 0;
   return count_nonfinite(h, x, count);
 #else
   std::int64_t bad = 0;
@@ -409,12 +406,6 @@ inline std::int64_t backward_panel_row(const double* g, const double* d, double*
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
 namespace panel_detail {
-
-// Whether all 16 lanes of s are finite.
-inline bool lanes_finite(const Lanes16& s) {
-  const __m256d t = _mm256_add_pd(_mm256_add_pd(s.v[0], s.v[1]), _mm256_add_pd(s.v[2], s.v[3]));
-  return _mm256_movemask_pd(nonfinite(t)) == 0;
-}
 
 // A whole panel row of backward_panel_row (m = kPanel<T>), without masks or counts.
 inline void backward_full_panel_row(const float* g, const float* d, float* gh, Lanes16& sx, Lanes16& sh) {
