@@ -587,6 +587,9 @@ def reference_table(args, ref, peaks, torch_version, workdir):
         print(f"fma_peak just before each selfnorm run: {min(before):.1f}-{max(before):.1f} GFLOP/s ({ref.precision}); "
               f"each run's fraction of that peak: {100 * min(fractions):.0f}-{100 * max(fractions):.0f}%, "
               f"median {100 * statistics.median(fractions):.0f}%")
+    for name, variant in programs:
+        if variant is not None:
+            print(twice_as_fast_note(name, figures[name], ref.gflop, peak, ref.precision))
     products = runs["selfnorm"][0]["products"]
     figures["selfnorm"]["products"] = products
     if products == "bf16x6" and "bf16x6" in peaks:
@@ -597,6 +600,23 @@ def reference_table(args, ref, peaks, torch_version, workdir):
         print(n)
     print()
     return figures, outputs, runs["selfnorm"]
+
+
+def twice_as_fast_note(name, torch_figures, gflop, peak, precision):
+    """What running in half of PyTorch's time would take: the GFLOP/s and the fraction of the FMA peak.
+    Above 100%, no FMA product can get there on this machine; the note says so."""
+    def need(seconds):
+        rate = gflop / (seconds / 2)
+        return rate, rate / peak
+    rate, fraction = need(torch_figures["median_s"])
+    text = (f"twice as fast as {name} ({torch_figures['median_s']:.2f} s) needs {fmt_gflop(rate)} GFLOP/s, "
+            f"{100 * fraction:.0f}% of the {precision} FMA peak")
+    if torch_figures["compute_s"] is not None:
+        c_rate, c_fraction = need(torch_figures["compute_s"])
+        text += f"; on its own timing ({torch_figures['compute_s']:.2f} s), {fmt_gflop(c_rate)}, {100 * c_fraction:.0f}%"
+    if fraction > 1:
+        text += " (above the peak: out of reach for FMA products here)"
+    return text
 
 
 def display_path(p):

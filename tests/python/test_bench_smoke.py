@@ -87,3 +87,19 @@ def test_torch_best_configuration_gets_openblas_avx512_kernels_on_an_avx512_cpu(
     detected, best = bench.openblas_cores()
     got = bench.openblas_corename(blas, best)
     assert got in bench.OPENBLAS_AVX512_CORES, (detected, best, got)
+
+
+def test_twice_as_fast_note_gives_the_rate_and_says_when_it_is_above_the_peak():
+    """Half of PyTorch's time for 2000 GFLOP: 200 GFLOP/s against 20 s, 250 against 16 s of compute."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    note = bench.twice_as_fast_note("torch best", {"median_s": 20.0, "compute_s": 16.0}, 2000.0, 400.0, "float32")
+    assert "needs 200.0 GFLOP/s, 50% of the float32 FMA peak" in note, note
+    assert "(16.00 s), 250.0, 62%" in note, note
+    assert "out of reach" not in note
+    above = bench.twice_as_fast_note("torch best", {"median_s": 20.0, "compute_s": None}, 2000.0, 150.0, "float32")
+    assert "needs 200.0 GFLOP/s, 133% of the float32 FMA peak" in above, above
+    assert "own timing" not in above and "out of reach for FMA products" in above
