@@ -57,7 +57,7 @@ inline void sincos_quarter(T a, T& c, T& s) {
 // The angle is 2 pi u2 up to a constant shift, split into a quadrant and |a| <= pi/4.
 template <class T>
 inline void box_muller(T u1, T u2, T& z_cos, T& z_sin) {
-  const T r = std::sqrt(T(-2) * vmath::log(u1));
+  const T r = std::sqrt(T(-2) * vmath::log_positive(u1));
   const T t = T(4) * u2;  // in [0, 4]
   const int qi = static_cast<int>(t);  // floor, t >= 0
   const T a = (t - static_cast<T>(qi) - T(0.5)) * static_cast<T>(kHalfPi);

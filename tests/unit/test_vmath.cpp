@@ -1,9 +1,11 @@
 // Accuracy of the vectorisable elementary functions against long double references.
 #include <catch2/catch.hpp>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "core/vmath.hpp"
 #include "test_helpers.hpp"
@@ -98,6 +100,32 @@ TEST_CASE("from_uint53 converts every integer below 2^53 exactly", "[vmath]") {
     z = z * 6364136223846793005ULL + 1442695040888963407ULL;
     const std::uint64_t x = z >> 11;
     mismatches += vmath::from_uint53(x) != static_cast<double>(x);
+  }
+  CHECK(mismatches == 0);
+}
+
+TEMPLATE_TEST_CASE("log_positive is log to the bit on every finite normal number", "[vmath]", float, double) {
+  using T = TestType;
+  using U = std::conditional_t<std::is_same_v<T, float>, std::uint32_t, std::uint64_t>;
+  // The edges (the smallest normal, 1 and its neighbours, sqrt(2) where the mantissa is halved,
+  // the largest finite), then positive normal bit patterns spread over every exponent.
+  const T edges[] = {std::numeric_limits<T>::min(), std::nextafter(std::numeric_limits<T>::min(), T(1)),
+                     std::nextafter(T(1), T(0)), T(1), std::nextafter(T(1), T(2)),
+                     static_cast<T>(1.41421356237309504880L), std::nextafter(static_cast<T>(1.41421356237309504880L), T(2)),
+                     T(0.5), T(2), std::numeric_limits<T>::max()};
+  for (const T x : edges) {
+    INFO(x);
+    CHECK(std::bit_cast<U>(vmath::log_positive(x)) == std::bit_cast<U>(vmath::log(x)));
+  }
+  const U lowest = std::bit_cast<U>(std::numeric_limits<T>::min());
+  const U highest = std::bit_cast<U>(std::numeric_limits<T>::max());
+  std::uint64_t z = 0x2545F4914F6CDD1DULL;
+  int mismatches = 0;
+  for (int i = 0; i < 2000000; ++i) {
+    z = z * 6364136223846793005ULL + 1442695040888963407ULL;
+    const U bits = static_cast<U>(lowest + (z >> 11) % (highest - lowest + 1));
+    const T x = std::bit_cast<T>(bits);
+    mismatches += std::bit_cast<U>(vmath::log_positive(x)) != std::bit_cast<U>(vmath::log(x));
   }
   CHECK(mismatches == 0);
 }
