@@ -220,11 +220,48 @@ struct NextStrip {
   std::int64_t phases = 1;
 };
 
+// B ahead of the tile, into L1 (float64, AVX-512): every two steps, the kernels bring the two rows
+// of B that the step kBAhead steps later reads (four lines), and in a tile's last kBAhead steps
+// the first rows of the next tile's B (at b_next). A tile's k block of B (16.9 KB) comes from L2,
+// and the hardware prefetchers had left the kernels waiting for it. Measured with width 1024, 256
+// samples, one thread, interleaved: float64 5-6% faster forward (4 and 16 steps ahead no better
+// than 8), and with kernel_panels' whole-panel loop 4-6% faster backward; float32 forward no
+// faster, backward 3% slower (its k block of B, 66 KB, does not stay in L1 anyway). The AVX2
+// kernels run a tile in four passes and keep to the hardware prefetchers (not measured on such a
+// CPU).
+#if defined(__AVX512F__)
+inline constexpr bool kAvx512 = true;
+#else
+inline constexpr bool kAvx512 = false;
+#endif
+template <class T>
+inline constexpr bool kPrefetchB = kAvx512 && sizeof(T) == 8;
+inline constexpr std::int64_t kBAhead = 8;
+
+// Step i (from 0) of a tile whose k block of B, kc rows of kPanel<T>, is at b: brings the rows of
+// steps i + kBAhead and i + kBAhead + 1 to L1, from the next tile's B (b_next) past the block.
+template <class T>
+[[gnu::always_inline]] inline void prefetch_b(std::int64_t i, std::int64_t kc, const T* b, const T* b_next) {
+  if constexpr (kPrefetchB<T>) {
+    constexpr std::int64_t P = kPanel<T>;
+    static_assert(2 * P * sizeof(T) == 4 * 64, "two rows of B are four lines");
+    const std::int64_t ahead = i + kBAhead;
+    const char* rows = reinterpret_cast<const char*>(ahead < kc ? b + ahead * P : b_next + (ahead - kc) * P);
+    prefetch(rows);
+    prefetch(rows + 64);
+    prefetch(rows + 128);
+    prefetch(rows + 192);
+  } else {
+    (void)i, (void)kc, (void)b, (void)b_next;
+  }
+}
+
 // Micro-kernel for A as strips: a points at element (row0, p0), steps p0 .. p0 + kc. The next
-// strip's data (contiguous, at next_a) is prefetched one line every four iterations.
+// strip's data (contiguous, at next_a) is prefetched to L2 one line every four iterations, and B
+// to L1 as prefetch_b says.
 template <class T, int Rows>
 void kernel_strips(std::int64_t kc, const T* a, const T* b, T* c, std::ptrdiff_t ldc, bool accumulate,
-                   const T* next_a, const NextStrip& next) {
+                   const T* next_a, const NextStrip& next, const T* b_next) {
   constexpr std::int64_t P = kPanel<T>;
   const char* pf = nullptr;
   const char* pf_end = nullptr;
@@ -240,6 +277,7 @@ void kernel_strips(std::int64_t kc, const T* a, const T* b, T* c, std::ptrdiff_t
     tile_zero<T, rows()>(acc);
     std::int64_t p = 0;
     for (std::int64_t iter = 0; p + 2 <= kc; p += 2, ++iter) {
+      prefetch_b(p, kc, b, b_next);
       tile_step<T, 1, rows()>(acc, as, bs);
       tile_step<T, 1, rows()>(acc, as + kStrip, bs + P);
       if ((iter & 3) == 0 && pf < pf_end) {
@@ -254,24 +292,30 @@ void kernel_strips(std::int64_t kc, const T* a, const T* b, T* c, std::ptrdiff_t
   });
 }
 
-// How kernel_panels prefetches, by precision (measured, gemm_bench and the reference job):
+// How kernel_panels prefetches A, by precision (measured, gemm_bench and the reference job):
 //  - float: each call streams 66 KB of B through L1, which evicts the strip's blocks between two
 //    calls, so every call brings the following panel to L1, and the next strip's share to L2;
-//  - double: the same prefetches are twice as dense per FMA (blocks of 18 lines per 12 steps,
-//    half the flops per step) and cost more than they save: the following panel is brought to L1
-//    in the first call of a strip only (phase 0), and nothing to L2. With weights from memory
-//    (gemm_bench --cold) the backward product in float64 runs 2-5% faster that way, float32 4-10%
-//    slower.
+//  - double: the L1 prefetches are twice as dense per FMA (blocks of 18 lines per 12 steps, half
+//    the flops per step) and cost more than they save: the following panel is brought to L1 in the
+//    first call of a strip only (phase 0). With weights from memory (gemm_bench --cold) the
+//    backward product in float64 ran 2-5% faster that way, float32 4-10% slower. The next strip's
+//    share goes to L2 in every call with AVX-512, where, with the whole-panel loop and B's
+//    prefetch, it made the float64 backward product up to 3% faster again (width 1024, one
+//    thread, weights from memory, interleaved); with AVX2, not at all in float64 (as measured
+//    before both).
 template <class T>
-inline constexpr bool kPrefetchEveryCall = sizeof(T) == 4;
+inline constexpr bool kFollowingEveryCall = sizeof(T) == 4;
+template <class T>
+inline constexpr bool kNextStripToL2 = sizeof(T) == 4 || kAvx512;
 
 // Micro-kernel for A as panels of width G: a points at row row0 of panel 0, so that element
 // (row0 + r, p) is a[(p / G) * stride + r * G + p % G]; steps p0 .. p0 + kc. A panel's 12 rows
-// are 12 G contiguous elements. The next panel's are brought to L1 while this one is in use, and
-// the next strip's share of each panel (at next_a, in the same layout) to L2.
+// are 12 G contiguous elements. The next panel's are brought to L1 while this one is in use, the
+// next strip's share of each panel (at next_a, in the same layout) to L2, and B to L1 as
+// prefetch_b says.
 template <class T, std::int64_t G, int Rows>
 void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t stride, const T* b, T* c,
-                   std::ptrdiff_t ldc, bool accumulate, const T* next_a, const NextStrip& next) {
+                   std::ptrdiff_t ldc, bool accumulate, const T* next_a, const NextStrip& next, const T* b_next) {
   constexpr std::int64_t P = kPanel<T>;
   // Two steps per iteration (measured: 2 beats 1, 3 and 4, and prefetching in one burst beats
   // spreading it).
@@ -287,22 +331,72 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
     const T* bs = b + col;
     Acc<T> acc;
     tile_zero<T, rows()>(acc);
+    if constexpr (G == kStrip) {
+      // The backward product (A = W_l, its strips read as panels): k blocks start on a panel
+      // (kKBlock is a multiple of kStrip), so a tile is whole panels and a rest, walked by pointer:
+      // the same steps in the same order as the general loop below, whose index arithmetic per
+      // panel had cost the backward product 3-6% (float32 and float64, width 1024, one thread,
+      // interleaved) and kept B's prefetch from paying. With AVX-512 the panel's six pairs of
+      // steps are unrolled in float64 (4-6% faster than the loop), not in float32 (8% slower);
+      // with AVX2, whose tile is four passes, not at all (not measured there).
+      static_assert(kKBlock<T> % G == 0);
+      const std::int64_t whole = kc / G;
+      const std::int64_t panels = (kc + G - 1) / G;
+      const bool following = first && (kFollowingEveryCall<T> || next.phase == 0);
+      const T* panel = a + (p0 / G) * stride + r0() * G;
+      const char* nx = reinterpret_cast<const char*>(next_a + (p0 / G + next_panel0) * stride);
+      auto to_l2 = [&](std::int64_t i) __attribute__((always_inline)) {
+        if (first && kNextStripToL2<T> && i < next_panels) {
+          for (int l = pf_first; l < pf_last; ++l) prefetch_l2(nx + i * stride * std::ptrdiff_t(sizeof(T)) + 64 * l);
+        }
+      };
+      for (std::int64_t i = 0; i < whole; ++i, panel += stride) {
+        to_l2(i);
+        if (following && i + 1 < panels) {
+          const char* next_panel = reinterpret_cast<const char*>(panel - r0() * G + stride);
+          for (int l = 0; l < kLines; ++l) prefetch(next_panel + 64 * l);
+        }
+        auto two_steps = [&](std::int64_t q) __attribute__((always_inline)) {
+          prefetch_b(i * G + q, kc, b, b_next);
+          tile_step<T, G, rows()>(acc, panel + q, bs);
+          tile_step<T, G, rows()>(acc, panel + q + 1, bs + P);
+          bs += 2 * P;
+        };
+        if constexpr (sizeof(T) == 8 && kAvx512) {
+#pragma GCC unroll 6
+          for (std::int64_t q = 0; q < G; q += 2) two_steps(q);
+        } else {
+#pragma GCC unroll 1
+          for (std::int64_t q = 0; q < G; q += 2) two_steps(q);
+        }
+      }
+      if (whole < panels) {
+        to_l2(whole);
+        for (std::int64_t q = 0; q < kc - whole * G; ++q) {
+          tile_step<T, G, rows()>(acc, panel + q, bs);
+          bs += P;
+        }
+      }
+      tile_store<T, rows()>(acc, c + r0() * ldc + col, ldc, accumulate);
+      return;
+    }
     std::int64_t p = p0;
     while (p < end) {
       const std::int64_t g = p / G;
       const T* panel = a + g * stride + r0() * G;
       const std::int64_t q0 = p % G;
       const std::int64_t q1 = std::min<std::int64_t>(G, q0 + (end - p));
-      if (first && kPrefetchEveryCall<T> && g - p0 / G < next_panels) {
+      if (first && kNextStripToL2<T> && g - p0 / G < next_panels) {
         const char* nx = reinterpret_cast<const char*>(next_a + (g + next_panel0) * stride);
         for (int l = pf_first; l < pf_last; ++l) prefetch_l2(nx + 64 * l);
       }
       if (q0 == 0 && q1 == G) {
-        if (first && (kPrefetchEveryCall<T> || next.phase == 0) && p + G < end) {
+        if (first && (kFollowingEveryCall<T> || next.phase == 0) && p + G < end) {
           const char* following = reinterpret_cast<const char*>(a + (g + 1) * stride);
           for (int l = 0; l < kLines; ++l) prefetch(following + 64 * l);
         }
         for (std::int64_t q = 0; q < G; q += 2) {
+          prefetch_b(p - p0 + q, kc, b, b_next);
           tile_step<T, G, rows()>(acc, panel + q, bs);
           tile_step<T, G, rows()>(acc, panel + q + 1, bs + P);
           bs += 2 * P;
@@ -320,7 +414,8 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
 }
 
 // The loops around the micro-kernel: blocks of kBlockRows rows of C, k blocks, strips of the
-// block, panels of B. kern(row, p0, kc, b, c, accumulate, next) computes one tile.
+// block, panels of B. kern(row, p0, kc, b, c, accumulate, next, b_next) computes one tile; b_next is
+// the B of the tile after it.
 template <class T, class Kernel>
 void drive(std::int64_t m, std::int64_t k, std::int64_t panels, PanelView<T> b, T* c_block, RowsDone<T> done,
            const Kernel& kern) {
@@ -348,8 +443,10 @@ void drive(std::int64_t m, std::int64_t k, std::int64_t panels, PanelView<T> b, 
         }
         for (std::int64_t q = 0; q < panels; ++q) {
           next.phase = q;
+          // The next tile's B: the next panel, else the first at the next strip's k block.
+          const T* b_next = b.data + (q + 1 < panels ? (q + 1) * b.panel_stride + pc * P : next.p0 * P);
           kern(row0 + s * kStrip, pc, kc, b.data + q * b.panel_stride + pc * P, c_block + s * kStrip * ldc + q * P,
-               ldc, pc > 0, next);
+               ldc, pc > 0, next, b_next);
         }
       }
     }
@@ -395,11 +492,11 @@ void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, StripView<T> a, P
   check_b(b);
   drive<T>(m, k, panels, b, c_block, done,
            [&](std::int64_t row, std::int64_t p0, std::int64_t kc, const T* bp, T* c, std::ptrdiff_t ldc, bool acc,
-               const NextStrip& next) {
+               const NextStrip& next, const T* b_next) {
              auto at = [&](std::int64_t r, std::int64_t p) { return a.data + (r / kStrip) * a.strip_stride + p * kStrip; };
              const T* next_a = next.valid ? at(next.row, next.p0) : nullptr;
              with_tile_rows(m - row, [&](auto rows) {
-               kernel_strips<T, rows()>(kc, at(row, p0), bp, c, ldc, acc, next_a, next);
+               kernel_strips<T, rows()>(kc, at(row, p0), bp, c, ldc, acc, next_a, next, b_next);
              });
            });
 }
@@ -411,11 +508,11 @@ void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, PanelView<T> a, P
   auto run = [&]<std::int64_t G>(std::integral_constant<std::int64_t, G>) {
     drive<T>(m, k, panels, b, c_block, done,
              [&](std::int64_t row, std::int64_t p0, std::int64_t kc, const T* bp, T* c, std::ptrdiff_t ldc, bool acc,
-                 const NextStrip& next) {
+                 const NextStrip& next, const T* b_next) {
                const T* ap = a.data + row * G;
                const T* next_a = a.data + next.row * G;
                with_tile_rows(m - row, [&](auto rows) {
-                 kernel_panels<T, G, rows()>(p0, kc, ap, a.panel_stride, bp, c, ldc, acc, next_a, next);
+                 kernel_panels<T, G, rows()>(p0, kc, ap, a.panel_stride, bp, c, ldc, acc, next_a, next, b_next);
                });
              });
   };
