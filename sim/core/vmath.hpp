@@ -197,9 +197,12 @@ inline T log_normal_range(T xs, T exponent_offset) {
   using U = typename Tr::UInt;
   constexpr U mantissa_mask = (U(1) << Tr::mantissa_bits) - 1;
   const U bits = std::bit_cast<U>(xs);
-  T m = std::bit_cast<T>((bits & mantissa_mask) | std::bit_cast<U>(T(1)));
-  const bool big = m > static_cast<T>(1.41421356237309504880);
-  m = big ? m * T(0.5) : m;
+  const U m_bits = (bits & mantissa_mask) | std::bit_cast<U>(T(1));
+  const bool big = std::bit_cast<T>(m_bits) > static_cast<T>(1.41421356237309504880);
+  // m in [sqrt(1/2), sqrt(2)): halved where big, by one off the exponent field (exact, as m * 0.5
+  // is). Written as a select of m * 0.5 and m, GCC 12 carried both alternatives through the
+  // division below: two divisions per vector, and the divider bounds the normal generator.
+  const T m = std::bit_cast<T>(m_bits - (static_cast<U>(big) << Tr::mantissa_bits));
   // The exponent field placed in the mantissa of 2^mantissa_bits and read back as T: an exact
   // conversion in operations that vectorise (without AVX-512 there is no vector conversion of
   // 64-bit integers, and static_cast<double>(int64) kept callers' loops scalar).
