@@ -335,10 +335,12 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
       // The backward product (A = W_l, its strips read as panels): k blocks start on a panel
       // (kKBlock is a multiple of kStrip), so a tile is whole panels and a rest, walked by pointer:
       // the same steps in the same order as the general loop below, whose index arithmetic per
-      // panel had cost the backward product 3-6% (float32 and float64, width 1024, one thread,
-      // interleaved) and kept B's prefetch from paying. With AVX-512 the panel's six pairs of
-      // steps are unrolled in float64 (4-6% faster than the loop), not in float32 (8% slower);
-      // with AVX2, whose tile is four passes, not at all (not measured there).
+      // panel had cost the backward product 3-6% (AVX-512, float32 and float64, width 1024, one
+      // thread, interleaved) and kept B's prefetch from paying; the AVX2 kernels (built with
+      // -march=haswell, run on the same Intel CPU, 2 threads, weights from memory) gained 12%
+      // (float64) and 19% (float32). With AVX-512 the panel's six pairs of steps are unrolled in
+      // float64 (4-6% faster than the loop), not in float32 (8% slower); with AVX2, whose tile is
+      // four passes, not at all.
       static_assert(kKBlock<T> % G == 0);
       const std::int64_t whole = kc / G;
       const std::int64_t panels = (kc + G - 1) / G;
