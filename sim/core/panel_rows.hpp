@@ -445,9 +445,9 @@ template <class T>
 inline std::int64_t backward_row(const T* g, const T* d, std::int64_t count, T* gh, std::ptrdiff_t gh_stride,
                                  Lanes16& sx, Lanes16& sh) {
   constexpr std::int64_t P = kPanel<T>;
-  const std::int64_t full = count / P;
   std::int64_t bad = 0;
 #if defined(__AVX2__) && !defined(__AVX512F__)
+  const std::int64_t full = count / P;
   for (std::int64_t q = 0; q < full; ++q) panel_detail::backward_full_panel_row(g + q * P, d + q * P, gh + q * gh_stride, sx, sh);
   if (full * P < count) {
     bad += backward_panel_row(g + full * P, d + full * P, gh + full * gh_stride, static_cast<int>(count - full * P), sx, sh);
