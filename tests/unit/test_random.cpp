@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/init.hpp"
@@ -68,6 +71,52 @@ TEMPLATE_TEST_CASE("normal streams have the moments of N(0, 1)", "[random]", flo
   // Tail: P(|z| > 3) = 0.0026998.
   const double p = 0.0026997960632601866;
   CHECK(std::abs(static_cast<double>(beyond3) / n - p) < kSigma * std::sqrt(p * (1 - p) / n));
+}
+
+// The uniforms of pair p of a normal stream, exactly as random.hpp defines them: float streams
+// take one word per pair (its high and low 32 bits), double streams two words (53 bits each).
+template <class T>
+void pair_uniforms(std::uint64_t key, std::uint64_t p, T& u1, T& u2) {
+  if constexpr (std::is_same_v<T, float>) {
+    const std::uint64_t w = stream_word(key, p);
+    u1 = (static_cast<float>(static_cast<std::uint32_t>(w >> 32)) + 0.5f) * 0x1.0p-32f;
+    u2 = static_cast<float>(static_cast<std::uint32_t>(w)) * 0x1.0p-32f;
+    u1 = std::min(u1, 1.0f);  // the rounding up to 1 that random.cpp clamps
+  } else {
+    u1 = uniform_open(stream_word(key, 2 * p));
+    u2 = static_cast<double>(stream_word(key, 2 * p + 1) >> 11) * 0x1.0p-53;
+  }
+}
+
+TEMPLATE_TEST_CASE("normal streams are Box-Muller of their uniforms, to a few ulp", "[random]", float, double) {
+  // Element 128 g + k is r cos(theta) and element 128 g + 64 + k is r sin(theta) of pair
+  // p = 64 g + k, with r = sqrt(-2 log u1) and theta = 2 pi u2 - pi / 4 (random.cpp's quadrant
+  // split, a = (4 u2 - floor(4 u2) - 1/2) pi / 2 rotated by a quarter turn per quadrant). The
+  // reference is computed in long double from the same uniforms. Each of log, sqrt, the angle and
+  // sin/cos is within 2 ulp of its value, so an element is within a few ulp of r: 8 ulp of r
+  // passes, a wrong coefficient or quadrant does not.
+  using T = TestType;
+  const std::uint64_t key = stream_key(3, 1, StreamKind::weights, 4, 7);
+  const std::size_t n = 128 * 600;
+  std::vector<T> z(n);
+  fill_normal<T>(key, 0, n, z.data(), T(0), T(1));
+  const long double two_pi = 6.283185307179586476925286766559L;
+  const long double quarter_pi = 0.785398163397448309615660845819876L;
+  double worst = 0;  // the largest error, in ulp of r
+  for (std::size_t g = 0; g < n / 128; ++g) {
+    for (std::size_t k = 0; k < 64; ++k) {
+      T u1, u2;
+      pair_uniforms<T>(key, 64 * g + k, u1, u2);
+      const long double r = std::sqrt(-2.0L * std::log(static_cast<long double>(u1)));
+      const long double theta = two_pi * static_cast<long double>(u2) - quarter_pi;
+      const long double ulp_r = r * std::numeric_limits<T>::epsilon();
+      if (r == 0) continue;  // u1 = 1: both elements 0, checked below
+      worst = std::max(worst, static_cast<double>(std::abs(z[128 * g + k] - r * std::cos(theta)) / ulp_r));
+      worst = std::max(worst, static_cast<double>(std::abs(z[128 * g + 64 + k] - r * std::sin(theta)) / ulp_r));
+    }
+  }
+  INFO("largest error " << worst << " ulp of r");
+  CHECK(worst <= 8);
 }
 
 TEST_CASE("normal streams pass a Kolmogorov-Smirnov test", "[random]") {
