@@ -326,6 +326,19 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
   const std::int64_t next_panel0 = next.p0 / G - p0 / G;  // the next strip's panel for this one's first
   const std::int64_t next_panels = next.valid ? (next.p0 + next.kc + G - 1) / G - next.p0 / G : 0;
   const std::int64_t end = p0 + kc;
+  // While panel g (0-based from p0's) is in use: the next strip's share of its panel to L2, and
+  // (at `panel`, this tile's rows of panel g) the following panel to L1.
+  auto next_strip_to_l2 = [&](std::int64_t g) __attribute__((always_inline)) {
+    if (kNextStripToL2<T> && g < next_panels) {
+      const char* nx = reinterpret_cast<const char*>(next_a + (p0 / G + g + next_panel0) * stride);
+      for (int l = pf_first; l < pf_last; ++l) prefetch_l2(nx + 64 * l);
+    }
+  };
+  auto following_to_l1 = [&](const T* panel) __attribute__((always_inline)) {
+    const char* following = reinterpret_cast<const char*>(panel + stride);
+    for (int l = 0; l < kLines; ++l) prefetch(following + 64 * l);
+  };
+  const bool following = kFollowingEveryCall<T> || next.phase == 0;
   // The prefetches are issued while the first sub-tile runs.
   for_each_subtile<T, Rows>([&](auto r0, auto rows, int col, bool first) __attribute__((always_inline)) {
     const T* bs = b + col;
@@ -344,20 +357,10 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
       static_assert(kKBlock<T> % G == 0);
       const std::int64_t whole = kc / G;
       const std::int64_t panels = (kc + G - 1) / G;
-      const bool following = first && (kFollowingEveryCall<T> || next.phase == 0);
       const T* panel = a + (p0 / G) * stride + r0() * G;
-      const char* nx = reinterpret_cast<const char*>(next_a + (p0 / G + next_panel0) * stride);
-      auto to_l2 = [&](std::int64_t i) __attribute__((always_inline)) {
-        if (first && kNextStripToL2<T> && i < next_panels) {
-          for (int l = pf_first; l < pf_last; ++l) prefetch_l2(nx + i * stride * std::ptrdiff_t(sizeof(T)) + 64 * l);
-        }
-      };
       for (std::int64_t i = 0; i < whole; ++i, panel += stride) {
-        to_l2(i);
-        if (following && i + 1 < panels) {
-          const char* next_panel = reinterpret_cast<const char*>(panel - r0() * G + stride);
-          for (int l = 0; l < kLines; ++l) prefetch(next_panel + 64 * l);
-        }
+        if (first) next_strip_to_l2(i);
+        if (first && following && i + 1 < panels) following_to_l1(panel - r0() * G);
         auto two_steps = [&](std::int64_t q) __attribute__((always_inline)) {
           prefetch_b(i * G + q, kc, b, b_next);
           tile_step<T, G, rows()>(acc, panel + q, bs);
@@ -373,7 +376,7 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
         }
       }
       if (whole < panels) {
-        to_l2(whole);
+        if (first) next_strip_to_l2(whole);
         for (std::int64_t q = 0; q < kc - whole * G; ++q) {
           tile_step<T, G, rows()>(acc, panel + q, bs);
           bs += P;
@@ -388,15 +391,9 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
       const T* panel = a + g * stride + r0() * G;
       const std::int64_t q0 = p % G;
       const std::int64_t q1 = std::min<std::int64_t>(G, q0 + (end - p));
-      if (first && kNextStripToL2<T> && g - p0 / G < next_panels) {
-        const char* nx = reinterpret_cast<const char*>(next_a + (g + next_panel0) * stride);
-        for (int l = pf_first; l < pf_last; ++l) prefetch_l2(nx + 64 * l);
-      }
+      if (first) next_strip_to_l2(g - p0 / G);
       if (q0 == 0 && q1 == G) {
-        if (first && (kFollowingEveryCall<T> || next.phase == 0) && p + G < end) {
-          const char* following = reinterpret_cast<const char*>(a + (g + 1) * stride);
-          for (int l = 0; l < kLines; ++l) prefetch(following + 64 * l);
-        }
+        if (first && following && p + G < end) following_to_l1(a + g * stride);
         for (std::int64_t q = 0; q < G; q += 2) {
           prefetch_b(p - p0 + q, kc, b, b_next);
           tile_step<T, G, rows()>(acc, panel + q, bs);
