@@ -110,7 +110,7 @@ TEMPLATE_TEST_CASE("normal streams are Box-Muller of their uniforms, to a few ul
       const long double r = std::sqrt(-2.0L * std::log(static_cast<long double>(u1)));
       const long double theta = two_pi * static_cast<long double>(u2) - quarter_pi;
       const long double ulp_r = r * std::numeric_limits<T>::epsilon();
-      if (r == 0) continue;  // u1 = 1: both elements 0, checked below
+      if (r == 0) continue;  // u1 rounded to 1 (float): r = 0, no ulp of r to measure against
       worst = std::max(worst, static_cast<double>(std::abs(z[128 * g + k] - r * std::cos(theta)) / ulp_r));
       worst = std::max(worst, static_cast<double>(std::abs(z[128 * g + 64 + k] - r * std::sin(theta)) / ulp_r));
     }
