@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import BIN, ROOT
 
 BENCH = ROOT / "scripts" / "bench" / "bench.py"
@@ -103,3 +105,36 @@ def test_twice_as_fast_note_gives_the_rate_and_says_when_it_is_above_the_peak():
     above = bench.twice_as_fast_note("torch best", {"median_s": 20.0, "compute_s": None}, 2000.0, 150.0, "float32")
     assert "needs 200.0 GFLOP/s, 133% of the float32 FMA peak" in above, above
     assert "own timing" not in above and "out of reach for FMA products" in above
+
+
+PEER = ROOT / "scripts" / "bench" / "blas_peer.py"
+
+
+def test_blas_peer_smoke_prints_both_sides_and_writes_json(selfnorm_bin, tmp_path):
+    gemm_bench = BIN.parent / "gemm_bench"
+    if not gemm_bench.exists():
+        pytest.skip(f"gemm_bench is not built beside {BIN}")
+    out = tmp_path / "peer.json"
+    r = subprocess.run([sys.executable, str(PEER), "--smoke", "--threads", "2", "--gemm-bench", str(gemm_bench),
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for precision in ("float32", "float64"):
+        for direction in ("forward", "backward"):
+            assert f"| {precision} | {direction} |" in r.stdout
+    report = json.loads(out.read_text())
+    assert [(x["precision"], x["direction"]) for x in report["results"]] == [
+        ("float32", "forward"), ("float32", "backward"), ("float64", "forward"), ("float64", "backward")]
+    assert all(len(x["selfnorm_gflops"]) == 1 and x["selfnorm_gflops"][0] > 0 for x in report["results"])
+    if importlib.util.find_spec("torch") is None:
+        assert report["peer_skipped"] and "peer      skipped" in r.stdout
+        assert all(x["blas_gflops"] == [] for x in report["results"])
+    else:
+        assert report["peer_skipped"] is None
+        assert all(len(x["blas_gflops"]) == 1 and x["blas_gflops"][0] > 0 for x in report["results"])
+
+
+def test_blas_peer_names_a_missing_gemm_bench(tmp_path):
+    r = subprocess.run([sys.executable, str(PEER), "--smoke", "--gemm-bench", str(tmp_path / "missing")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "gemm_bench not found at" in r.stderr and "--gemm-bench PATH" in r.stderr
