@@ -163,7 +163,10 @@ def main(argv=None):
     print("|" + "|".join("---" for _ in header) + "|")
     for precision, direction, ours, theirs in rows:
         top = peak[f"{precision}_gflops"] if peak else None
-        frac = lambda v: f"{statistics.median(v) / top:.0%}" if (v and top) else "-"  # noqa: E731
+
+        def frac(values):
+            return f"{statistics.median(values) / top:.0%}" if (values and top) else "-"
+
         ratio = f"{statistics.median(ours) / statistics.median(theirs):.2f}" if theirs else "-"
         print("| " + " | ".join((precision, direction, *cell(ours), frac(ours), *cell(theirs), frac(theirs), ratio))
               + " |")
