@@ -9,10 +9,11 @@ selfnorm's side is build/gemm_bench: each of T threads multiplies its own block 
 the shared weights (n x n), on the FMA kernels (--matmul fma), as a run does in samples mode. The
 peer is the product a PyTorch user would write for the same batch of T R samples: one
 torch.matmul on T threads, which Debian's torch hands to OpenBLAS (forward X W, backward
-dL/dH W^T, as scripts/bench/torch_reference.py multiplies). Both get the best configuration
-torch_reference.py found (OMP_WAIT_POLICY=PASSIVE, OpenBLAS's pool at T threads, its AVX-512
-kernels), and with --cold both cycle through enough weight matrices (64 MiB and more) that every
-product reads its weights from memory, as a run does.
+dL/dH W^T, as scripts/bench/torch_reference.py multiplies). The peer runs in bench.py's best
+PyTorch configuration, set up by torch_reference.py's own code: OMP_WAIT_POLICY=PASSIVE, OpenBLAS's
+pool at T threads, and OPENBLAS_CORETYPE unset, or SkylakeX where OpenBLAS does not recognise an
+AVX-512 CPU. With --cold both sides cycle through enough weight matrices (64 MiB and more) that
+every product reads its weights from memory, as a run does.
 
 Each figure is GFLOP/s over the whole product (2 n^2 T R flop), median of K products; the M
 rounds alternate selfnorm and the peer, so that a burst of load from another process hits both,
@@ -30,6 +31,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (the peak probe, the torch check and PyTorch's best OpenBLAS core type)
+import torch_reference  # noqa: E402  (the environment of PyTorch's best configuration)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--json", type=Path, help="write every measurement here")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, one round (checks the script, not speed)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--openblas-coretype", default="unset", help=argparse.SUPPRESS)  # the worker's
     args = p.parse_args(argv)
     for name in ("width", "rows", "threads", "repeat", "rounds"):
         if getattr(args, name) < 1:
@@ -60,7 +66,10 @@ def parse_args(argv=None):
 
 def worker(args):
     """The peer's side, in its own process: prints one JSON line like gemm_bench's."""
-    import torch  # the environment is set by the parent before this process starts
+    torch_reference.set_environment(argparse.Namespace(openblas_coretype=args.openblas_coretype,
+                                                       omp_wait_policy="PASSIVE", blas_threads=None,
+                                                       threads=args.threads))
+    import torch  # after set_environment: OpenBLAS and libgomp read the environment when they load
 
     torch.set_num_threads(args.threads)
     dtype = torch.float64 if args.precision == "float64" else torch.float32
@@ -87,23 +96,11 @@ def worker(args):
                       "matrices": count, "torch": torch.__version__}))
 
 
-def run_json(cmd, env=None):
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def run_json(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed (exit {r.returncode}): {r.stderr.strip()[-500:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def peer_environment(threads):
-    env = dict(os.environ)
-    env.pop("OPENBLAS_CORETYPE", None)
-    env.update({"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)})
-    return env
-
-
-def torch_missing():
-    r = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True)
-    return None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["import torch failed"])[-1]
 
 
 def main(argv=None):
@@ -115,9 +112,9 @@ def main(argv=None):
         print(f"blas_peer.py: gemm_bench not found at {args.gemm_bench}; build the project first "
               f"(cmake --build build) or pass --gemm-bench PATH", file=sys.stderr)
         return 2
-    peak_bin = args.gemm_bench.parent / "fma_peak"
-    peak = run_json([peak_bin, "--threads", str(args.threads)]) if peak_bin.is_file() else None
-    missing = torch_missing()
+    peak, peak_source = bench.measure_peak(args.gemm_bench, args.threads)
+    missing = None if bench.torch_available() else f"torch is not importable under {sys.executable}"
+    coretype = "unset" if missing else bench.openblas_cores()[1]
     precisions = ("float32", "float64") if args.precision == "both" else (args.precision,)
     directions = ("forward", "backward") if args.direction == "both" else (args.direction,)
 
@@ -126,12 +123,12 @@ def main(argv=None):
     print(f"  date      {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
     print(f"  shapes    weights {args.width} x {args.width}, {args.rows} samples per thread, {args.threads} threads "
           f"({args.rows * args.threads} samples), {'weights from memory' if args.cold else 'weights in cache'}")
-    if peak:
-        print(f"  peak      float32 {peak['float32_gflops']} GFLOP/s, float64 {peak['float64_gflops']} "
-              f"(build/fma_peak, {peak['isa']} FMAs on {args.threads} threads)")
+    print(f"  peak      float32 {peak['float32']:.1f} GFLOP/s, float64 {peak['float64']:.1f} ({peak_source})")
     print(f"  runs      {args.rounds} round{'s' if args.rounds != 1 else ''}, each side alternately, each the median of {args.repeat} products")
     if missing:
         print(f"  peer      skipped: {missing}")
+    else:
+        print(f"  peer      torch.matmul, OPENBLAS_CORETYPE={bench.coretype_label(coretype)}, OMP_WAIT_POLICY=PASSIVE")
     print()
 
     rows, record = [], []
@@ -146,8 +143,8 @@ def main(argv=None):
                 if not missing:
                     cmd = [sys.executable, __file__, "--worker", "--precision", precision, "--direction", direction,
                            "--width", str(args.width), "--rows", str(args.rows), "--threads", str(args.threads),
-                           "--repeat", str(args.repeat)] + (["--cold"] if args.cold else [])
-                    theirs.append(run_json(cmd, env=peer_environment(args.threads))["gflops"])
+                           "--repeat", str(args.repeat), "--openblas-coretype", coretype] + (["--cold"] if args.cold else [])
+                    theirs.append(run_json(cmd)["gflops"])
             rows.append((precision, direction, ours, theirs))
             record.append({"precision": precision, "direction": direction, "selfnorm_gflops": ours,
                            "blas_gflops": theirs})
@@ -162,18 +159,17 @@ def main(argv=None):
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for precision, direction, ours, theirs in rows:
-        top = peak[f"{precision}_gflops"] if peak else None
-
         def frac(values):
-            return f"{statistics.median(values) / top:.0%}" if (values and top) else "-"
+            return f"{statistics.median(values) / peak[precision]:.0%}" if values else "-"
 
         ratio = f"{statistics.median(ours) / statistics.median(theirs):.2f}" if theirs else "-"
         print("| " + " | ".join((precision, direction, *cell(ours), frac(ours), *cell(theirs), frac(theirs), ratio))
               + " |")
     print("(selfnorm: build/gemm_bench --matmul fma, each thread its own samples; BLAS: one torch.matmul over "
-          "all samples on the same threads; 'of peak' of the fma_peak reading above)")
+          "all samples on the same threads; 'of peak' of the peak above)")
     if args.json:
-        args.json.write_text(json.dumps({"peak": peak, "peer_skipped": missing, "width": args.width,
+        args.json.write_text(json.dumps({"peak": peak, "peak_source": peak_source, "peer_skipped": missing,
+                                         "openblas_coretype": coretype, "width": args.width,
                                          "rows": args.rows, "threads": args.threads, "cold": args.cold,
                                          "results": record}, indent=1))
     return 0
