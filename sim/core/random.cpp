@@ -16,16 +16,6 @@ constexpr int kPairs = 64;
 constexpr int kGroup = 2 * kPairs;   // elements per group
 constexpr double kHalfPi = 1.57079632679489661923;
 
-// x < 2^53 as a double, exactly: AVX-512 converts 64-bit integers in one instruction; elsewhere
-// vmath::from_uint53 gives the same value in operations every vector ISA has.
-inline double to_double53(std::uint64_t x) {
-#if defined(__AVX512DQ__)
-  return static_cast<double>(x);
-#else
-  return vmath::from_uint53(x);
-#endif
-}
-
 // cos and sin of a, |a| <= pi/4, by Taylor series truncated below half an ulp.
 template <class T>
 inline void sincos_quarter(T a, T& c, T& s) {
@@ -87,7 +77,8 @@ template <class T>
 inline void normal_group(std::uint64_t key, std::uint64_t g, T* out) {
   T u1[kPairs], u2[kPairs];
   if constexpr (std::is_same_v<T, float>) {
-    std::uint64_t z = key + (g * kPairs + 1) * kGolden;  // stream_word(key, g kPairs + k), k = 0, 1, ...
+    // Words g kPairs + k, their arguments carried along by addition (random.hpp).
+    std::uint64_t z = stream_argument(key, g * kPairs);
     for (int k = 0; k < kPairs; ++k, z += kGolden) {
       const std::uint64_t w = mix64(z);
       const auto hi = static_cast<std::uint32_t>(w >> 32);
@@ -96,13 +87,12 @@ inline void normal_group(std::uint64_t key, std::uint64_t g, T* out) {
       u2[k] = static_cast<float>(lo) * 0x1.0p-32f;
     }
   } else {
-    // stream_word(key, i) mixes key + (i + 1) kGolden: the argument steps by kGolden, so it is
-    // carried along by addition (the same words, without a 64-bit multiply per word).
-    std::uint64_t z = key + (2 * g * kPairs + 1) * kGolden;
+    // Words 2 (g kPairs + k) and the next, their arguments carried along by addition (random.hpp).
+    std::uint64_t z = stream_argument(key, 2 * g * kPairs);
     for (int k = 0; k < kPairs; ++k, z += 2 * kGolden) {
       // uniform_open and the 53-bit uniform on [0, 1), with the conversion that vectorises.
-      u1[k] = (to_double53(mix64(z) >> 11) + 0.5) * 0x1.0p-53;
-      u2[k] = to_double53(mix64(z + kGolden) >> 11) * 0x1.0p-53;
+      u1[k] = (vmath::from_uint53(mix64(z) >> 11) + 0.5) * 0x1.0p-53;
+      u2[k] = vmath::from_uint53(mix64(z + kGolden) >> 11) * 0x1.0p-53;
     }
   }
   for (int k = 0; k < kPairs; ++k) {

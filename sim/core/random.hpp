@@ -47,10 +47,12 @@ constexpr std::uint64_t stream_key(std::uint64_t seed, std::uint64_t point, Stre
   return h;
 }
 
+// What stream_word(key, i) mixes. Element i + 1's is element i's plus kGolden (mod 2^64), so a
+// run of consecutive words can carry it along by addition.
+constexpr std::uint64_t stream_argument(std::uint64_t key, std::uint64_t i) { return key + (i + 1) * kGolden; }
+
 // The i-th 64-bit word of stream `key`.
-constexpr std::uint64_t stream_word(std::uint64_t key, std::uint64_t i) {
-  return mix64(key + (i + 1) * kGolden);
-}
+constexpr std::uint64_t stream_word(std::uint64_t key, std::uint64_t i) { return mix64(stream_argument(key, i)); }
 
 // out[j] = mean + stddev * z[first + j] for j < count, z the stream's standard normals.
 template <class T>

@@ -177,14 +177,28 @@ inline void exp_expm1(T x, T& e, T& em1_out) {
   em1_out = std::fma(scale, em1, scale - T(1));
 }
 
+namespace detail {
+
 // x < 2^53 as a double, exactly, in operations every vector ISA has: 2 (x >> 1) + (x & 1), each
-// part placed in the mantissa of 2^52. Without AVX-512 there is no vector conversion of 64-bit
-// integers, and a plain static_cast keeps the loop around it scalar.
-constexpr double from_uint53(std::uint64_t x) {
+// part placed in the mantissa of 2^52.
+constexpr double from_uint53_parts(std::uint64_t x) {
   constexpr std::uint64_t two52 = 0x4330000000000000ULL;  // the bits of 2^52
   const double half = std::bit_cast<double>((x >> 1) | two52) - 0x1.0p52;
   const double low = std::bit_cast<double>((x & 1) | two52) - 0x1.0p52;
   return 2.0 * half + low;
+}
+
+}  // namespace detail
+
+// x < 2^53 as a double, exactly, in a form that vectorises. AVX-512 (DQ) converts 64-bit integers
+// in one instruction. Without it there is no vector conversion of 64-bit integers, and a plain
+// static_cast keeps the loop around it scalar: detail::from_uint53_parts gives the same value.
+constexpr double from_uint53(std::uint64_t x) {
+#if defined(__AVX512DQ__)
+  return static_cast<double>(x);
+#else
+  return detail::from_uint53_parts(x);
+#endif
 }
 
 namespace detail {
