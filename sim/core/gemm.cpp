@@ -344,6 +344,18 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
     const T* bs = b + col;
     Acc<T> acc;
     tile_zero<T, rows()>(acc);
+    // Steps `step` and step + 1 of the tile (A's at `at` and at + 1 in their panel), with B's
+    // prefetch; and one step alone.
+    auto two_steps = [&](const T* at, std::int64_t step) __attribute__((always_inline)) {
+      prefetch_b(step, kc, b, b_next);
+      tile_step<T, G, rows()>(acc, at, bs);
+      tile_step<T, G, rows()>(acc, at + 1, bs + P);
+      bs += 2 * P;
+    };
+    auto one_step = [&](const T* at) __attribute__((always_inline)) {
+      tile_step<T, G, rows()>(acc, at, bs);
+      bs += P;
+    };
     if constexpr (G == kStrip) {
       // The backward product (A = W_l, its strips read as panels): k blocks start on a panel
       // (kKBlock is a multiple of kStrip), so a tile is whole panels and a rest, walked by pointer:
@@ -361,52 +373,34 @@ void kernel_panels(std::int64_t p0, std::int64_t kc, const T* a, std::ptrdiff_t 
       for (std::int64_t i = 0; i < whole; ++i, panel += stride) {
         if (first) next_strip_to_l2(i);
         if (first && following && i + 1 < panels) following_to_l1(panel - r0() * G);
-        auto two_steps = [&](std::int64_t q) __attribute__((always_inline)) {
-          prefetch_b(i * G + q, kc, b, b_next);
-          tile_step<T, G, rows()>(acc, panel + q, bs);
-          tile_step<T, G, rows()>(acc, panel + q + 1, bs + P);
-          bs += 2 * P;
-        };
         if constexpr (sizeof(T) == 8 && kAvx512) {
 #pragma GCC unroll 6
-          for (std::int64_t q = 0; q < G; q += 2) two_steps(q);
+          for (std::int64_t q = 0; q < G; q += 2) two_steps(panel + q, i * G + q);
         } else {
 #pragma GCC unroll 1
-          for (std::int64_t q = 0; q < G; q += 2) two_steps(q);
+          for (std::int64_t q = 0; q < G; q += 2) two_steps(panel + q, i * G + q);
         }
       }
       if (whole < panels) {
         if (first) next_strip_to_l2(whole);
-        for (std::int64_t q = 0; q < kc - whole * G; ++q) {
-          tile_step<T, G, rows()>(acc, panel + q, bs);
-          bs += P;
-        }
+        for (std::int64_t q = 0; q < kc - whole * G; ++q) one_step(panel + q);
       }
-      tile_store<T, rows()>(acc, c + r0() * ldc + col, ldc, accumulate);
-      return;
-    }
-    std::int64_t p = p0;
-    while (p < end) {
-      const std::int64_t g = p / G;
-      const T* panel = a + g * stride + r0() * G;
-      const std::int64_t q0 = p % G;
-      const std::int64_t q1 = std::min<std::int64_t>(G, q0 + (end - p));
-      if (first) next_strip_to_l2(g - p0 / G);
-      if (q0 == 0 && q1 == G) {
-        if (first && following && p + G < end) following_to_l1(a + g * stride);
-        for (std::int64_t q = 0; q < G; q += 2) {
-          prefetch_b(p - p0 + q, kc, b, b_next);
-          tile_step<T, G, rows()>(acc, panel + q, bs);
-          tile_step<T, G, rows()>(acc, panel + q + 1, bs + P);
-          bs += 2 * P;
+    } else {
+      std::int64_t p = p0;
+      while (p < end) {
+        const std::int64_t g = p / G;
+        const T* panel = a + g * stride + r0() * G;
+        const std::int64_t q0 = p % G;
+        const std::int64_t q1 = std::min<std::int64_t>(G, q0 + (end - p));
+        if (first) next_strip_to_l2(g - p0 / G);
+        if (q0 == 0 && q1 == G) {
+          if (first && following && p + G < end) following_to_l1(a + g * stride);
+          for (std::int64_t q = 0; q < G; q += 2) two_steps(panel + q, p - p0 + q);
+        } else {
+          for (std::int64_t q = q0; q < q1; ++q) one_step(panel + q);
         }
-      } else {
-        for (std::int64_t q = q0; q < q1; ++q) {
-          tile_step<T, G, rows()>(acc, panel + q, bs);
-          bs += P;
-        }
+        p += q1 - q0;
       }
-      p += q1 - q0;
     }
     tile_store<T, rows()>(acc, c + r0() * ldc + col, ldc, accumulate);
   });
