@@ -16,7 +16,6 @@
 
 #include <sys/mman.h>
 
-
 #include "core/amx.hpp"
 #include "core/gemm.hpp"
 #include "core/init.hpp"
