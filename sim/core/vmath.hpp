@@ -124,35 +124,39 @@ inline T expm1_reduced(T r) {
   }
 }
 
-// e^x.
+// x clamped to the range where e^x is finite and not zero, and reduced: e^x = 2^n e^r with
+// |r| <= ln2/2, and 2^n = s1 s2 (two factors, each a normal number; their product is 0 or inf at
+// the ends of the range). A NaN x stays in r.
 template <class T>
-inline T exp(T x) {
+inline void reduce_exp(T x, T& r, T& s1, T& s2) {
   using Tr = FloatTraits<T>;
   using I = typename Tr::Int;
   x = clamp_keep_nan<T>(x, Tr::exp_min, Tr::exp_max);
-  T nf, r;
+  T nf;
   reduce_ln2(x, nf, r);
-  nf = (nf != nf) ? T(0) : nf;  // NaN stays in r; keep the integer conversion defined
+  nf = (nf != nf) ? T(0) : nf;  // keep the integer conversion defined
   const I n = integer_of(nf);
   const I n1 = n >> 1;
-  const I n2 = n - n1;
+  s1 = pow2i<T>(n1);
+  s2 = pow2i<T>(n - n1);
+}
+
+// e^x.
+template <class T>
+inline T exp(T x) {
+  T r, s1, s2;
+  reduce_exp(x, r, s1, s2);
   const T p = expm1_reduced(r) + T(1);
-  return p * pow2i<T>(n1) * pow2i<T>(n2);
+  // One factor at a time: p 2^n rounds once, where the product 2^n alone could underflow.
+  return p * s1 * s2;
 }
 
 // e^x - 1, accurate for small |x|.
 template <class T>
 inline T expm1(T x) {
-  using Tr = FloatTraits<T>;
-  using I = typename Tr::Int;
-  x = clamp_keep_nan<T>(x, Tr::exp_min, Tr::exp_max);
-  T nf, r;
-  reduce_ln2(x, nf, r);
-  nf = (nf != nf) ? T(0) : nf;  // NaN stays in r; keep the integer conversion defined
-  const I n = integer_of(nf);
-  const I n1 = n >> 1;
-  const I n2 = n - n1;
-  const T scale = pow2i<T>(n1) * pow2i<T>(n2);  // 2^n, 0 or inf at the ends
+  T r, s1, s2;
+  reduce_exp(x, r, s1, s2);
+  const T scale = s1 * s2;  // 2^n, 0 or inf at the ends
   const T em1 = expm1_reduced(r);
   // 2^n (em1 + 1) - 1 = 2^n em1 + (2^n - 1); exact when n = 0.
   return std::fma(scale, em1, scale - T(1));
@@ -162,16 +166,9 @@ inline T expm1(T x) {
 // relative accuracy of small e^x).
 template <class T>
 inline void exp_expm1(T x, T& e, T& em1_out) {
-  using Tr = FloatTraits<T>;
-  using I = typename Tr::Int;
-  x = clamp_keep_nan<T>(x, Tr::exp_min, Tr::exp_max);
-  T nf, r;
-  reduce_ln2(x, nf, r);
-  nf = (nf != nf) ? T(0) : nf;
-  const I n = integer_of(nf);
-  const I n1 = n >> 1;
-  const I n2 = n - n1;
-  const T scale = pow2i<T>(n1) * pow2i<T>(n2);
+  T r, s1, s2;
+  reduce_exp(x, r, s1, s2);
+  const T scale = s1 * s2;  // 2^n, 0 or inf at the ends
   const T em1 = expm1_reduced(r);
   e = (em1 + T(1)) * scale;
   em1_out = std::fma(scale, em1, scale - T(1));
