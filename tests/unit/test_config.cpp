@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "config_helpers.hpp"
 #include "io/config.hpp"
 
 using namespace selfnorm;
@@ -14,15 +15,7 @@ Experiment parse(const std::string& text) { return parse_experiment(text, "test.
 
 // All issue lines of a config that must fail.
 std::vector<std::string> problems(const std::string& text) {
-  try {
-    parse(text);
-  } catch (const ConfigError& e) {
-    std::vector<std::string> out;
-    for (const auto& i : e.issues()) out.push_back(i.path.empty() ? i.message : i.path + ": " + i.message);
-    return out;
-  }
-  FAIL("config was accepted: " << text);
-  return {};
+  return test::config_problems(text, "test.json", "test");
 }
 
 }  // namespace

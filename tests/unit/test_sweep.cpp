@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "config_helpers.hpp"
 #include "io/config.hpp"
 #include "io/shards.hpp"
 #include "io/sweep.hpp"
@@ -15,15 +16,7 @@ namespace {
 Experiment parse(const std::string& text) { return parse_experiment(text, "sweep.json", "sweep"); }
 
 std::vector<std::string> problems(const std::string& text) {
-  try {
-    parse(text);
-  } catch (const ConfigError& e) {
-    std::vector<std::string> out;
-    for (const auto& i : e.issues()) out.push_back(i.path.empty() ? i.message : i.path + ": " + i.message);
-    return out;
-  }
-  FAIL("config was accepted: " << text);
-  return {};
+  return test::config_problems(text, "sweep.json", "sweep");
 }
 
 double alpha_of(const ConfigPoint& p) { return std::get<Selu>(p.spec.activation).alpha; }
