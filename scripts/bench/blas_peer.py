@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("float32", "float64", "both"), default="both")
     p.add_argument("--direction", choices=("forward", "backward", "both"), default="both")
     p.add_argument("--width", type=int, default=1024, help="n: the weights are n x n (default 1024)")
-    p.add_argument("--rows", type=int, default=512, help="samples per thread (default 512, the engine's row block)")
+    p.add_argument("--rows", type=int, default=512, help="samples per thread (default 512; the engine's row blocks are 128-512)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--cold", action="store_true", help="weights from memory, as in a run")
     p.add_argument("--repeat", type=int, default=20, help="products per measurement, median taken (default 20)")
@@ -134,17 +134,16 @@ def main(argv=None):
     rows, record = [], []
     for precision in precisions:
         for direction in directions:
+            # The options both sides take, spelled the same way.
+            shape = ["--precision", precision, "--direction", direction, "--width", str(args.width), "--rows",
+                     str(args.rows), "--threads", str(args.threads), "--repeat", str(args.repeat)]
+            shape += ["--cold"] if args.cold else []
             ours, theirs = [], []
             for _ in range(args.rounds):
-                ours.append(run_json([args.gemm_bench, "--precision", precision, "--direction", direction,
-                                      "--width", str(args.width), "--rows", str(args.rows), "--threads",
-                                      str(args.threads), "--repeat", str(args.repeat), "--matmul", "fma"]
-                                     + (["--cold"] if args.cold else []))["gflops"])
+                ours.append(run_json([args.gemm_bench, *shape, "--matmul", "fma"])["gflops"])
                 if not missing:
-                    cmd = [sys.executable, __file__, "--worker", "--precision", precision, "--direction", direction,
-                           "--width", str(args.width), "--rows", str(args.rows), "--threads", str(args.threads),
-                           "--repeat", str(args.repeat), "--openblas-coretype", coretype] + (["--cold"] if args.cold else [])
-                    theirs.append(run_json(cmd)["gflops"])
+                    peer = [sys.executable, __file__, "--worker", *shape, "--openblas-coretype", coretype]
+                    theirs.append(run_json(peer)["gflops"])
             rows.append((precision, direction, ours, theirs))
             record.append({"precision": precision, "direction": direction, "selfnorm_gflops": ours,
                            "blas_gflops": theirs})
