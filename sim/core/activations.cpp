@@ -98,4 +98,16 @@ void evaluate(const Activation& activation, double x, double& y, double& dy) {
   std::visit([&](const auto& a) { a.eval(x, y, dy); }, activation);
 }
 
+double activation_value(const Activation& activation, double x) {
+  double y, dy;
+  evaluate(activation, x, y, dy);
+  return y;
+}
+
+double activation_slope(const Activation& activation, double x) {
+  double y, dy;
+  evaluate(activation, x, y, dy);
+  return dy;
+}
+
 }  // namespace selfnorm

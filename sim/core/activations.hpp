@@ -281,5 +281,8 @@ std::vector<double> activation_values(const Activation& activation);
 
 // Evaluates y = f(x) and dy = f'(x) in double; for tests and theory, not for hot loops.
 void evaluate(const Activation& activation, double x, double& y, double& dy);
+// f(x) alone, and f'(x) alone, by evaluate.
+double activation_value(const Activation& activation, double x);
+double activation_slope(const Activation& activation, double x);
 
 }  // namespace selfnorm

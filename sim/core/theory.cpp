@@ -153,18 +153,6 @@ double integrate_standard(const G& g, std::vector<double> breaks) {
   return total;
 }
 
-double value(const Activation& f, double x) {
-  double y, dy;
-  evaluate(f, x, y, dy);
-  return y;
-}
-
-double slope(const Activation& f, double x) {
-  double y, dy;
-  evaluate(f, x, y, dy);
-  return dy;
-}
-
 std::vector<double> kink_breaks(const Activation& f, double m, double s) {
   std::vector<double> out;
   for (double k : kinks(f)) out.push_back((k - m) / s);
@@ -302,22 +290,22 @@ bool has_closed_form(const Activation& f) {
 
 GaussianMoments gaussian_moments_quadrature(const Activation& f, double m, double v) {
   if (!(v > 0)) {
-    const double y = value(f, m), d = slope(f, m);
+    const double y = activation_value(f, m), d = activation_slope(f, m);
     return {y, y * y, d * d};
   }
   const double s = std::sqrt(v);
   const auto breaks = kink_breaks(f, m, s);
   GaussianMoments g;
-  g.mean = integrate_standard([&](double t) { return value(f, m + s * t); }, breaks);
+  g.mean = integrate_standard([&](double t) { return activation_value(f, m + s * t); }, breaks);
   g.second = integrate_standard(
       [&](double t) {
-        const double y = value(f, m + s * t);
+        const double y = activation_value(f, m + s * t);
         return y * y;
       },
       breaks);
   g.deriv_sq = integrate_standard(
       [&](double t) {
-        const double d = slope(f, m + s * t);
+        const double d = activation_slope(f, m + s * t);
         return d * d;
       },
       breaks);
@@ -374,9 +362,9 @@ Jacobian snn_jacobian(const Activation& f, double mu, double omega, double nu, d
   const double m = mu * omega;
   const double v = nu * tau;
   const auto k = kinks(f);
-  auto fv = [&](double x) { return value(f, x); };
+  auto fv = [&](double x) { return activation_value(f, x); };
   auto fv2 = [&](double x) {
-    const double y = value(f, x);
+    const double y = activation_value(f, x);
     return y * y;
   };
   double dmean_dm, dmean_dv, dsecond_dm, dsecond_dv;
@@ -630,7 +618,7 @@ LayerPrediction predict_layers(const PointSpec& spec) {
 }
 
 double correlation_map(const Activation& f, double q, double c, double sigma_w2_value, double sigma_b2) {
-  const double cross = bivariate_expectation([&](double x) { return value(f, x); }, kinks(f), q, c);
+  const double cross = bivariate_expectation([&](double x) { return activation_value(f, x); }, kinks(f), q, c);
   const double second = gaussian_moments(f, 0.0, q).second;
   return (sigma_w2_value * cross + sigma_b2) / (sigma_w2_value * second + sigma_b2);
 }
@@ -644,7 +632,7 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     double d_m, d_v;
     gaussian_derivatives(
         [&](double x) {
-          const double y = value(f, x);
+          const double y = activation_value(f, x);
           return y * y;
         },
         0.0, q, kinks(f), d_m, d_v);
@@ -690,7 +678,7 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     // which is > 0 below c* and < 0 just below 1 (slope chi > 1 there), by Brent's method.
     const GaussianMoments g = gaussian_moments(f, 0.0, q);
     const double mean_slope =
-        gaussian_expectation([&](double x) { return slope(f, x); }, 0.0, q, kinks(f));
+        gaussian_expectation([&](double x) { return activation_slope(f, x); }, 0.0, q, kinks(f));
     const double c0 = (sigma_w2_value * g.mean * g.mean + sigma_b2) / (sigma_w2_value * g.second + sigma_b2);
     const double slope0 = sigma_w2_value * mean_slope * mean_slope;
     const double linear_root = slope0 < 1.0 ? c0 / (1.0 - slope0) : kInf;
@@ -729,7 +717,8 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     }
   }
   // Slope of the correlation map at c*: s_w^2 E[f'(u1) f'(u2)] (Poole et al. 2016).
-  const double chi_c = sigma_w2_value * bivariate_expectation([&](double x) { return slope(f, x); }, kinks(f), q, c);
+  const auto slope = [&](double x) { return activation_slope(f, x); };
+  const double chi_c = sigma_w2_value * bivariate_expectation(slope, kinks(f), q, c);
   if (chi_c > 0.0 && chi_c < 1.0 - 1e-9) d.xi_c = -1.0 / std::log(chi_c);
   d.c_star = c;
   d.chi_c = chi_c;

@@ -13,18 +13,6 @@ using namespace selfnorm;
 
 namespace {
 
-double value(const Activation& a, double x) {
-  double y, dy;
-  evaluate(a, x, y, dy);
-  return y;
-}
-
-double derivative(const Activation& a, double x) {
-  double y, dy;
-  evaluate(a, x, y, dy);
-  return dy;
-}
-
 // Non-default parameters, so the derivative checks also cover the parameters' roles.
 template <class A>
 A with_parameters() {
@@ -84,16 +72,16 @@ TEST_CASE("activations match known values", "[activations]") {
   };
   for (const auto& c : cases) {
     INFO(activation_name(c.act) << "(" << c.x << ")");
-    CHECK(value(c.act, c.x) == Approx(c.expected).epsilon(1e-15).margin(1e-300));
+    CHECK(activation_value(c.act, c.x) == Approx(c.expected).epsilon(1e-15).margin(1e-300));
   }
 }
 
 TEST_CASE("activations reproduce PyTorch's published values", "[activations]") {
   // Four-decimal values printed by torch.nn.functional (../shared/SCIENCE.md).
-  CHECK(value(Celu{1.0}, -0.8057) == Approx(-0.5532).margin(5e-5));
-  CHECK(value(Celu{1.0}, -0.8352) == Approx(-0.5662).margin(5e-5));
-  CHECK(value(Selu{}, 0.1895) == Approx(0.1991).margin(5e-5));
-  CHECK(value(Selu{}, -0.8333) == Approx(-0.9940).margin(5e-5));
+  CHECK(activation_value(Celu{1.0}, -0.8057) == Approx(-0.5532).margin(5e-5));
+  CHECK(activation_value(Celu{1.0}, -0.8352) == Approx(-0.5662).margin(5e-5));
+  CHECK(activation_value(Selu{}, 0.1895) == Approx(0.1991).margin(5e-5));
+  CHECK(activation_value(Selu{}, -0.8333) == Approx(-0.9940).margin(5e-5));
 }
 
 TEST_CASE("selu defaults are the paper's constants and celu equals elu at alpha 1", "[activations]") {
@@ -101,21 +89,21 @@ TEST_CASE("selu defaults are the paper's constants and celu equals elu at alpha 
   CHECK(s.alpha == 1.6732632423543772848170429916717);
   CHECK(s.lambda == 1.0507009873554804934193349852946);
   for (double x : {-3.0, -0.5, -1e-3, 0.0, 0.7}) {
-    CHECK(value(Celu{1.0}, x) == value(Elu{1.0}, x));
-    CHECK(derivative(Celu{1.0}, x) == derivative(Elu{1.0}, x));
+    CHECK(activation_value(Celu{1.0}, x) == activation_value(Elu{1.0}, x));
+    CHECK(activation_slope(Celu{1.0}, x) == activation_slope(Elu{1.0}, x));
   }
   // celu's exponent is x / alpha (not exp(x/alpha - 1), a known slip).
-  CHECK(value(Celu{2.0}, -1.0) == Approx(2.0 * std::expm1(-0.5)).epsilon(1e-15));
-  CHECK(derivative(Celu{2.0}, -1.0) == Approx(std::exp(-0.5)).epsilon(1e-15));
+  CHECK(activation_value(Celu{2.0}, -1.0) == Approx(2.0 * std::expm1(-0.5)).epsilon(1e-15));
+  CHECK(activation_slope(Celu{2.0}, -1.0) == Approx(std::exp(-0.5)).epsilon(1e-15));
 }
 
 TEST_CASE("kinks take PyTorch's one-sided derivatives", "[activations]") {
-  CHECK(derivative(Relu{}, 0.0) == 0.0);
-  CHECK(derivative(Relu6{}, 0.0) == 0.0);
-  CHECK(derivative(Relu6{}, 6.0) == 0.0);
-  CHECK(derivative(LeakyRelu{}, 0.0) == 0.01);
-  CHECK(derivative(Elu{0.5}, 0.0) == 0.5);
-  CHECK(derivative(Selu{}, 0.0) == Approx(kSeluAlpha01 * kSeluLambda01).epsilon(1e-15));
+  CHECK(activation_slope(Relu{}, 0.0) == 0.0);
+  CHECK(activation_slope(Relu6{}, 0.0) == 0.0);
+  CHECK(activation_slope(Relu6{}, 6.0) == 0.0);
+  CHECK(activation_slope(LeakyRelu{}, 0.0) == 0.01);
+  CHECK(activation_slope(Elu{0.5}, 0.0) == 0.5);
+  CHECK(activation_slope(Selu{}, 0.0) == Approx(kSeluAlpha01 * kSeluLambda01).epsilon(1e-15));
 }
 
 TEMPLATE_TEST_CASE("derivatives agree with central finite differences", "[activations]", Relu, Relu6, LeakyRelu,
