@@ -54,7 +54,8 @@ bool has_closed_form(const Activation& f);
 double gaussian_expectation(const std::function<double(double)>& h, double m, double v,
                             std::span<const double> kinks = {});
 
-// Points where the activation is not smooth (0 for relu, 0 and 6 for relu6, ...).
+// Points where the activation is not smooth (0 for relu, 0 and 6 for relu6, softplus's switch to
+// x at its threshold, ...).
 std::vector<double> kinks(const Activation& f);
 
 // The SNN map g(mu, omega, nu, tau) -> (mu~, nu~) (Klambauer et al. 2017, eq. 3-4).

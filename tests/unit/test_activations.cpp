@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/activations.hpp"
+#include "core/theory.hpp"
 #include "test_helpers.hpp"
 
 using namespace selfnorm;
@@ -22,18 +23,6 @@ A with_parameters() {
   if constexpr (std::is_same_v<A, Selu>) return Selu{1.5, 1.2};
   if constexpr (std::is_same_v<A, Celu>) return Celu{0.5};
   return A{};
-}
-
-// Points where the activation has a kink or PyTorch's softplus threshold switch.
-template <class A>
-std::vector<double> kinks(const A& a) {
-  if constexpr (std::is_same_v<A, Relu6>) return {0.0, 6.0};
-  if constexpr (std::is_same_v<A, Softplus>) return {a.threshold / a.beta};
-  if constexpr (std::is_same_v<A, Relu> || std::is_same_v<A, LeakyRelu> || std::is_same_v<A, Elu> ||
-                std::is_same_v<A, Selu> || std::is_same_v<A, Celu>) {
-    return {0.0};
-  }
-  return {};
 }
 
 }  // namespace
@@ -109,7 +98,7 @@ TEST_CASE("kinks take PyTorch's one-sided derivatives", "[activations]") {
 TEMPLATE_TEST_CASE("derivatives agree with central finite differences", "[activations]", Relu, Relu6, LeakyRelu,
                    Softplus, Elu, Selu, Celu, Tanh, Sigmoid, Gelu, Silu, Identity) {
   for (const TestType a : {TestType{}, with_parameters<TestType>()}) {
-    const auto ks = kinks(a);
+    const auto ks = theory::kinks(a);
     int checked = 0;
     for (double x = -8.0; x <= 8.0; x += 0.0625 * 1.0123) {
       bool near_kink = false;
@@ -163,7 +152,7 @@ TEMPLATE_TEST_CASE("float evaluation agrees with double evaluation", "[activatio
   // the formula; the condition number |x g'(x)| / |g(x)| measures how much those can exceed |g|.
   // So the bound is 8 ulps of max(|g(x)|, |x g'(x)|), with g' by a double central difference.
   const TestType a = with_parameters<TestType>();
-  const auto ks = kinks(a);
+  const auto ks = theory::kinks(a);
   const double eps = std::numeric_limits<float>::epsilon();
   for (double xd = -12.0; xd <= 12.0; xd += 0.01) {
     const float x = static_cast<float>(xd);
