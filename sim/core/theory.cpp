@@ -627,6 +627,8 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
   DepthScales d;
   d.xi_q = kNaN;
   d.xi_c = kNaN;
+  const auto k = kinks(f);
+  const auto slope = [&](double x) { return activation_slope(f, x); };
   auto qmap = [&](double q) { return sigma_w2_value * gaussian_moments(f, 0.0, q).second + sigma_b2; };
   auto second_slope = [&](double q) {
     double d_m, d_v;
@@ -635,7 +637,7 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
           const double y = activation_value(f, x);
           return y * y;
         },
-        0.0, q, kinks(f), d_m, d_v);
+        0.0, q, k, d_m, d_v);
     return sigma_w2_value * d_v;
   };
   // Iterate the q-map (it follows the network to a stable fixed point), then polish by Newton.
@@ -677,8 +679,7 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     // activations, and selu whose mean is 0) is that line's; otherwise the root of cmap(c) - c,
     // which is > 0 below c* and < 0 just below 1 (slope chi > 1 there), by Brent's method.
     const GaussianMoments g = gaussian_moments(f, 0.0, q);
-    const double mean_slope =
-        gaussian_expectation([&](double x) { return activation_slope(f, x); }, 0.0, q, kinks(f));
+    const double mean_slope = gaussian_expectation(slope, 0.0, q, k);
     const double c0 = (sigma_w2_value * g.mean * g.mean + sigma_b2) / (sigma_w2_value * g.second + sigma_b2);
     const double slope0 = sigma_w2_value * mean_slope * mean_slope;
     const double linear_root = slope0 < 1.0 ? c0 / (1.0 - slope0) : kInf;
@@ -717,8 +718,7 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     }
   }
   // Slope of the correlation map at c*: s_w^2 E[f'(u1) f'(u2)] (Poole et al. 2016).
-  const auto slope = [&](double x) { return activation_slope(f, x); };
-  const double chi_c = sigma_w2_value * bivariate_expectation(slope, kinks(f), q, c);
+  const double chi_c = sigma_w2_value * bivariate_expectation(slope, k, q, c);
   if (chi_c > 0.0 && chi_c < 1.0 - 1e-9) d.xi_c = -1.0 / std::log(chi_c);
   d.c_star = c;
   d.chi_c = chi_c;
