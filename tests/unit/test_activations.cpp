@@ -118,6 +118,33 @@ TEMPLATE_TEST_CASE("derivatives agree with central finite differences", "[activa
   }
 }
 
+TEMPLATE_TEST_CASE("gelu and its derivative are accurate to a few ulp", "[activations]", float, double) {
+  // Against x Phi(x) and Phi(x) + x phi(x) in long double, wherever x Phi(x) is a normal number of
+  // T. The budget in ulp of T: erfcx 6 and e^{-x^2/2} 4.5 (their bounds in test_vmath.cpp), and
+  // three roundings of products and sums: 12. The derivative is measured against the size of its
+  // terms, Phi(x) + |x| phi(x): it crosses zero at x = -0.75, where its relative error is unbounded.
+  using T = TestType;
+  const long double sqrt2 = std::sqrt(2.0L);
+  const long double inv_sqrt_2pi = 1 / std::sqrt(2 * 3.14159265358979323846264338327950288L);
+  const double lo = std::is_same_v<T, float> ? -12.0 : -37.0;
+  double worst_y = 0, worst_dy = 0;
+  for (int i = 0; i <= 400000; ++i) {
+    const T x = static_cast<T>(lo + (-2 * lo) * i / 400000.0);
+    T y, dy;
+    Gelu{}.eval(x, y, dy);
+    const long double xl = x;
+    const long double cdf = std::erfc(-xl / sqrt2) / 2;
+    const long double pdf = std::exp(-xl * xl / 2) * inv_sqrt_2pi;
+    worst_y = std::max(worst_y, test::ulp_error<T>(y, xl * cdf));
+    const long double scale = cdf + std::abs(xl) * pdf;
+    const long double ulp = std::nextafter(static_cast<T>(scale), std::numeric_limits<T>::infinity()) -
+                            static_cast<T>(scale);
+    worst_dy = std::max(worst_dy, static_cast<double>(std::abs(dy - (cdf + xl * pdf)) / ulp));
+  }
+  CHECK(worst_y <= 12.0);
+  CHECK(worst_dy <= 12.0);
+}
+
 TEMPLATE_TEST_CASE("activations are finite and NaN-free on the whole real line", "[activations]", float, double) {
   using T = TestType;
   const T big = std::numeric_limits<T>::max();
