@@ -370,13 +370,18 @@ inline constexpr std::array<float, 14> kErfcxFloat = {
     1.8521947e-05f,
 };
 
-// c[0] + c[1] t + ... + c[N-1] t^(N-1) by Horner's rule, written out at compile time: a loop would
-// leave control flow inside the callers' loops, which then stay scalar.
 template <class T, std::size_t N, std::size_t... I>
-inline T horner(const std::array<T, N>& c, T t, std::index_sequence<I...>) {
+inline T horner_steps(const std::array<T, N>& c, T t, std::index_sequence<I...>) {
   T p = c[N - 1];
   ((p = std::fma(p, t, c[N - 2 - I])), ...);
   return p;
+}
+
+// c[0] + c[1] t + ... + c[N-1] t^(N-1) by Horner's rule, written out at compile time: a loop would
+// leave control flow inside the callers' loops, which then stay scalar.
+template <class T, std::size_t N>
+inline T horner(const std::array<T, N>& c, T t) {
+  return horner_steps(c, t, std::make_index_sequence<N - 1>());
 }
 
 template <class T>
@@ -396,10 +401,9 @@ constexpr const auto& erfcx_coefficients() {
 // grows like 2 e^{a^2}) the result is meaningless.
 template <class T>
 inline T erfcx(T a) {
-  const auto& c = detail::erfcx_coefficients<T>();
   const T k = T(detail::kErfcxK);
   const T t = (a - k) / (a + k);
-  const T p = detail::horner(c, t, std::make_index_sequence<std::tuple_size_v<std::decay_t<decltype(c)>> - 1>());
+  const T p = detail::horner(detail::erfcx_coefficients<T>(), t);
   const T result = p / std::fma(T(2), a, T(1));
   return a == std::numeric_limits<T>::infinity() ? T(0) : result;
 }
