@@ -738,6 +738,78 @@ def scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir, known=No
 
 
 # ---------------------------------------------------------------------------------------------
+# The project's performance goals
+
+# The goals are set for the reference job (configs/bench/reference.json) on 2 threads; each is
+# checked against this invocation's own figures, and a figure the run did not take is 'not measured'.
+GOAL_REFERENCE_PEAK = 0.75    # reference job: fraction of the float32 FMA peak, end to end
+GOAL_TORCH_RATIO = 2.0        # PyTorch's best configuration's wall time / selfnorm's, same invocation
+GOAL_RSS_MIB = 1024.0         # peak resident memory of the reference job
+GOAL_FLOAT64_PEAK = 0.70      # the reference job in float64: fraction of the float64 FMA peak
+GOAL_WIDTH256_PEAK = 0.50     # the reference job at width 256: fraction of the float32 FMA peak
+
+
+def percent_down(fraction):
+    """A fraction as a percentage to 0.1, rounded down, so that a figure short of a goal never reads as
+    the goal itself (69.96% is 69.9%, not 70.0%)."""
+    return f"{math.floor(1000 * fraction + 1e-9) / 10:.1f}%"
+
+
+def times_down(ratio):
+    """A ratio to 0.01, rounded down, for the same reason (1.996 is 1.99x, not 2.00x)."""
+    return f"{math.floor(100 * ratio + 1e-9) / 100:.2f}x"
+
+
+def goals(report):
+    """[(goal, this run's figure, met)] for the reference table and scaling rows of a full
+    benchmark's report (the JSON that --json writes); met is None where the figure was not taken."""
+    ref = report["reference"]["figures"]
+    sn = ref["selfnorm"]
+    rows = {row["case"]: row for row in report.get("scaling") or []}
+    out = [(f"reference job at least {100 * GOAL_REFERENCE_PEAK:.0f}% of the float32 FMA peak",
+            f"{percent_down(sn['peak_fraction'])} ({sn['median_s']:.2f} s)", sn["peak_fraction"] >= GOAL_REFERENCE_PEAK)]
+    torch = ref.get("torch best")
+    if torch is None:
+        out.append((f"at least {GOAL_TORCH_RATIO:g}x faster than PyTorch's best configuration", "not measured", None))
+    else:
+        ratio = torch["median_s"] / sn["median_s"]
+        text = f"{times_down(ratio)} ({torch['median_s']:.2f} s against {sn['median_s']:.2f} s"
+        if torch.get("compute_s") is not None:
+            text += f"; on PyTorch's own timing {times_down(torch['compute_s'] / sn['median_s'])}"
+        out.append((f"at least {GOAL_TORCH_RATIO:g}x faster than PyTorch's best configuration", text + ")",
+                    ratio >= GOAL_TORCH_RATIO))
+    out.append((f"peak memory under {GOAL_RSS_MIB / 1024:g} GiB", f"{sn['maxrss_mib']:.0f} MiB",
+                sn["maxrss_mib"] < GOAL_RSS_MIB))
+
+    def row_goal(case, goal, threshold, precision):
+        row = rows.get(case)
+        if row is None:
+            return (goal, "not measured", None)
+        return (goal, f"{percent_down(row['peak_fraction'])} of the {precision} peak ({row['median_s']:.2f} s)",
+                row["peak_fraction"] >= threshold)
+
+    out.append(row_goal("float64", f"float64 at least {100 * GOAL_FLOAT64_PEAK:.0f}% of the float64 FMA peak",
+                        GOAL_FLOAT64_PEAK, "float64"))
+    out.append(row_goal("n=256", f"width 256 at least {100 * GOAL_WIDTH256_PEAK:.0f}% of the float32 FMA peak",
+                        GOAL_WIDTH256_PEAK, "float32"))
+    modes = [rows.get(f"--parallel {m}") for m in ("trials", "samples")]
+    if all(modes):
+        out.append(("both thread modes measured (--parallel trials, samples)",
+                    f"{modes[0]['median_s']:.2f} s, {modes[1]['median_s']:.2f} s", True))
+    else:
+        out.append(("both thread modes measured (--parallel trials, samples)", "not measured", None))
+    out.append(("random numbers under 5% of the run", "not measured here: scripts/bench/profile.sh", None))
+    return out
+
+
+def print_goals(rows):
+    print("The project's performance goals for the reference job, against this run's figures")
+    verdict = {True: "met", False: "NOT met", None: "-"}
+    print(fmt_table(["goal", "this run", "met"], [[g, v, verdict[m]] for g, v, m in rows], align=["<", "<", "<"]))
+    print()
+
+
+# ---------------------------------------------------------------------------------------------
 # Statistics: selfnorm against PyTorch
 
 
@@ -1025,6 +1097,10 @@ def main(argv):
             if not args.no_scaling:
                 report["scaling"] = scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir,
                                                   known={ref.key: ref_runs})
+            if args.mode == "full" and args.config.resolve() == REFERENCE and args.threads == 2:
+                met = goals(report)
+                report["goals"] = [{"goal": g, "this_run": v, "met": m} for g, v, m in met]
+                print_goals(met)
             if args.smoke and torch_version:
                 # The smoke run also goes through --check's and --torch-configs' code at a tiny
                 # size, the latter with autograd and the environment's OPENBLAS_CORETYPE.

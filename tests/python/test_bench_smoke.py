@@ -107,6 +107,49 @@ def test_twice_as_fast_note_gives_the_rate_and_says_when_it_is_above_the_peak():
     assert "own timing" not in above and "out of reach for FMA products" in above
 
 
+def test_goals_are_judged_on_the_runs_own_figures():
+    """Each goal against the report's figures: a figure just short of its threshold is not met, one at
+    it is; a figure the run did not take (no PyTorch, no scaling rows) is 'not measured', never met."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+
+    def scaling_row(case, fraction, seconds):
+        return {"case": case, "peak_fraction": fraction, "median_s": seconds}
+
+    report = {
+        "reference": {"figures": {
+            "selfnorm": {"peak_fraction": 0.75, "median_s": 6.0, "maxrss_mib": 1000.0},
+            "torch best": {"median_s": 11.9, "compute_s": 10.0}}},
+        "scaling": [scaling_row("float64", 0.6999, 15.0), scaling_row("n=256", 0.5, 0.6),
+                    scaling_row("--parallel trials", 0.7, 7.0), scaling_row("--parallel samples", 0.75, 6.0)],
+    }
+    judged = bench.goals(report)
+    # In order: reference job, PyTorch, memory, float64, width 256, thread modes, random numbers.
+    assert [ok for _, _, ok in judged] == [True, False, True, False, True, True, None]
+    figures = [figure for _, figure, _ in judged]
+    assert figures[0] == "75.0% (6.00 s)"
+    assert figures[1] == "1.98x (11.90 s against 6.00 s; on PyTorch's own timing 1.66x)"
+    assert figures[2] == "1000 MiB"
+    assert figures[3] == "69.9% of the float64 peak (15.00 s)"  # 69.99%: short of 70, rounded down
+    assert figures[4] == "50.0% of the float32 peak (0.60 s)"
+    assert figures[5] == "7.00 s, 6.00 s"
+    assert "profile.sh" in figures[6]
+
+    report["reference"]["figures"]["selfnorm"].update(peak_fraction=0.7499, maxrss_mib=1024.0)
+    report["reference"]["figures"]["torch best"] = {"median_s": 12.0, "compute_s": None}
+    report["scaling"] = []
+    judged = bench.goals(report)
+    assert [ok for _, _, ok in judged] == [False, True, False, None, None, None, None]
+    assert judged[1][1] == "2.00x (12.00 s against 6.00 s)"
+    del report["reference"]["figures"]["torch best"]
+    judged = bench.goals(report)
+    assert judged[1][1:] == ("not measured", None)
+    assert all(figure.startswith("not measured") for _, figure, ok in judged if ok is None)
+
+
 PEER = ROOT / "scripts" / "bench" / "blas_peer.py"
 
 
