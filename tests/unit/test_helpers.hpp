@@ -20,15 +20,21 @@ namespace selfnorm::test {
 // failure replays exactly).
 inline constexpr double kSigma = 4.0;
 
+// One unit in the last place of T at x rounded to T (at least T's smallest subnormal).
+template <class T>
+long double ulp_of(long double x) {
+  const T b = std::abs(static_cast<T>(x));
+  const long double ulp = std::nextafter(b, std::numeric_limits<T>::infinity()) - b;
+  return std::max(ulp, static_cast<long double>(std::numeric_limits<T>::denorm_min()));
+}
+
 // Distance between a and b in units in the last place of b (the reference).
 template <class T>
 double ulp_error(T a, long double reference) {
   const T b = static_cast<T>(reference);
   if (std::isnan(a) && std::isnan(b)) return 0;
   if (std::isinf(reference) || std::isinf(a)) return a == b ? 0 : std::numeric_limits<double>::infinity();
-  const long double ulp = std::nextafter(std::abs(b), std::numeric_limits<T>::infinity()) - std::abs(b);
-  const long double tiny = std::numeric_limits<T>::denorm_min();
-  return static_cast<double>(std::abs(static_cast<long double>(a) - reference) / std::max(ulp, tiny));
+  return static_cast<double>(std::abs(static_cast<long double>(a) - reference) / ulp_of<T>(reference));
 }
 
 // Moments of one layer's statistic over the trials of a result.
