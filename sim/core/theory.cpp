@@ -228,18 +228,18 @@ double brent_root(G&& g, double a, double b, double fa, double fb, double xtol) 
   return b;
 }
 
-}  // namespace
-
-namespace {
-
-// The outer integral of E[h(u1) h(u2)] for (u1, u2) ~ N(0, q) with correlation c: over u1 of
+// E[h(u1) h(u2)] for (u1, u2) ~ N(0, q) with correlation c, as the outer integral over u1 of
 // h(u1) inner(c u1, q (1 - c^2)), where inner(m, v) = E[h(m + sqrt(v) z)] is the expectation of
-// h(u2) given u1. The inner expectation smooths a kink of h over a width r sqrt(q),
-// r = sqrt(1 - c^2): the outer integral gets break points across that width so that near c = 1 it
-// needs few refinements.
+// h(u2) given u1, computed as the caller chooses. The inner expectation smooths a kink of h over a
+// width r sqrt(q), r = sqrt(1 - c^2): the outer integral gets break points across that width so
+// that near c = 1 it needs few refinements.
 template <class Inner>
-double bivariate_outer(const std::function<double(double)>& h, const Inner& inner, const std::vector<double>& k,
-                       double q, double c) {
+double bivariate_with_inner(const std::function<double(double)>& h, const Inner& inner,
+                            const std::vector<double>& k, double q, double c) {
+  if (std::abs(c) < 1e-12) {  // independent: the product of the expectations
+    const double e = gaussian_expectation(h, 0.0, q, k);
+    return e * e;
+  }
   const double r = std::sqrt(std::max(0.0, 1.0 - c * c));
   const double width = r * std::sqrt(q);
   std::vector<double> outer;
@@ -258,11 +258,7 @@ double bivariate_outer(const std::function<double(double)>& h, const Inner& inne
 // E[h(u1) h(u2)] for (u1, u2) ~ N(0, q) with correlation c, integrating over u2 given u1 inside.
 double bivariate_expectation(const std::function<double(double)>& h, const std::vector<double>& k, double q,
                              double c) {
-  if (std::abs(c) < 1e-12) {  // independent: the product of the expectations
-    const double e = gaussian_expectation(h, 0.0, q, k);
-    return e * e;
-  }
-  return bivariate_outer(h, [&](double m, double v) { return gaussian_expectation(h, m, v, k); }, k, q, c);
+  return bivariate_with_inner(h, [&](double m, double v) { return gaussian_expectation(h, m, v, k); }, k, q, c);
 }
 
 std::vector<double> kinks(const Activation& f) {
@@ -639,21 +635,17 @@ LayerPrediction predict_layers(const PointSpec& spec) {
 double correlation_map(const Activation& f, double q, double c, double sigma_w2_value, double sigma_b2) {
   const std::function<double(double)> h = [&](double x) { return activation_value(f, x); };
   const auto k = kinks(f);
-  double cross;
-  if (std::abs(c) < 1e-12 || !has_closed_form(f)) {
-    cross = bivariate_expectation(h, k, q, c);
-  } else {
-    // The inner expectation E[f(u2) | u1] is a Gaussian mean of f: in closed form where it is
-    // accurate (as in gaussian_moments), else by quadrature of the mean alone. Nested quadrature
-    // throughout had made the search for c* take 0.1 s per point of a selu sweep.
-    cross = bivariate_outer(
-        h,
-        [&](double m, double v) {
-          return closed_form_accurate(k, m, v) ? gaussian_moments_closed(f, m, v).mean
-                                               : gaussian_expectation(h, m, v, k);
-        },
-        k, q, c);
-  }
+  // The inner expectation E[f(u2) | u1] is a Gaussian mean of f: in closed form where f has one and
+  // it is accurate (as in gaussian_moments), else by quadrature of the mean alone. Nested quadrature
+  // throughout had made the search for c* take 0.1 s per point of a selu sweep.
+  const bool closed = has_closed_form(f);
+  const double cross = bivariate_with_inner(
+      h,
+      [&](double m, double v) {
+        return closed && closed_form_accurate(k, m, v) ? gaussian_moments_closed(f, m, v).mean
+                                                       : gaussian_expectation(h, m, v, k);
+      },
+      k, q, c);
   const double second = gaussian_moments(f, 0.0, q).second;
   return (sigma_w2_value * cross + sigma_b2) / (sigma_w2_value * second + sigma_b2);
 }
