@@ -237,7 +237,7 @@ template <class Inner>
 double bivariate_with_inner(const std::function<double(double)>& h, const Inner& inner,
                             const std::vector<double>& k, double q, double c) {
   if (std::abs(c) < 1e-12) {  // independent: the product of the expectations
-    const double e = gaussian_expectation(h, 0.0, q, k);
+    const double e = inner(0.0, q);
     return e * e;
   }
   const double r = std::sqrt(std::max(0.0, 1.0 - c * c));
@@ -322,19 +322,18 @@ GaussianMoments gaussian_moments_quadrature(const Activation& f, double m, doubl
 
 namespace {
 
-// True where every kink is within kClosedFormRange standard deviations of m. Beyond, the truncated
-// moments of the closed forms cancel catastrophically; the quadrature stays accurate there.
-bool closed_form_accurate(const std::vector<double>& k, double m, double v) {
-  return std::none_of(k.begin(), k.end(), [&](double x) { return std::abs(x - m) > kClosedFormRange * std::sqrt(v); });
+// Whether the moments of f over N(m, v), f's kinks at k, come from the closed form: where f has one
+// and every kink is within kClosedFormRange standard deviations of m. Beyond, the truncated moments
+// of the closed forms cancel catastrophically; the quadrature stays accurate there.
+bool use_closed_form(const Activation& f, const std::vector<double>& k, double m, double v) {
+  return v > 0 && has_closed_form(f) &&
+         std::none_of(k.begin(), k.end(), [&](double x) { return std::abs(x - m) > kClosedFormRange * std::sqrt(v); });
 }
 
 }  // namespace
 
 GaussianMoments gaussian_moments(const Activation& f, double m, double v) {
-  if (!(v > 0) || !has_closed_form(f) || !closed_form_accurate(kinks(f), m, v)) {
-    return gaussian_moments_quadrature(f, m, v);
-  }
-  return gaussian_moments_closed(f, m, v);
+  return use_closed_form(f, kinks(f), m, v) ? gaussian_moments_closed(f, m, v) : gaussian_moments_quadrature(f, m, v);
 }
 
 GaussianMoments gaussian_moments_closed(const Activation& f, double m, double v) {
@@ -635,15 +634,13 @@ LayerPrediction predict_layers(const PointSpec& spec) {
 double correlation_map(const Activation& f, double q, double c, double sigma_w2_value, double sigma_b2) {
   const std::function<double(double)> h = [&](double x) { return activation_value(f, x); };
   const auto k = kinks(f);
-  // The inner expectation E[f(u2) | u1] is a Gaussian mean of f: in closed form where f has one and
-  // it is accurate (as in gaussian_moments), else by quadrature of the mean alone. Nested quadrature
-  // throughout had made the search for c* take 0.1 s per point of a selu sweep.
-  const bool closed = has_closed_form(f);
+  // The inner expectation E[f(u2) | u1] is a Gaussian mean of f: in closed form where gaussian_moments
+  // would use it, else by quadrature of the mean alone. Nested quadrature throughout had made the
+  // search for c* take 0.1 s per point of a selu sweep.
   const double cross = bivariate_with_inner(
       h,
       [&](double m, double v) {
-        return closed && closed_form_accurate(k, m, v) ? gaussian_moments_closed(f, m, v).mean
-                                                       : gaussian_expectation(h, m, v, k);
+        return use_closed_form(f, k, m, v) ? gaussian_moments_closed(f, m, v).mean : gaussian_expectation(h, m, v, k);
       },
       k, q, c);
   const double second = gaussian_moments(f, 0.0, q).second;
