@@ -214,8 +214,8 @@ struct Gelu {
     // |x| capped at 40, beyond which phi(x) is 0 in both precisions: the limits stay finite
     // (gelu(-inf) = 0, gelu'(+-inf) = 1 and 0). NaN stays NaN. It is exp_neg_half_square's cap,
     // so that function's clamped form takes xc as it is.
-    const T xc = vmath::clamp_keep_nan(std::abs(x), T(0), T(vmath::detail::kHalfSquareCap));
-    const T e = vmath::detail::exp_neg_half_square_clamped(xc);
+    const T xc = vmath::clamp_keep_nan(std::abs(x), T(0), T(vmath::kHalfSquareCap));
+    const T e = vmath::exp_neg_half_square_clamped(xc);
     const T half_erfcx = T(0.5) * vmath::erfcx(xc * T(0.70710678118654752440));
     const T tail = e * half_erfcx;  // Phi(-|x|)
     const T cdf = x < T(0) ? tail : T(1) - tail;

@@ -303,13 +303,11 @@ inline T sigmoid(T x, T& e_neg_abs) {
   return x >= T(0) ? s : e * s;
 }
 
-namespace detail {
-
 // Where exp_neg_half_square caps |x|: e^{-x^2/2} is 0 there in both precisions.
 inline constexpr double kHalfSquareCap = 40;
 
 // exp_neg_half_square for x already in [0, kHalfSquareCap] (or NaN), for callers that clamp |x|
-// themselves.
+// themselves and use the clamped value again (Gelu).
 template <class T>
 inline T exp_neg_half_square_clamped(T x) {
   const T s = x * x;
@@ -318,15 +316,13 @@ inline T exp_neg_half_square_clamped(T x) {
   return std::fma(T(-0.5) * r, e, e);
 }
 
-}  // namespace detail
-
 // e^{-x^2/2}, accurate where x^2 itself rounds: x^2 = s + r exactly (r from an FMA), and
 // e^{-x^2/2} = e^{-s/2} e^{-r/2} = e^{-s/2} (1 - r/2) to within (r/2)^2, far below an ulp. Without
 // the correction the rounding of x^2 alone would cost up to x^2/2 ulp (360 at x = 38). 0 for
 // |x| >= 40, where it underflows in both precisions (infinite x included); NaN stays NaN.
 template <class T>
 inline T exp_neg_half_square(T x) {
-  return detail::exp_neg_half_square_clamped(clamp_keep_nan<T>(std::abs(x), T(0), T(detail::kHalfSquareCap)));
+  return exp_neg_half_square_clamped(clamp_keep_nan<T>(std::abs(x), T(0), T(kHalfSquareCap)));
 }
 
 namespace detail {
