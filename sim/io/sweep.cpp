@@ -36,7 +36,8 @@ const std::vector<std::pair<std::string, std::vector<std::string>>>& sweepable()
 std::vector<std::string> all_sweepable_keys() {
   std::vector<std::string> out;
   for (const auto& [section, keys] : sweepable()) {
-    out.push_back(section);
+    // A section with keys is swept key by key (check_key says why); activation is the exception.
+    if (keys.empty() || section == "activation") out.push_back(section);
     for (const auto& k : keys) out.push_back(section + "." + k);
   }
   return out;
@@ -44,6 +45,14 @@ std::vector<std::string> all_sweepable_keys() {
 
 // Empty if `key` can be swept, else the reason.
 std::string check_key(const std::string& key) {
+  for (const auto& [section, keys] : sweepable()) {
+    if (key == section && !keys.empty() && section != "activation") {
+      // A whole section as the value would drop every key of the base section it does not give.
+      std::string example = section + "." + keys.front();
+      return "cannot be swept as a whole section: each value would replace every key of '" + section +
+             "' it does not give; sweep its keys (such as " + example + "), with \"zip\" to vary several together";
+    }
+  }
   const auto all = all_sweepable_keys();
   if (std::find(all.begin(), all.end(), key) != all.end()) return {};
   for (const char* whole : {"device", "cuda"}) {
@@ -255,8 +264,15 @@ SweepPlan plan_sweep(const json& root, std::vector<ConfigIssue>& issues) {
             issues.push_back({kpath, "is swept twice; sweep each key in one place"});
             continue;
           }
-          if (key == "activation" && plan.activation_list) {
-            issues.push_back({kpath, "conflicts with the list of activations in \"activation\"; use one or the other"});
+          if ((key == "activation" || key == "activation.name") && plan.activation_list) {
+            issues.push_back({kpath, "conflicts with the list of activations in \"activation\"; name the activations "
+                                     "in one place, the list or the sweep"});
+            continue;
+          }
+          if ((key == "activation" && seen.count("activation.name")) ||
+              (key == "activation.name" && seen.count("activation"))) {
+            issues.push_back({kpath, "sweeps the activation a second time (as activation and activation.name); "
+                                     "sweep it in one place"});
             continue;
           }
           auto values = expand_values(spec, kpath, issues);

@@ -124,6 +124,19 @@ TEST_CASE("sweep errors name the key, the point and the remedy", "[sweep][errors
                                  "point's seed is derived from the experiment seed and the point index)"});
   CHECK(problems(R"({"sweep": {"grid": {"network.depth": [2]}, "zip": {"network.depth": [3]}}})") ==
         std::vector<std::string>{"sweep.zip.network.depth: is swept twice; sweep each key in one place"});
+  // activation.name beside a list of activations would rename the list's entries, keeping their
+  // parameters, and run neither list as written.
+  CHECK(problems(R"({"activation": ["relu", "selu"], "sweep": {"grid": {"activation.name": ["elu", "celu"]}}})") ==
+        std::vector<std::string>{"sweep.grid.activation.name: conflicts with the list of activations in \"activation\"; "
+                                 "name the activations in one place, the list or the sweep"});
+  CHECK(problems(R"({"sweep": {"grid": {"activation": ["relu"]}, "zip": {"activation.name": ["elu"]}}})") ==
+        std::vector<std::string>{"sweep.zip.activation.name: sweeps the activation a second time (as activation and "
+                                 "activation.name); sweep it in one place"});
+  // A whole section as a value would drop the base section's other keys (here the width).
+  CHECK(problems(R"({"network": {"width": 4}, "sweep": {"grid": {"network": [{"depth": 2}, {"depth": 3}]}}})") ==
+        std::vector<std::string>{"sweep.grid.network: cannot be swept as a whole section: each value would replace "
+                                 "every key of 'network' it does not give; sweep its keys (such as network.depth), "
+                                 "with \"zip\" to vary several together"});
   CHECK(problems(R"({"sweep": {"grid": {"activation.alpha": {"linspace": [1, 2]}}}})") ==
         std::vector<std::string>{"sweep.grid.activation.alpha.linspace: must be [start, stop, num] with numbers, got "
                                  "[1,2]"});
