@@ -16,6 +16,7 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <set>
 #include <stdexcept>
 
 #include "cli/device.hpp"
@@ -148,6 +149,10 @@ void check_output_folder(const fs::path& path) {
     throw UsageError("output folder " + folder.string() + " is a file, not a folder; choose another path with -o");
   }
   if (fs::is_directory(path, ec)) throw UsageError(path.string() + " is a folder; -o needs a file name ending in .h5");
+  if (path.extension() != ".h5") {
+    throw UsageError("-o " + path.string() + ": the result file's name must end in .h5 (selfnorm writes HDF5 files); "
+                     "for example -o " + (path.parent_path() / (path.stem().string() + ".h5")).string());
+  }
   if (::access(folder.c_str(), W_OK) != 0) {
     throw UsageError("output folder " + folder.string() + " is not writable (" + std::strerror(errno) +
                      "); choose another path with -o");
@@ -176,6 +181,32 @@ std::unique_ptr<io::OutputLock> lock_output(const fs::path& out, const std::stri
 
 std::string plural(std::int64_t n, const std::string& word) {
   return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
+}
+
+// More shards than points would leave shards with nothing to compute, which merge still requires.
+void check_shard_count(std::int64_t shards, const io::Experiment& ex, const std::string& what) {
+  const auto points = static_cast<std::int64_t>(ex.points.size());
+  if (shards > points) {
+    throw UsageError(what + ": " + std::to_string(shards) + " shards is more than the " + plural(points, "point") +
+                     " of " + ex.name + "; use at most " + std::to_string(points) + " shards");
+  }
+}
+
+// An existing file at the output path is replaced only if it is a selfnorm result (with
+// --overwrite): a config, a damaged file or another program's file is never written over.
+void refuse_foreign_output(const fs::path& out) {
+  std::error_code ec;
+  if (!fs::exists(out, ec)) return;
+  if (!fs::is_regular_file(out, ec)) {
+    throw UsageError(out.string() + " exists and is not a regular file; choose another path with -o");
+  }
+  try {
+    io::read_header(out);
+  } catch (const std::exception& e) {
+    throw UsageError(out.string() + " exists and is not a selfnorm result file (" + e.what() + "); selfnorm "
+                     "replaces only its own results, even with --overwrite: move the file away or choose another "
+                     "path with -o");
+  }
 }
 
 // True if `path` is a complete result of this experiment and shard.
@@ -298,6 +329,7 @@ int run_command(const RunArgs& args) {
   options.parallel = parse_parallel(args.parallel);
   options.matmul = parse_matmul(args.matmul);
   const std::optional<io::ShardInfo> shard = parse_shard(args.shard);
+  if (shard) check_shard_count(shard->count, ex, "--shard " + args.shard);
   const auto mine = io::shard_points(static_cast<std::int64_t>(ex.points.size()), shard);
 
   // The device: the config's, unless --device overrides it. It enters the config hash (on the
@@ -311,6 +343,13 @@ int run_command(const RunArgs& args) {
   const std::unique_ptr<PointRunner> runner = make_runner(device, options, threads.source, device_source);
 
   // Refused before anything is allocated or written.
+  if (options.matmul == Matmul::bf16x6 && device.device == io::Device::cpu &&
+      std::none_of(mine.begin(), mine.end(), [&](std::int64_t p) {
+        return ex.points[static_cast<std::size_t>(p)].spec.precision == Precision::float32;
+      })) {
+    throw UsageError("--matmul bf16x6: every point of this run is float64, whose products always run on the FMA "
+                     "units (the tile units have no float64); leave --matmul out, or use it with a float32 config");
+  }
   if (device.device == io::Device::cuda) {
     for (std::int64_t p : mine) {
       const std::string problem = runner->check(ex.points[static_cast<std::size_t>(p)].spec);
@@ -343,6 +382,12 @@ int run_command(const RunArgs& args) {
               << std::endl;
   }
   std::error_code ec;
+  refuse_foreign_output(out);
+  if (fs::exists(checkpoint.folder(), ec) && !checkpoint.exists()) {
+    throw UsageError(checkpoint.folder().string() + " exists and is not a folder; selfnorm keeps the finished points "
+                     "of an unfinished run of " + out.string() + " there: move the file away or choose another "
+                     "path with -o");
+  }
   if (fs::exists(out, ec) && !args.overwrite) {
     if (already_complete(out, ex, shard)) {
       if (!args.quiet) std::cerr << out.string() << " is already complete for this config; nothing to do" << std::endl;
@@ -359,7 +404,12 @@ int run_command(const RunArgs& args) {
   }
 
   // Points of this shard; those finished by an earlier, interrupted run are read back.
-  std::vector<io::PointRecord> records = checkpoint.load(ex, shard);
+  std::vector<io::PointRecord> records;
+  try {
+    records = checkpoint.load(ex, shard);
+  } catch (const std::runtime_error& e) {
+    throw UsageError(e.what());  // another experiment's or a damaged checkpoint: the user's to clear
+  }
   std::vector<std::int64_t> todo;
   for (std::int64_t p : mine) {
     const bool done = std::any_of(records.begin(), records.end(), [&](const io::PointRecord& r) { return r.index == p; });
@@ -415,11 +465,17 @@ int run_command(const RunArgs& args) {
       checkpoint.save(ex, records.back(), provenance, shard);
     } catch (const io::WriteError& e) {
       progress.finish();
-      std::error_code ignored;
-      fs::remove(checkpoint.folder(), ignored);  // only if empty: a failed first checkpoint
-      throw std::runtime_error(std::string(e.what()) + ". The run stopped: " +
-                               std::to_string(records.size() - 1) + " of " + std::to_string(mine.size()) +
-                               " points are saved in " + checkpoint.folder().string() +
+      const std::size_t saved = records.size() - 1;
+      if (saved == 0 && checkpoint.exists()) {
+        std::error_code ignored;
+        fs::remove(checkpoint.folder(), ignored);  // the folder of a failed first checkpoint, if it is empty
+      }
+      if (saved == 0) {
+        throw std::runtime_error(std::string(e.what()) + ". The run stopped with no point saved; the same command "
+                                 "starts again once the problem is fixed");
+      }
+      throw std::runtime_error(std::string(e.what()) + ". The run stopped: " + std::to_string(saved) + " of " +
+                               std::to_string(mine.size()) + " points are saved in " + checkpoint.folder().string() +
                                ", and the same command resumes from them");
     }
     if (signals.received() && ordinal < static_cast<std::int64_t>(todo.size())) {
@@ -459,12 +515,21 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
   const std::unique_ptr<io::OutputLock> lock = lock_output(out, command_line);
   io::remove_stale_temporaries(out);
   std::error_code ec;
-  if (fs::exists(out, ec) && !overwrite) {
-    throw UsageError(out.string() + " already exists; pass --overwrite to replace it or choose another path with -o");
-  }
   std::vector<fs::path> paths(shards.begin(), shards.end());
   for (const auto& p : paths) {
     if (!fs::exists(p, ec)) throw UsageError("shard file " + p.string() + " does not exist");
+    if (fs::is_directory(p, ec)) {
+      throw UsageError(p.string() + " is a folder; merge takes the shard files inside it, such as " +
+                       (p / "shard-*-of-N.h5").string());
+    }
+    if (fs::exists(out, ec) && fs::equivalent(p, out, ec)) {
+      throw UsageError("-o " + out.string() + " is also one of the shards to merge; write the merged result to "
+                       "another file (the shards stay as they are)");
+    }
+  }
+  refuse_foreign_output(out);
+  if (fs::exists(out, ec) && !overwrite) {
+    throw UsageError(out.string() + " already exists; pass --overwrite to replace it or choose another path with -o");
   }
   try {
     io::merge_shards(paths, out, current_provenance(1, command_line));
@@ -480,11 +545,56 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
   return 0;
 }
 
+// What a file in a shard's place holds, for status: another config's result, this config's
+// result of another split, or not a result at all.
+std::string describe_other_file(const fs::path& path, const io::Experiment& ex) {
+  io::FileHeader h;
+  try {
+    h = io::read_header(path);
+  } catch (const std::exception&) {
+    return "a file that is not a selfnorm result";
+  }
+  if (h.config_hash != ex.hash) return "a result of another config (hash " + h.config_hash + ")";
+  if (!h.shard) return "a complete result of this config, not a shard";
+  if (h.schema_version < io::kSchemaVersion) return "this shard in an older file layout; rerun it with --overwrite";
+  return "shard " + std::to_string(h.shard->index) + " of " + std::to_string(h.shard->count) + " of this config";
+}
+
+// "3 or 4": the shard counts N of the shard-K-of-N.h5 files in `folder` other than `shards`.
+std::string other_shard_counts(const fs::path& folder, std::int64_t shards) {
+  std::set<std::int64_t> counts;
+  std::error_code ec;
+  for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    long long k = 0;
+    long long n = 0;
+    char tail[4] = {};
+    if (std::sscanf(name.c_str(), "shard-%lld-of-%lld.%3s", &k, &n, tail) == 3 && std::string(tail) == "h5" &&
+        n != shards) {
+      counts.insert(n);
+    }
+  }
+  std::string out;
+  std::size_t i = 0;
+  for (std::int64_t n : counts) {
+    out += (i == 0 ? "" : (i + 1 == counts.size() ? " or " : ", ")) + std::to_string(n);
+    ++i;
+  }
+  return out;
+}
+
 int status_command(const std::string& config, const std::string& shards_text, const std::string& folder_arg,
                    bool missing_only, const std::optional<std::string>& device, bool tf32) {
   const io::Experiment ex = override_device(io::load_experiment(config), device, tf32);
   const std::int64_t shards = parse_count(shards_text, "--shards", io::kMaxPoints, 1);
+  check_shard_count(shards, ex, "--shards " + shards_text);
   const fs::path folder = folder_arg.empty() ? fs::path("results") / ex.name : fs::path(folder_arg);
+  std::error_code folder_ec;
+  const bool folder_exists = fs::exists(folder, folder_ec);
+  if (folder_exists && !fs::is_directory(folder, folder_ec)) {
+    throw UsageError((folder_arg.empty() ? folder.string() : "--dir " + folder_arg) + " is a file, not a folder; "
+                     "give the folder that holds the shard files (by default results/<name>)");
+  }
   std::vector<std::int64_t> missing;
   std::int64_t complete = 0;
   std::vector<std::string> lines;
@@ -513,7 +623,7 @@ int status_command(const std::string& config, const std::string& shards_text, co
         state = "running (" + (holder->empty() ? std::string("lock held") : *holder) + ")";
         if (done > 0) state += ", " + std::to_string(done) + " of " + std::to_string(points) + " points done";
       } else if (fs::exists(path, ec)) {
-        state = "foreign file (another config); rerun with --overwrite";
+        state = "taken by " + describe_other_file(path, ex);
       } else if (done < 0) {
         state = "checkpoint of another config";
       } else if (done > 0) {
@@ -529,9 +639,16 @@ int status_command(const std::string& config, const std::string& shards_text, co
     return 0;
   }
   std::cout << ex.name << " (config hash " << ex.hash << "): " << ex.points.size() << " points in " << shards
-            << " shards under " << folder.string() << "\n";
+            << " shards under " << folder.string() << (folder_exists ? "" : " (no such folder yet)") << "\n";
   for (const auto& l : lines) std::cout << l << "\n";
   std::cout << complete << " of " << shards << " shards complete\n";
+  if (complete == 0) {
+    const std::string other = other_shard_counts(folder, shards);
+    if (!other.empty()) {
+      std::cout << "the folder holds shard files of other splits (--shards " << other << "); is --shards " << shards
+                << " the split the run used?\n";
+    }
+  }
   if (!missing.empty()) {
     std::cout << "not complete: " << io::array_spec(missing) << "  (sbatch --array=" << io::array_spec(missing)
               << ")\n";

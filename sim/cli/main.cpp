@@ -30,11 +30,16 @@ int main(int argc, char** argv) {
   });
   app.set_version_flag("--version", version_line());
 
+  // An empty -o would otherwise mean "the default path" without saying so.
+  const CLI::Validator result_file(
+      [](std::string& path) { return path.empty() ? std::string("an empty path; give a file name ending in .h5") : ""; },
+      "FILE.h5");
+
   RunArgs run;
   run.command_line = command_line;
   auto* run_cmd = app.add_subcommand("run", "Run an experiment config and write an HDF5 result file");
   run_cmd->add_option("config", run.config, "experiment config (JSON)")->required();
-  run_cmd->add_option("-o,--output", run.output, "result file (default: results/<name>.h5)");
+  run_cmd->add_option("-o,--output", run.output, "result file (default: results/<name>.h5)")->check(result_file);
   run_cmd->add_option("--threads", run.threads, "threads (default: OMP_NUM_THREADS, SLURM_CPUS_PER_TASK or all)");
   run_cmd->add_option("--seed", run.seed, "override the config's seed");
   run_cmd->add_option("--parallel", run.parallel, "how threads share work: auto, trials or samples (same results)");
@@ -66,7 +71,7 @@ int main(int argc, char** argv) {
   std::string merge_output;
   bool merge_overwrite = false;
   auto* merge_cmd = app.add_subcommand("merge", "Merge the shard files of a sharded run into one result file");
-  merge_cmd->add_option("-o,--output", merge_output, "merged result file")->required();
+  merge_cmd->add_option("-o,--output", merge_output, "merged result file")->required()->check(result_file);
   merge_cmd->add_option("shards", shard_files, "shard files (results/<name>/shard-K-of-N.h5)")->required();
   merge_cmd->add_flag("--overwrite", merge_overwrite, "replace an existing result file");
 

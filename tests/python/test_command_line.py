@@ -60,6 +60,58 @@ def test_bad_status_options_exit_2(run, write_config, tmp_path):
         assert r.stderr.strip() == message
 
 
+def test_bf16x6_is_refused_for_a_float64_run(run, write_config, tmp_path):
+    """float64 products always run on the FMA units, so asking for the tile units would be ignored."""
+    cfg = write_config(dict(TINY, precision="float64"))
+    r = run("run", cfg, "--matmul", "bf16x6", "-o", tmp_path / "f.h5", cwd=tmp_path)
+    if "need a CPU with AMX-BF16" in r.stderr:
+        pytest.skip("this CPU has no AMX-BF16, so --matmul bf16x6 is refused for every config: " + r.stderr)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: --matmul bf16x6: every point of this run is float64, whose products always "
+                                "run on the FMA units (the tile units have no float64); leave --matmul out, or use "
+                                "it with a float32 config")
+    assert files_under(tmp_path) == ["config.json"]
+
+
+def test_more_shards_than_points_are_refused(run, write_config, tmp_path):
+    """Shards with no point to compute would still be required by merge."""
+    cfg = write_config(dict(TINY, name="three", activation="selu", sweep={"grid": {"network.depth": [2, 3, 4]}}))
+    r = run("run", cfg, "--shard", "3/4", "-o", tmp_path / "s.h5", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: --shard 3/4: 4 shards is more than the 3 points of three; use at most 3 shards"
+    r = run("status", cfg, "--shards", "1000", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: --shards 1000: 1000 shards is more than the 3 points of three; use at most 3 " \
+                               "shards"
+    assert files_under(tmp_path) == ["config.json"]
+
+
+def test_status_says_what_it_finds_in_place_of_the_shards(run, write_config, tmp_path):
+    cfg = write_config(dict(TINY, name="three", activation="selu", sweep={"grid": {"network.depth": [2, 3, 4]}}))
+    r = run("status", cfg, "--shards", "3", "--dir", cfg, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"error: --dir {cfg} is a file, not a folder; give the folder that holds the shard "
+                                "files (by default results/<name>)")
+    r = run("status", cfg, "--shards", "3", cwd=tmp_path)
+    assert r.returncode == 0
+    assert "3 points in 3 shards under results/three (no such folder yet)" in r.stdout
+    folder = tmp_path / "results" / "three"
+    folder.mkdir(parents=True)
+    for k in range(3):
+        assert run("run", cfg, "--shard", f"{k}/3", "--quiet", cwd=tmp_path).returncode == 0
+    assert run("run", cfg, "-o", folder / "shard-0-of-2.h5", "--quiet", cwd=tmp_path).returncode == 0
+    (folder / "shard-1-of-2.h5").write_text("not a result\n")
+    r = run("status", cfg, "--shards", "2", cwd=tmp_path)
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[1:] == [
+        "  shard 0  2 points  taken by a complete result of this config, not a shard",
+        "  shard 1  1 point  taken by a file that is not a selfnorm result",
+        "0 of 2 shards complete",
+        "the folder holds shard files of other splits (--shards 3); is --shards 2 the split the run used?",
+        "not complete: 0-1  (sbatch --array=0-1)",
+    ]
+
+
 def test_config_paths_that_are_not_configs(run, tmp_path):
     cases = [
         (tmp_path / "missing.json", f"error: {tmp_path}/missing.json: cannot read the config (no such file); check "
@@ -101,6 +153,55 @@ def test_output_paths_that_cannot_hold_a_result(run, write_config, tmp_path):
         assert r.returncode == 2, (out, r.stderr)
         assert r.stderr.strip() == message
     assert files_under(tmp_path) == ["config.json", "folder"]
+
+
+def test_files_that_are_not_results_are_never_written_over(run, write_config, tmp_path):
+    """An existing file is replaced only if it is a selfnorm result, and only with --overwrite: a
+    config, an empty or damaged file, or a file in the checkpoint folder's place stays as it was."""
+    cfg = write_config(TINY)
+    (tmp_path / "empty.h5").write_bytes(b"")
+    (tmp_path / "notes.h5").write_text("a researcher's notes\n")
+    (tmp_path / "run.h5.partial").write_text("not a checkpoint folder\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for out, message in [
+        (tmp_path / "empty.h5", f"error: {tmp_path}/empty.h5 exists and is not a selfnorm result file (cannot open "
+                                f"{tmp_path}/empty.h5 as an HDF5 file"),
+        (tmp_path / "notes.h5", f"error: {tmp_path}/notes.h5 exists and is not a selfnorm result file (cannot open "
+                                f"{tmp_path}/notes.h5 as an HDF5 file"),
+        (tmp_path / "run.h5", f"error: {tmp_path}/run.h5.partial exists and is not a folder; selfnorm keeps the "
+                              f"finished points of an unfinished run of {tmp_path}/run.h5 there: move the file away "
+                              "or choose another path with -o"),
+        (cfg, f"error: -o {cfg}: the result file's name must end in .h5 (selfnorm writes HDF5 files); for example "
+              f"-o {tmp_path}/config.h5"),
+        ("", "error: --output: an empty path; give a file name ending in .h5"),
+    ]:
+        for overwrite in ([], ["--overwrite"]):
+            r = run("run", cfg, "-o", out, *overwrite, cwd=tmp_path)
+            assert r.returncode == 2, (out, r.stderr)
+            assert r.stderr.startswith(message), r.stderr
+    # The message goes on to say what would work.
+    r = run("run", cfg, "-o", tmp_path / "notes.h5", "--overwrite", cwd=tmp_path)
+    assert r.stderr.rstrip().endswith("selfnorm replaces only its own results, even with --overwrite: move the "
+                                          "file away or choose another path with -o")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_merge_never_writes_over_one_of_its_shards(run, write_config, tmp_path):
+    cfg = write_config(dict(TINY, sweep={"grid": {"network.depth": [2, 3, 4]}}))
+    shards = [tmp_path / f"shard-{k}-of-3.h5" for k in range(3)]
+    for k, shard in enumerate(shards):
+        assert run("run", cfg, "--shard", f"{k}/3", "-o", shard, "--quiet").returncode == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    r = run("merge", "-o", f"{tmp_path}/./{shards[0].name}", "--overwrite", *shards, cwd=tmp_path)  # the same file
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"error: -o {tmp_path}/./shard-0-of-3.h5 is also one of the shards to merge; write "
+                                "the merged result to another file (the shards stay as they are)")
+    r = run("merge", "-o", tmp_path / "merged.h5", tmp_path, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"error: {tmp_path} is a folder; merge takes the shard files inside it, such as "
+                                f"{tmp_path}/shard-*-of-N.h5")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert run("merge", "-o", tmp_path / "merged.h5", *shards).returncode == 0
 
 
 def test_a_read_only_folder_is_refused_before_any_work(run, write_config, tmp_path):

@@ -206,4 +206,4 @@ def test_shards_and_resume_give_the_same_file_as_one_run(gpu, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     r = selfnorm("run", cfg, "-o", tmp_path / "again.h5", "--device", "cpu")
-    assert r.returncode == 1 and "holds points of another experiment" in r.stderr
+    assert r.returncode == 2 and "holds points of another experiment" in r.stderr

@@ -98,7 +98,7 @@ def test_a_checkpoint_of_another_config_is_refused(reference, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--seed", "99"], capture_output=True, text=True)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "holds points of another experiment" in r.stderr
     assert "remove the folder or choose another output path with -o" in r.stderr
 
