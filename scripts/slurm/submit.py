@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -38,6 +39,8 @@ def parse_args(argv):
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results/)")
     p.add_argument("--selfnorm", type=Path, default=ROOT / "build" / "selfnorm", help="selfnorm binary")
     p.add_argument("--sbatch-arg", action="append", default=[], help="extra sbatch argument (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let the merge job replace an existing results/<name>.h5 (refused otherwise)")
     p.add_argument("--dry-run", action="store_true", help="write the job scripts and print the commands only")
     return p.parse_args(argv)
 
@@ -45,6 +48,33 @@ def parse_args(argv):
 def fail(message):
     print(f"submit.py: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+# What sbatch takes for --mem (a size, suffix K, M, G or T; megabytes without one) and --time
+# (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, or UNLIMITED).
+MEM = re.compile(r"[0-9]+[KMGT]?")
+TIME = re.compile(r"[0-9]+(:[0-9]+){0,2}|[0-9]+-[0-9]+(:[0-9]+){0,2}|UNLIMITED|INFINITE")
+
+
+def array_indices(spec, shards):
+    """The shard indices of an sbatch --array spec such as 2,5-7 (a %N throttle allowed); fails
+    naming the part that is not one, or an index that is not a shard."""
+    body, _, throttle = spec.partition("%")
+    if throttle and not throttle.isdigit():
+        fail(f"--only {spec}: the throttle after % must be a number of tasks, got '{throttle}'")
+    indices = []
+    for part in body.split(","):
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
+        if not m:
+            fail(f"--only {spec}: '{part}' is not a shard index or a range K-L; give indices as sbatch --array "
+                 f"takes them, e.g. 0,3-5 (the output of selfnorm status CONFIG --shards {shards} --missing)")
+        first, last = int(m[1]), int(m[2] if m[2] else m[1])
+        if first > last:
+            fail(f"--only {spec}: the range '{part}' ends before it starts; write it lowest first")
+        if last >= shards:
+            fail(f"--only {spec}: '{part}' is not within the shards 0-{shards - 1} of a split into {shards}")
+        indices.extend(range(first, last + 1))
+    return indices
 
 
 def describe(selfnorm, config, threads):
@@ -75,11 +105,18 @@ def main(argv=None):
     config = args.config.resolve()
     info = describe(selfnorm, config, args.cpus_per_task)
     points = info["points"]
-    shards = args.shards if args.shards else min(points, 32)
+    shards = args.shards if args.shards is not None else min(points, 32)
     if shards < 1:
         fail("--shards must be >= 1")
     if shards > points:
         fail(f"--shards {shards} is more than the {points} points of the experiment; use at most {points}")
+    if args.mem is not None and not MEM.fullmatch(args.mem):
+        fail(f"--mem {args.mem} is not a memory size sbatch takes; give a number with K, M, G or T, e.g. 4G")
+    if not TIME.fullmatch(args.time):
+        fail(f"--time {args.time} is not a time limit sbatch takes; give minutes, HH:MM:SS or D-HH:MM:SS, e.g. "
+             "04:00:00")
+    if args.only is not None:
+        array_indices(args.only, shards)
     mem = args.mem or f"{math.ceil(info.get('memory_bytes', info['buffer_bytes']) / 2**20) + 1024}M"
     array = args.only if args.only else f"0-{shards - 1}"
 
@@ -87,9 +124,12 @@ def main(argv=None):
     results = (workdir / args.results).resolve()
     run_dir = results / info["name"]
     logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     shard_files = [run_dir / f"shard-{k}-of-{shards}.h5" for k in range(shards)]
     merged = results / f"{info['name']}.h5"
+    if merged.exists() and not args.overwrite:
+        fail(f"{merged} already exists; the merge job would replace it: pass --overwrite to allow that, or --results "
+             "for another results folder")
+    logs.mkdir(parents=True, exist_ok=True)
 
     run_cmd = [str(selfnorm), "run", str(config), "--shard", f"slurm/{shards}", "--quiet"]
     array_script = run_dir / "array.sbatch"
@@ -107,7 +147,8 @@ def main(argv=None):
         f'/shard-"$SLURM_ARRAY_TASK_ID"-of-{shards}.h5',
         "",
     ]))
-    merge_cmd = [str(selfnorm), "merge", "--overwrite", "-o", str(merged)] + [str(f) for f in shard_files]
+    merge_cmd = [str(selfnorm), "merge", *(["--overwrite"] if args.overwrite else []), "-o", str(merged)] + \
+        [str(f) for f in shard_files]
     merge_script = run_dir / "merge.sbatch"
     merge_script.write_text("\n".join(sbatch_header(args, f"selfnorm-{info['name']}-merge", [
         "--cpus-per-task=1",
