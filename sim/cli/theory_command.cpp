@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <iostream>
 #include <sstream>
 
@@ -106,16 +107,56 @@ void jacobian_rows(std::vector<std::pair<std::string, std::string>>& rows, const
   rows.emplace_back("spectral_norm", fmt(j.spectral_norm) + (j.spectral_norm < 1 ? "  (a contraction)" : ""));
 }
 
+// The options a verb reads must be finite numbers, and its variances positive (bias variance may
+// be 0); anything else would come back as a confident "no fixed point" or a NaN.
+struct Option {
+  const char* name;
+  double value;
+  enum { any, positive, non_negative } range;
+  const char* what = "";  // what the value is, for the message
+};
+
+void check_options(std::initializer_list<Option> options) {
+  for (const Option& o : options) {
+    const std::string given = std::string(o.name) + " " + fmt(o.value);
+    if (!std::isfinite(o.value)) throw UsageError(given + " is not a finite number; give a real value");
+    if (o.range == Option::positive && !(o.value > 0)) throw UsageError(given + ": must be > 0 (" + o.what + ")");
+    if (o.range == Option::non_negative && !(o.value >= 0)) {
+      throw UsageError(given + ": must be >= 0 (" + o.what + ")");
+    }
+  }
+}
+
+void check_verb_options(const TheoryArgs& a) {
+  const std::string& v = a.verb;
+  if (v == "map" || v == "jacobian" || v == "fixed-point") {
+    check_options({{"--mu", a.mu, Option::any},
+                   {"--omega", a.omega, Option::any},
+                   {"--nu", a.nu, Option::positive, "a variance"},
+                   {"--tau", a.tau, Option::positive, "the sum of the squared weights"}});
+  } else if (v == "solve") {
+    check_options({{"--mean", a.mean, Option::any},
+                   {"--var", a.var, Option::positive, "a variance"},
+                   {"--omega", a.omega, Option::any},
+                   {"--tau", a.tau, Option::positive, "the sum of the squared weights"}});
+  } else if (v == "dropout") {
+    check_options({{"--mean", a.mean, Option::any}, {"--var", a.var, Option::positive, "a variance"}});
+  } else if (v == "depth-scales") {
+    check_options({{"--weight-variance", a.weight_variance, Option::positive, "a variance"},
+                   {"--bias-variance", a.bias_variance, Option::non_negative, "a variance"}});
+  }
+}
+
 }  // namespace
 
 int theory_command(const TheoryArgs& args) {
+  check_verb_options(args);
   const Activation act = build_activation(args);
   json out{{"activation", activation_json(act)}};
   std::vector<std::pair<std::string, std::string>> rows = {{"activation", std::string(activation_name(act))}};
   const std::string& verb = args.verb;
 
   if (verb == "map" || verb == "jacobian") {
-    if (!(args.nu * args.tau > 0)) throw UsageError("--nu and --tau must give a positive variance nu * tau");
     out["mu_in"] = args.mu;
     out["omega"] = args.omega;
     out["nu_in"] = args.nu;
@@ -169,7 +210,6 @@ int theory_command(const TheoryArgs& args) {
       throw UsageError("--keep " + fmt(args.keep) + " must be in (0, 1]: the probability of KEEPING a unit (the "
                        "paper's q; a drop rate p is --keep 1-p)");
     }
-    if (!(args.var > 0)) throw UsageError("--var must be > 0");
     double saturation;
     if (!dropout_saturation(act, saturation)) {
       throw UsageError(std::string(activation_name(act)) + " has no finite limit at -inf for dropped units");

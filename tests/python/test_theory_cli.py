@@ -51,6 +51,23 @@ def test_readable_tables_and_bad_values(run):
     assert r.returncode == 2 and "relu has no parameter 'alpha'" in r.stderr
     r = run("theory", "map", "--activation", "celu", "--alpha", "0")
     assert r.returncode == 2 and "alpha must be > 0" in r.stderr
+    # Each verb's numbers are checked before any theory runs: no answer for an impossible input.
+    for args, message in [
+        (("depth-scales", "--activation", "tanh", "--weight-variance", "-1"),
+         "--weight-variance -1: must be > 0 (a variance)"),
+        (("depth-scales", "--weight-variance", "nan"), "--weight-variance nan is not a finite number; give a real value"),
+        (("depth-scales", "--bias-variance", "-1"), "--bias-variance -1: must be >= 0 (a variance)"),
+        (("solve", "--var", "-1"), "--var -1: must be > 0 (a variance)"),
+        (("solve", "--mean", "nan"), "--mean nan is not a finite number; give a real value"),
+        (("map", "--mu", "inf"), "--mu inf is not a finite number; give a real value"),
+        (("jacobian", "--nu", "-1", "--tau", "-1"), "--nu -1: must be > 0 (a variance)"),
+        (("fixed-point", "--tau", "0"), "--tau 0: must be > 0 (the sum of the squared weights)"),
+        (("dropout", "--keep", "0.9", "--mean", "nan"), "--mean nan is not a finite number; give a real value"),
+    ]:
+        r = run("theory", *args)
+        assert r.returncode == 2, (args, r.stdout)
+        assert r.stderr.strip() == "error: " + message
+        assert r.stdout == ""
 
 
 def test_runs_write_theory_beside_the_statistics(run, write_config, tmp_path):
