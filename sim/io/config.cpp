@@ -718,8 +718,14 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
 
   Experiment ex;
   ex.name = c.string(root, "name", "", default_name);
-  if (ex.name.empty() || ex.name.find_first_of("/\\") != std::string::npos) {
-    c.fail("name", "must be a non-empty file-name-safe string (no '/'), got " + show(json(ex.name)));
+  // The name becomes results/<name>.h5, results/<name>/shard-K-of-N.h5 and the Slurm job's name.
+  const bool control = std::any_of(ex.name.begin(), ex.name.end(), [](char ch) {
+    return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+  });
+  if (ex.name.empty() || ex.name.size() > 200 || ex.name.front() == '.' || control ||
+      ex.name.find_first_of("/\\") != std::string::npos) {
+    c.fail("name", "must be a file-name-safe string (1 to 200 characters, no '/', '\\' or control characters, not "
+                   "starting with '.'), since it names results/<name>.h5; got " + show(json(ex.name)));
   }
   const std::string description = c.string(root, "description", "", "");
   ex.seed = static_cast<std::uint64_t>(c.integer(root, "seed", "", 0, 0, std::numeric_limits<std::int64_t>::max()));
