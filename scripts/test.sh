@@ -39,7 +39,7 @@ check_tests() {
     ctest --test-dir "$SELFNORM_ROOT/build-check" --output-on-failure --parallel "$(nproc)"
 }
 thread_tests() {
-  build_checking "$SELFNORM_ROOT/build-tsan" "selfnorm_thread_tests" -DSELFNORM_SANITIZE=thread &&
+  build_checking "$SELFNORM_ROOT/build-tsan" "selfnorm_thread_tests selfnorm_thread_amx_tests" -DSELFNORM_SANITIZE=thread &&
     ctest --test-dir "$SELFNORM_ROOT/build-tsan" --output-on-failure
 }
 

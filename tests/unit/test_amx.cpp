@@ -16,6 +16,7 @@
 
 #include "core/amx.hpp"
 #include "core/gemm.hpp"
+#include "naive_reference.hpp"
 
 using namespace selfnorm;
 
@@ -236,4 +237,29 @@ TEST_CASE("an AMX product is as accurate as a float32 FMA product", "[amx]") {
   // The sequential FMA sum rounds at the scale of the running sum k times, as the tile unit's
   // leading accumulator does; pairwise sums inside the unit can only make it smaller.
   CHECK(rms_amx <= rms_fma);
+}
+
+// The engine with its float32 products on the tile units: the same checks as test_engine.cpp's
+// on the vector units (naive_reference.hpp).
+
+TEST_CASE("bf16x6 results are bit-identical for any thread count and parallel mode", "[amx][engine][determinism]") {
+  PointSpec spec = test::determinism_spec();
+  SECTION("biases, weight gradients and alpha dropout") { spec.alpha_dropout.keep_probability = 0.9; }
+  SECTION("a batch of 1100, orthogonal weights (split from stored strips)") {
+    spec.monte_carlo.batch = 1100;
+    spec.monte_carlo.weight_gradients = false;
+    spec.init.kind = InitKind::orthogonal;
+  }
+  test::require_same_bits_for_any_threads(spec, Matmul::bf16x6);
+}
+
+TEST_CASE("bf16x6 at every edge of the tile layouts agrees with a float64 reference", "[amx][engine]") {
+  PointSpec spec = test::float32_edges_spec();
+  SECTION("biases, weight gradients") {}
+  SECTION("and alpha dropout") { spec.alpha_dropout.keep_probability = 0.8; }
+  SECTION("orthogonal weights (split from stored strips)") {
+    spec.init.kind = InitKind::orthogonal;
+    spec.init.weight_mean = 0.0;
+  }
+  test::check_float32_against_naive(spec, Matmul::bf16x6);
 }
