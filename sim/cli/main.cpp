@@ -14,6 +14,65 @@
 #include "io/hdf5.hpp"
 #include "io/lock.hpp"
 
+namespace {
+
+// The (sub)command being parsed when parsing stopped: the deepest one that was given.
+const CLI::App& innermost(const CLI::App& app) {
+  for (const CLI::App* sub : app.get_subcommands()) return innermost(*sub);
+  return app;
+}
+
+// CLI11's message, made to name the word at fault and what would work where it does not.
+std::string command_line_problem(const CLI::App& top, const CLI::Error& e) {
+  const CLI::App& at = innermost(top);
+  std::string where;  // "theory " for `selfnorm theory ...`, empty at the top
+  for (const CLI::App* a = &at; a->get_parent(); a = a->get_parent()) where = a->get_name() + " " + where;
+  const std::string command = "selfnorm " + where.substr(0, where.empty() ? 0 : where.size() - 1);
+  const std::vector<std::string> extras = top.remaining(true);
+  std::vector<std::string> commands;
+  for (const CLI::App* sub : at.get_subcommands({})) commands.push_back(sub->get_name());
+  auto listed = [](const std::vector<std::string>& v) {
+    std::string out;
+    for (const auto& x : v) out += (out.empty() ? "" : ", ") + x;
+    return out;
+  };
+  if (dynamic_cast<const CLI::RequiredError*>(&e) && !commands.empty() && at.get_subcommands().empty()) {
+    if (!extras.empty() && extras.front().rfind("-", 0) != 0) {
+      std::string msg = "unknown " + where + "command '" + extras.front() + "'";
+      const std::string near = selfnorm::io::nearest_key(extras.front(), commands);
+      if (!near.empty()) msg += "; did you mean '" + near + "'?";
+      return msg + " (the " + where + "commands: " + listed(commands) + ")";
+    }
+    return std::string(e.what()) + ": one of " + listed(commands);
+  }
+  if (dynamic_cast<const CLI::ExtrasError*>(&e) && !extras.empty()) {
+    std::vector<std::string> options;
+    for (const CLI::Option* o : at.get_options()) {
+      for (const auto& l : o->get_lnames()) options.push_back("--" + l);
+    }
+    const std::string& word = extras.front();
+    if (word.size() > 1 && word.front() == '-') {
+      std::string msg = "unknown option " + word + " for " + command;
+      const std::string near = selfnorm::io::nearest_key(word.substr(0, word.find('=')), options);
+      if (!near.empty()) msg += "; did you mean " + near + "?";
+      return msg;
+    }
+    return "unexpected argument '" + word + "' for " + command;
+  }
+  if (dynamic_cast<const CLI::ConversionError*>(&e)) {
+    // "Could not convert: --threads = two"
+    const std::string what = e.what();
+    const std::string prefix = "Could not convert: ";
+    const auto eq = what.find(" = ");
+    if (what.rfind(prefix, 0) == 0 && eq != std::string::npos) {
+      return what.substr(prefix.size(), eq - prefix.size()) + " '" + what.substr(eq + 3) + "' is not a number";
+    }
+  }
+  return e.what();
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace selfnorm::cli;
   // OMP_NUM_THREADS= (set but empty, as `OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK` leaves it outside
@@ -25,8 +84,9 @@ int main(int argc, char** argv) {
 
   CLI::App app{"selfnorm: Monte Carlo and mean-field signal propagation in deep dense networks"};
   app.require_subcommand(1);
-  app.failure_message([](const CLI::App*, const CLI::Error& e) {
-    return "error: " + std::string(e.what()) + "\nRun `selfnorm --help` or `selfnorm COMMAND --help` for the options.\n";
+  app.failure_message([](const CLI::App* top, const CLI::Error& e) {
+    return "error: " + command_line_problem(*top, e) +
+           "\nRun `selfnorm --help` or `selfnorm COMMAND --help` for the options.\n";
   });
   app.set_version_flag("--version", version_line());
 

@@ -19,13 +19,15 @@ from mounts import mounted_tmpfs
     (["--threads", "-2"], "error: --threads -2 is not valid; give a thread count from 1 to 4096"),
     (["--threads", "0"], "error: --threads 0 is not valid; give a thread count from 1 to 4096"),
     (["--threads", "99999"], "error: --threads 99999 is not valid; give a thread count from 1 to 4096"),
-    (["--threads", "two"], "error: Could not convert: --threads = two"),
+    (["--threads", "two"], "error: --threads 'two' is not a number"),
     (["--seed", "-1"], "error: --seed '-1' is not valid; give an integer from 0 to 9223372036854775807"),
     (["--seed", "1.5"], "error: --seed '1.5' is not valid; give an integer from 0 to 9223372036854775807"),
     (["--seed", "99999999999999999999"],
      "error: --seed '99999999999999999999' is not valid; give an integer from 0 to 9223372036854775807"),
     (["--parallel", "fast"], "error: --parallel fast is not valid; use auto, trials or samples"),
-    (["--frobnicate"], "error: The following argument was not expected: --frobnicate"),
+    (["--frobnicate"], "error: unknown option --frobnicate for selfnorm run"),
+    (["--thread", "2"], "error: unknown option --thread for selfnorm run; did you mean --threads?"),
+    (["extra"], "error: unexpected argument 'extra' for selfnorm run"),
 ])
 def test_bad_run_options_exit_2_and_write_nothing(run, write_config, tmp_path, args, message):
     cfg = write_config(TINY)
@@ -37,7 +39,17 @@ def test_bad_run_options_exit_2_and_write_nothing(run, write_config, tmp_path, a
 
 
 def test_a_missing_command_or_argument_exits_2(run, tmp_path):
-    for args, message in [((), "error: A subcommand is required"),
+    for args, message in [((), "error: A subcommand is required: one of run, validate, merge, status, print-config, "
+                                "activations, theory"),
+                          (("valdate", "x.json"), "error: unknown command 'valdate'; did you mean 'validate'? (the "
+                                                  "commands: run, validate, merge, status, print-config, activations, "
+                                                  "theory)"),
+                          (("theory", "slove"), "error: unknown theory command 'slove'; did you mean 'solve'? (the "
+                                                "theory commands: map, jacobian, fixed-point, solve, dropout, "
+                                                "depth-scales)"),
+                          (("theory", "solve", "--meen", "0"), "error: unknown option --meen for selfnorm theory "
+                                                               "solve; did you mean --mean?"),
+                          (("theory", "map", "--mu", "abc"), "error: --mu 'abc' is not a number"),
                           (("run",), "error: config is required"),
                           (("merge", "-o", "x.h5"), "error: shards is required"),
                           (("status", "x.json"), "error: --shards is required")]:
