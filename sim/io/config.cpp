@@ -791,6 +791,15 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
       issue.message += " [at sweep point " + std::to_string(f.first_point) + ": " + plan.points[f.first_point].label;
       if (f.count > 1) issue.message += ", and " + std::to_string(f.count - 1) + " more";
       issue.message += "]";
+    } else if (!from_list) {
+      // Found at every point, but made by the sweep: it sets the key, or one the message names.
+      for (const auto& key : plan.swept_keys) {
+        const std::string last = key.substr(key.rfind('.') + 1);
+        if (issue.path == key || issue.message.find("'" + last + "'") != std::string::npos) {
+          issue.message += " [every sweep point sets " + key + "]";
+          break;
+        }
+      }
     }
     c.issues.push_back(issue);
   }

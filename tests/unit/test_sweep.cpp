@@ -132,6 +132,10 @@ TEST_CASE("sweep errors name the key, the point and the remedy", "[sweep][errors
   CHECK(problems(R"({"sweep": {"grid": {"activation": ["relu"]}, "zip": {"activation.name": ["elu"]}}})") ==
         std::vector<std::string>{"sweep.zip.activation.name: sweeps the activation a second time (as activation and "
                                  "activation.name); sweep it in one place"});
+  // A problem the sweep makes at every point says so.
+  CHECK(problems(R"({"network": {"depth": 2, "width": 4}, "sweep": {"grid": {"network.widths": [[4, 4, 4]]}}})") ==
+        std::vector<std::string>{"network.width: give either 'width' (all layers) or 'widths' (per layer), not both "
+                                 "[every sweep point sets network.widths]"});
   // A whole section as a value would drop the base section's other keys (here the width).
   CHECK(problems(R"({"network": {"width": 4}, "sweep": {"grid": {"network": [{"depth": 2}, {"depth": 3}]}}})") ==
         std::vector<std::string>{"sweep.grid.network: cannot be swept as a whole section: each value would replace "
@@ -150,7 +154,7 @@ TEST_CASE("sweep errors name the key, the point and the remedy", "[sweep][errors
                                  "largest is about 1.8e308), got [0,400,3]; choose smaller ends"});
   CHECK(problems(R"({"sweep": {"grid": {"input.mean": {"linspace": [-1e308, 1e308, 3]},
                                          "input.variance": [-1]}}})") ==
-        std::vector<std::string>{"input.variance: must be >= 0, got -1"});
+        std::vector<std::string>{"input.variance: must be >= 0, got -1 [every sweep point sets input.variance]"});
   CHECK(problems(R"({"sweep": {"grid": {"input.mean": {"linspace": [0, 1, 65536]}, "input.variance": {"linspace":
       [0, 1, 65536]}, "init.bias_mean": {"linspace": [0, 1, 65536]}, "init.bias_variance": {"linspace": [0, 1,
       65536]}}}})") ==
