@@ -659,8 +659,30 @@ int status_command(const std::string& config, const std::string& shards_text, co
   return 0;
 }
 
+// `validate --json` of a config that does not load: the problems as JSON on stdout, for tools that
+// read it, before the usual message on stderr (exit status 2).
+io::Experiment load_for_validation(const std::string& config, bool as_json) {
+  try {
+    return io::load_experiment(config);
+  } catch (const io::ConfigError& e) {
+    if (as_json) {
+      json problems = json::array();
+      for (const auto& issue : e.issues()) problems.push_back({{"path", issue.path}, {"message", issue.message}});
+      std::cout << json{{"valid", false}, {"config", config}, {"problems", problems}}.dump(2) << std::endl;
+    }
+    throw;
+  } catch (const io::FileError& e) {
+    if (as_json) {
+      std::cout << json{{"valid", false}, {"config", config}, {"problems", {{{"path", ""}, {"message", e.what()}}}}}
+                       .dump(2)
+                << std::endl;
+    }
+    throw;
+  }
+}
+
 int validate_command(const std::string& config, std::optional<int> requested_threads, bool as_json) {
-  const io::Experiment ex = io::load_experiment(config);
+  const io::Experiment ex = load_for_validation(config, as_json);
   const ThreadChoice threads = choose_threads(requested_threads);
   RunOptions options;
   options.threads = threads.threads;
@@ -700,7 +722,8 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
   if (as_json) {
     json varied = json::array();
     for (const auto& v : ex.varied) varied.push_back(v.key);
-    std::cout << json{{"name", ex.name},
+    std::cout << json{{"valid", true},
+                      {"name", ex.name},
                       {"config_hash", ex.hash},
                       {"seed", ex.seed},
                       {"points", ex.points.size()},

@@ -122,6 +122,14 @@ def test_validate_prints_the_work_estimate(run, write_config):
     for key in ("buffer_bytes", "memory_bytes", "memory_available_bytes"):
         assert isinstance(report[key], int) and report[key] > 0, key  # whole bytes, not 1.2e6
     assert report["memory_bytes"] >= report["buffer_bytes"]
+    assert report["valid"] is True
+    # A config that does not load is JSON too, for tools that read it, as well as the message.
+    r = run("validate", write_config(dict(TINY, network={"depth": 0, "width": 16})), "--json")
+    assert r.returncode == 2
+    report = json.loads(r.stdout)
+    assert report["valid"] is False and report["config"].endswith("config.json")
+    assert [p["path"] for p in report["problems"]] == ["network.depth"]
+    assert report["problems"][0]["message"] in r.stderr
 
 
 def test_print_config_fills_in_every_default(run, write_config):
