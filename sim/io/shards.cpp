@@ -153,7 +153,8 @@ void merge_shards(const std::vector<fs::path>& shards, const fs::path& output, c
   }
   if (!missing.empty()) {
     throw std::runtime_error("missing " + std::to_string(missing.size()) + " of " + std::to_string(n) +
-                             " shards: " + array_spec(missing) + " (resubmit them with sbatch --array=" +
+                             " shards: " + array_spec(missing) + " (run each with 'selfnorm run CONFIG --shard K/" +
+                             std::to_string(n) + "', or on Slurm resubmit them with submit.py --only " +
                              array_spec(missing) + ")");
   }
 
