@@ -95,6 +95,9 @@ def test_an_earlier_result_survives_a_failed_overwrite(run, tmp_path, sizes):
         assert r.returncode == 1, r.stderr
         assert r.stderr.splitlines()[-1].startswith(
             f"error: {out}.partial/point-0.h5: cannot write the result file: no space left on device;")
+        # Not "0 of 1 points are saved ... resumes from them": there is nothing to resume.
+        assert r.stderr.splitlines()[-1].endswith(
+            "The run stopped with no point saved; the same command starts again once the problem is fixed")
         assert out.read_bytes() == before
         assert files_under(disk) == ["result.h5"]
 
