@@ -38,7 +38,8 @@ const std::array<StatInfo, kStatCount>& stat_catalog() {
       {Stat::activation_var, "activation_var", "variance of the activations x_l", "1",
        "population variance of the B*n_l entries of x_l, per trial"},
       {Stat::activation_msq, "activation_msq", "second moment of the activations x_l", "1",
-       "mean of the squares of the B*n_l entries of x_l (the q of mean-field theory), per trial"},
+       "mean of the squares of the B*n_l entries of x_l, per trial (s_w^2 times it, plus s_b^2, is the next "
+       "layer's pre-activation variance, the q of mean-field theory and of theory_q_star)"},
       {Stat::unit_mean_spread, "unit_mean_spread", "spread of the per-unit means of x_l", "1",
        "variance across the n_l units of each unit's mean of x_l over the B samples, per trial; "
        "includes the sampling floor activation_var / B"},
