@@ -37,12 +37,29 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="folder for the PNG files (default: the results file's)")
     parser.add_argument("--dpi", type=int, default=110, help="resolution of the PNG files (default 110)")
     args = parser.parse_args(argv)
+    if args.dpi < 1:
+        parser.error(f"--dpi {args.dpi}: give a positive number of dots per inch, e.g. 110")
+    folder = args.output if args.output is not None else args.results.resolve().parent
+    if folder.exists() and not folder.is_dir():
+        parser.error(f"-o {folder} is a file; give a folder for the PNG files (it is created if missing)")
     try:
-        ds = load(args.results)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a shard: said below
+            ds = load(args.results)
     except (SchemaError, FileNotFoundError) as e:
         print(f"plot.py: {e}", file=sys.stderr)
         return 2
-    folder = args.output if args.output is not None else args.results.resolve().parent
+    if "shard_index" in ds.attrs:
+        print(f"plot.py: note: {args.results} is shard {int(ds.attrs['shard_index'])} of "
+              f"{int(ds.attrs['shard_count'])}, {ds.sizes['point']} of the experiment's "
+              f"{int(ds.attrs['point_total'])} points: the figures show those points only, and no heatmap; "
+              f"merge the shards (selfnorm merge) for the whole sweep", file=sys.stderr)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"plot.py: cannot create the output folder {folder} ({e.strerror}); choose another with -o",
+              file=sys.stderr)
+        return 2
     with warnings.catch_warnings():
         # Layers where every trial blew up are NaN; they are left out of the plots on purpose.
         warnings.filterwarnings("ignore", message="All-NaN slice encountered")

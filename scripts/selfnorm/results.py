@@ -45,7 +45,14 @@ def _check_attrs(attrs: Mapping, source: str) -> int:
         raise SchemaError(f"{source} has schema '{schema}', not '{SCHEMA}': it is not a selfnorm result file")
     if "schema_version" not in attrs:
         raise SchemaError(f"{source} has schema '{SCHEMA}' but no 'schema_version' attribute")
-    version = int(np.asarray(attrs["schema_version"]).item())
+    raw = np.asarray(attrs["schema_version"]).item()
+    try:
+        version = int(raw)
+    except (TypeError, ValueError):
+        version = None
+    if version is None or version != raw:
+        raise SchemaError(f"{source} has schema_version {raw!r}, not a whole number: the file was not written "
+                          f"by selfnorm as it is")
     if version not in SUPPORTED_VERSIONS:
         supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
         hint = ("re-run the experiment with the current selfnorm (selfnorm run CONFIG --overwrite) to rewrite it"
@@ -66,10 +73,17 @@ def check_version(source: Union[PathLike, xr.Dataset]) -> int:
     path = os.fspath(source)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise SchemaError(f"{path} is a folder, not a result file; a sharded run's folder holds "
+                          f"shard-K-of-N.h5 files: merge them (selfnorm merge -o FILE.h5 {path}/shard-*-of-N.h5) "
+                          f"and load the merged file")
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: f.attrs[k] for k in ("schema", "schema_version") if k in f.attrs}
     except OSError as e:
+        if "truncated file" in str(e):
+            raise SchemaError(f"{path} is cut short ({os.path.getsize(path)} bytes, less than its HDF5 header "
+                              f"declares): an incomplete copy or download; copy the file again") from None
         raise SchemaError(f"{path} is not a selfnorm result file (not an HDF5 file: {e})") from None
     return _check_attrs(attrs, path)
 
@@ -82,7 +96,15 @@ def load(path: PathLike) -> xr.Dataset:
     their declared _FillValue)."""
     check_version(path)
     with xr.open_dataset(os.fspath(path), engine="h5netcdf") as ds:
-        return ds.load()
+        ds = ds.load()
+    if "shard_index" in ds.attrs:
+        import warnings
+
+        warnings.warn(f"{os.fspath(path)} is shard {int(ds.attrs['shard_index'])} of "
+                      f"{int(ds.attrs['shard_count'])}: {ds.sizes['point']} of the experiment's "
+                      f"{int(ds.attrs.get('point_total', ds.sizes['point']))} points; merge the shards "
+                      f"(selfnorm merge) for the whole experiment", stacklevel=2)
+    return ds
 
 
 def config(ds: xr.Dataset) -> dict:
@@ -134,14 +156,21 @@ def to_grid(ds: xr.Dataset) -> xr.Dataset:
     - A single point (no sweep) gives the dataset at that point, without a point dimension.
     - A file that holds only some of the points (a shard) cannot be reshaped: merge it first.
     """
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"to_grid takes the Dataset of selfnorm.load(path), got {type(ds).__name__} {ds!r}")
     shape = grid_shape(ds)
     source = _source_of(ds)
     if "point" not in ds.dims:
         raise ValueError(f"{source}: no 'point' dimension (already reshaped by to_grid?)")
     total = int(ds.attrs.get("point_total", ds.sizes["point"]))
     if ds.sizes["point"] != total or not np.array_equal(ds["point"].values, np.arange(total)):
-        raise ValueError(f"{source} holds {ds.sizes['point']} of the experiment's {total} points (a shard?); "
-                         f"merge the shards (selfnorm merge) before reshaping into the grid")
+        if "shard_index" in ds.attrs:
+            raise ValueError(f"{source} is shard {int(ds.attrs['shard_index'])} of {int(ds.attrs['shard_count'])}, "
+                             f"{ds.sizes['point']} of the experiment's {total} points; merge the shards "
+                             f"(selfnorm merge) before reshaping into the grid")
+        raise ValueError(f"{source}: this Dataset holds {ds.sizes['point']} of the experiment's {total} points "
+                         f"(a selection of them?); to_grid needs every point: reshape first, then select on the "
+                         f"grid's axes")
     if not shape:
         return ds.isel(point=0)
     if math.prod(shape) != total:
@@ -179,7 +208,19 @@ def to_grid(ds: xr.Dataset) -> xr.Dataset:
             continue
         target = coords if name in ds.coords else data_vars
         target[name] = reshape(var) if "point" in var.dims else var
-    return xr.Dataset(data_vars, coords, ds.attrs)
+    grid = xr.Dataset(data_vars, coords, ds.attrs)
+    grid.encoding["source"] = source
+    return grid
+
+
+def _require_points(ds: xr.Dataset, what: str) -> None:
+    """`what` works point by point: it needs the [point, layer] Dataset of load()."""
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"{what} takes the Dataset of selfnorm.load(path), got {type(ds).__name__}")
+    if "point" not in ds.dims:
+        raise ValueError(f"{_source_of(ds)}: {what} takes the [point, layer] Dataset of selfnorm.load, one row "
+                         f"per point; this one has dimensions {tuple(ds.dims)} (reshaped by to_grid?): call it "
+                         f"on the loaded Dataset")
 
 
 def point_labels(ds: xr.Dataset, exclude: Iterable[str] = ()) -> list:
@@ -188,6 +229,7 @@ def point_labels(ds: xr.Dataset, exclude: Iterable[str] = ()) -> list:
     The activation's name stands alone, unless the same name occurs at points with different
     parameters: then the parameters that differ are added ("elu alpha=0.5"). Coordinates named in
     `exclude` are left out."""
+    _require_points(ds, "point_labels")
     names = [n for n in varied_coordinates(ds) if n not in set(exclude)]
     if not names:
         return [str(ds.attrs.get("experiment", "point"))] * ds.sizes["point"]
@@ -225,8 +267,17 @@ def point_labels(ds: xr.Dataset, exclude: Iterable[str] = ()) -> list:
 
 def at_layer(ds: xr.Dataset, name: str, layers: Union[str, Sequence[int], np.ndarray] = "last") -> xr.DataArray:
     """Variable `name` [point, layer] at one layer per point: "first" (layer 1), "middle"
-    (depth // 2, at least 1), "last" (each point's own depth), or a layer number per point."""
-    depth = ds["point_depth"].values.astype(int)
+    (depth // 2, at least 1), "last" (each point's own depth), or a layer number (one for all
+    points, or one per point). On to_grid's Dataset the same, per grid point: [axis_0, ..., axis_k]."""
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"at_layer takes the Dataset of selfnorm.load(path) (or of to_grid), got "
+                        f"{type(ds).__name__}")
+    if name not in ds or "layer" not in ds[name].dims:
+        per_layer = sorted(n for n, v in ds.data_vars.items() if "layer" in v.dims)
+        raise KeyError(f"{_source_of(ds)}: no per-layer variable {name!r}; per-layer variables: "
+                       f"{', '.join(per_layer)}")
+    depth_var = ds["point_depth"]
+    depth = depth_var.values.astype(int)
     if isinstance(layers, str):
         if layers == "last":
             chosen = depth
@@ -237,8 +288,23 @@ def at_layer(ds: xr.Dataset, name: str, layers: Union[str, Sequence[int], np.nda
         else:
             raise ValueError(f"layers must be 'first', 'middle', 'last' or layer numbers, got {layers!r}")
     else:
-        chosen = np.broadcast_to(np.asarray(layers, dtype=int), depth.shape)
-    return ds[name].sel(layer=xr.DataArray(chosen, dims="point"))
+        given = np.asarray(layers, dtype=int)
+        if given.ndim > 0 and given.shape != depth.shape:
+            raise ValueError(f"layers: give one layer number, or one per point ({depth.size} of them, shape "
+                             f"{depth.shape}), got {given.shape[0] if given.ndim == 1 else given.shape}")
+        chosen = np.broadcast_to(given, depth.shape)
+        outside = (chosen < 1) | (chosen > depth)
+        if outside.any():
+            i = np.unravel_index(int(np.argmax(outside)), depth.shape) if depth.ndim else ()
+            if depth_var.dims == ("point",):
+                where = f"point {int(ds['point'].values[i[0]])}"
+            elif depth.ndim == 0:
+                where = "the point"
+            else:
+                where = "the grid point " + ", ".join(f"{d}={ds[d].values[k]}" for d, k in zip(depth_var.dims, i))
+            raise ValueError(f"layer {int(chosen[i])} is outside the layers 1-{int(depth[i])} of {where}")
+    # Pointwise over the dimensions of point_depth ([point], or the grid's axes).
+    return ds[name].sel(layer=xr.DataArray(chosen, dims=depth_var.dims))
 
 
 def compare_theory(ds: xr.Dataset, name: str = "activation_var",
@@ -251,6 +317,7 @@ def compare_theory(ds: xr.Dataset, name: str = "activation_var",
     real and do not shrink with more trials (mean-field theory is the infinite-width limit)."""
     import pandas as pd
 
+    _require_points(ds, "compare_theory")
     theory_name = "theory_" + name
     if theory_name not in ds:
         raise KeyError(f"{_source_of(ds)} has no prediction {theory_name} for {name}")

@@ -108,9 +108,11 @@ def test_to_grid_refuses_a_shard(sn, selfnorm_bin, write_config, tmp_path, run):
     cfg = write_config(ALPHA_LAMBDA)
     out = tmp_path / "shard.h5"
     assert run("run", cfg, "--shard", "1/2", "-o", out, "--quiet").returncode == 0
-    ds = sn.load(out)
+    with pytest.warns(UserWarning, match=r"shard.h5 is shard 1 of 2: 3 of the experiment's 6 points; merge the "
+                                         r"shards \(selfnorm merge\) for the whole experiment"):
+        ds = sn.load(out)
     assert ds.sizes["point"] == 3
-    with pytest.raises(ValueError, match=r"holds 3 of the experiment's 6 points \(a shard\?\); merge"):
+    with pytest.raises(ValueError, match=r"is shard 1 of 2, 3 of the experiment's 6 points; merge the shards"):
         sn.to_grid(ds)
 
 
@@ -130,3 +132,64 @@ def test_labels_and_the_theory_comparison(sn, results_of):
     np.testing.assert_allclose(last.relative_gap.values, (mc - th) / np.abs(th))
     with pytest.raises(KeyError, match="no prediction theory_unit_mean_spread"):
         sn.compare_theory(ds, "unit_mean_spread")
+
+
+def test_at_layer_works_point_by_point_on_the_loaded_file_and_on_its_grid(sn, results_of):
+    """Each point is taken at its own layer: on the grid too, where a layer past a shallower
+    network's depth would otherwise mix points (depth 5's layer 3 in the depth-3 cell)."""
+    ds = sn.load(results_of(ACTIVATIONS_BY_DEPTH))
+    grid = sn.to_grid(ds)
+    for which in ("first", "middle", "last"):
+        on_points = sn.at_layer(ds, "activation_var", which)
+        on_grid = sn.at_layer(grid, "activation_var", which)
+        assert on_points.dims == ("point",) and on_grid.dims == ("activation", "depth")
+        np.testing.assert_array_equal(on_grid.values.ravel(), on_points.values)
+    last = sn.at_layer(grid, "activation_var", "last")
+    np.testing.assert_array_equal(last.sel(depth=3).values, ds.activation_var.values[[0, 2, 4], 2])
+    np.testing.assert_array_equal(last.sel(depth=5).values, ds.activation_var.values[[1, 3, 5], 4])
+    assert not np.isnan(last.values).any()
+
+
+def test_the_helpers_name_what_they_take(sn, results_of, tmp_path):
+    path = results_of(ACTIVATIONS_BY_DEPTH)
+    ds = sn.load(path)
+    grid = sn.to_grid(ds)
+    for call in (lambda: sn.compare_theory(grid), lambda: sn.point_labels(grid)):
+        with pytest.raises(ValueError, match=r"takes the \[point, layer\] Dataset of selfnorm.load, one row per "
+                                             r"point; this one has dimensions \('activation', 'depth', 'layer', 'trial'\)"):
+            call()
+    with pytest.raises(ValueError, match=r"^layer 5 is outside the layers 1-3 of point 0$"):
+        sn.at_layer(ds, "activation_var", 5)
+    with pytest.raises(ValueError, match=r"^layer 4 is outside the layers 1-3 of the grid point activation=selu, "
+                                         r"depth=3$"):
+        sn.at_layer(grid, "activation_var", 4)
+    with pytest.raises(ValueError, match=r"give one layer number, or one per point \(6 of them"):
+        sn.at_layer(ds, "activation_var", [1, 2])
+    with pytest.raises(KeyError, match=r"no per-layer variable 'point_depth'; per-layer variables: activation_mean"):
+        sn.at_layer(ds, "point_depth")
+    with pytest.raises(TypeError, match=r"to_grid takes the Dataset of selfnorm.load\(path\), got str"):
+        sn.to_grid(str(path))
+    with pytest.raises(ValueError, match=r"holds 2 of the experiment's 6 points \(a selection of them\?\); to_grid "
+                                         r"needs every point: reshape first, then select on the grid's axes"):
+        sn.to_grid(ds.isel(point=[0, 1]))
+    with pytest.raises(ValueError, match=rf"^{path}: no 'point' dimension \(already reshaped by to_grid\?\)$"):
+        sn.to_grid(grid)
+
+
+def test_unreadable_files_are_told_apart(sn, results_of, tmp_path):
+    path = results_of(ACTIVATIONS_BY_DEPTH)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(sn.SchemaError, match=r"cut.h5 is cut short \(\d+ bytes, less than its HDF5 header declares\): "
+                                             r"an incomplete copy or download; copy the file again"):
+        sn.load(cut)
+    with pytest.raises(sn.SchemaError, match=rf"^{tmp_path} is a folder, not a result file; a sharded run's folder "
+                                             r"holds shard-K-of-N.h5 files: merge them"):
+        sn.load(tmp_path)
+    odd = tmp_path / "odd.h5"
+    shutil.copy(path, odd)
+    with h5py.File(odd, "r+") as f:
+        f.attrs["schema_version"] = "2.1"
+    with pytest.raises(sn.SchemaError, match=r"odd.h5 has schema_version '2.1', not a whole number"):
+        sn.load(odd)
+

@@ -65,3 +65,25 @@ def test_the_notebook_runs_on_a_real_result(results_of, debian_kernel, monkeypat
     comparison = next(t for t in tables if "relative_gap" in t and "middle" in t and "last" in t)
     for activation in ("selu", "relu", "tanh", "elu"):
         assert activation in comparison
+
+
+def test_a_relative_results_path_is_found_from_where_jupyter_started(results_of, debian_kernel, monkeypatch):
+    """The README's `SELFNORM_RESULTS=results/x.h5 jupyter notebook ...` runs from the repository's
+    root, while Jupyter starts the kernel in the notebook's folder: the path is taken from where
+    Jupyter started (PWD), or from the repository's root."""
+    path = results_of(SMALL_DEFAULT)
+    monkeypatch.setenv("PWD", str(path.parent.parent))
+    monkeypatch.setenv("SELFNORM_RESULTS", f"{path.parent.name}/{path.name}")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells = nb.cells[:2]  # the set-up cell is the one that finds the file
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    text = "".join(o.get("text", "") for o in nb.cells[1].outputs if o.output_type == "stream")
+    assert f"results file: {path}" in text
+    # A path found nowhere names where it looked.
+    monkeypatch.setenv("SELFNORM_RESULTS", "nowhere/x.h5")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells = nb.cells[:2]
+    with pytest.raises(Exception, match=r"SELFNORM_RESULTS=nowhere/x.h5: not found under"):
+        NotebookClient(nb, timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()

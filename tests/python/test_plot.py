@@ -84,3 +84,33 @@ def test_a_file_that_is_not_a_result_is_refused_clearly(tmp_path, capsys):
     assert capsys.readouterr().err == f"plot.py: {other} is not a selfnorm result file (it has no 'schema' " \
                                       f"attribute; selfnorm writes schema 'selfnorm.results')\n"
     assert not (tmp_path / "figures").exists()
+
+
+def test_bad_options_are_refused_before_anything_is_written(results_of, tmp_path):
+    result = results_of(SMALL_DEFAULT)
+    (tmp_path / "notes.txt").write_text("a researcher's notes\n")
+    for args, message in [
+        (["--dpi", "0", "-o", tmp_path / "figs"], "plot.py: error: --dpi 0: give a positive number of dots per inch, "
+                                                  "e.g. 110"),
+        (["-o", tmp_path / "notes.txt"], f"plot.py: error: -o {tmp_path}/notes.txt is a file; give a folder for the "
+                                         "PNG files (it is created if missing)"),
+        (["-o", "/proc/selfnorm-figures"], "plot.py: cannot create the output folder /proc/selfnorm-figures (No such "
+                                           "file or directory); choose another with -o"),
+    ]:
+        r = plot(result, *args)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == message
+        assert r.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "a researcher's notes\n"
+
+
+def test_a_shard_is_drawn_with_a_note_that_it_is_part_of_the_sweep(write_config, run, tmp_path):
+    cfg = write_config(ALPHA_LAMBDA)
+    shard = tmp_path / "shard.h5"
+    assert run("run", cfg, "--shard", "0/2", "-o", shard, "--quiet").returncode == 0
+    r = plot(shard, "-o", tmp_path / "figs")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == (f"plot.py: note: {shard} is shard 0 of 2, 3 of the experiment's 6 points: the figures show "
+                        "those points only, and no heatmap; merge the shards (selfnorm merge) for the whole sweep\n")
+    assert not list((tmp_path / "figs").glob("*heatmap*"))
