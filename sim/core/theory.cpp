@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "core/engine.hpp"
+#include "core/vmath.hpp"
 
 namespace selfnorm::theory {
 namespace {
@@ -33,11 +34,18 @@ double log_Phi(double y) {
   return -0.5 * y2 - std::log(-y) - 0.5 * std::log(2.0 * M_PI) + std::log(series);
 }
 
-// exp(a) Phi(y) without overflow or underflow in between.
-double exp_Phi(double a, double y) {
+// E[e^{k z}; z < 0] for z ~ N(m, v) (v > 0): e^a Phi(y) with a = k m + k^2 v / 2 and
+// y = -(m + k v) / sqrt(v). Where a is large, y is far in Phi's lower tail and the Gaussian factor
+// of Phi(y) cancels e^a exactly: a - y^2 / 2 = -m^2 / (2 v), so the product is
+// e^{-m^2 / (2 v)} erfcx(-y / sqrt 2) / 2, with no overflow and no cancellation between a and
+// y^2 / 2 (both near v k^2 / 2, which for v = 1e60 left the difference without one correct digit).
+double exp_below_zero(double k, double m, double v) {
+  const double a = k * m + 0.5 * k * k * v;
+  const double y = -(m + k * v) / std::sqrt(v);
   const double p = Phi(y);
   if (a < 700.0 && p > 1e-290) return std::exp(a) * p;
-  return std::exp(a + log_Phi(y));
+  if (y < 0) return std::exp(-m * m / (2.0 * v)) * 0.5 * vmath::erfcx(-y / kSqrt2);
+  return std::exp(a + log_Phi(y));  // y >= 0 gives a <= -k^2 v / 2: only underflow is left to avoid
 }
 
 // Probability mass and the first two moments of z ~ N(m, v) over [a, b] (a < b, infinite ends
@@ -68,8 +76,8 @@ GaussianMoments exponential_linear(double lambda, double amp, double c, double m
   const double s = std::sqrt(v);
   const Truncated pos = truncated(m, v, 0.0, kInf);
   const double p_neg = Phi(-m / s);
-  const double e1 = exp_Phi(c * m + 0.5 * c * c * v, -(m + c * v) / s);                // E[e^{cz}; z < 0]
-  const double e2 = exp_Phi(2.0 * c * m + 2.0 * c * c * v, -(m + 2.0 * c * v) / s);    // E[e^{2cz}; z < 0]
+  const double e1 = exp_below_zero(c, m, v);        // E[e^{cz}; z < 0]
+  const double e2 = exp_below_zero(2.0 * c, m, v);  // E[e^{2cz}; z < 0]
   GaussianMoments g;
   g.mean = lambda * (pos.m1 + amp * (e1 - p_neg));
   g.second = lambda * lambda * (pos.m2 + amp * amp * (e2 - 2.0 * e1 + p_neg));
@@ -503,8 +511,8 @@ SeluSolution solve_selu(double mean, double variance, double omega, double tau) 
   // elu_alpha(z) = z (z > 0), alpha (e^z - 1) (z <= 0): E elu = P + alpha Qn, E elu^2 = B0 + alpha^2 B2.
   const Truncated pos = truncated(m, v, 0.0, kInf);
   const double p_neg = Phi(-m / s);
-  const double e1 = exp_Phi(m + 0.5 * v, -(m + v) / s);
-  const double e2 = exp_Phi(2.0 * m + 2.0 * v, -(m + 2.0 * v) / s);
+  const double e1 = exp_below_zero(1.0, m, v);
+  const double e2 = exp_below_zero(2.0, m, v);
   const double P = pos.m1, Qn = e1 - p_neg, B0 = pos.m2, B2 = e2 - 2.0 * e1 + p_neg;
   // selu = lambda elu: lambda (P + alpha Qn) = mean, lambda^2 (B0 + alpha^2 B2 - (P + alpha Qn)^2) = variance.
   std::vector<double> candidates;
