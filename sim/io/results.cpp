@@ -349,7 +349,8 @@ std::vector<unsigned char> build_image(const fs::path& path, const Experiment& e
     h5::write_attribute(ds, "long_name", "mean-field prediction of " + stat);
     h5::write_attribute(ds, "units", std::string("1"));
     h5::write_attribute(ds, "definition",
-                        stat == "chi" ? std::string("s_w^2 (n_l / n_{l-1}) E[f'(z_l)^2]: predicted growth of "
+                        stat == "chi" ? std::string("s_w^2 (n_l / n_{l-1}) E[f'(z_l)^2] (with alpha dropout times "
+                                                    "q a^2, a kept unit's slope being a f'): predicted growth of "
                                                     "grad_activation_msq from layer l to layer l-1")
                                       : "infinite-width recursion (core/theory.hpp) for " + stat);
     over_points(ds);
@@ -421,7 +422,9 @@ void add_predictions(PointRecord& record, const PointSpec& spec) {
   double q_star = kNaN, chi = kNaN, xi_q = kNaN, xi_c = kNaN;
   const auto& w = spec.network.widths;
   const bool uniform = std::all_of(w.begin(), w.end(), [&](std::int64_t n) { return n == w.front(); });
-  if (uniform && spec.init.weight_mean == 0.0 && !spec.alpha_dropout.enabled()) {
+  // depth_scales works with z ~ N(0, q): a weight mean or a bias mean moves the pre-activations'
+  // mean away from 0, and alpha dropout changes the map; their depth scales are not defined here.
+  if (uniform && spec.init.weight_mean == 0.0 && spec.init.bias_mean == 0.0 && !spec.alpha_dropout.enabled()) {
     const theory::DepthScales d = theory::depth_scales(
         spec.activation, theory::sigma_w2(spec.init, w.front(), w.front()), spec.init.bias_variance);
     if (d.found) {

@@ -84,3 +84,19 @@ def test_runs_write_theory_beside_the_statistics(run, write_config, tmp_path):
         assert abs(f["theory_xi_q"][0] - 4.0804) < 1e-3
         assert np.isnan(f["theory_xi_q"][1])  # relu: q -> 0, no fixed point
         assert f["theory_activation_var"].attrs["long_name"] == "mean-field prediction of activation_var"
+
+
+def test_depth_scales_are_nan_where_the_pre_activations_are_not_centred(run, write_config, tmp_path):
+    """q*, chi* and the depth scales assume pre-activations N(0, q). A bias mean moves them: the
+    per-point values are then NaN, while the per-layer recursion (which carries the mean) stays."""
+    config = dict(TINY, activation="tanh", init={"weight_variance": 1.5, "bias_variance": 0.05})
+    centred, shifted = tmp_path / "centred.h5", tmp_path / "shifted.h5"
+    assert run("run", write_config(config), "-o", centred, "--quiet").returncode == 0
+    config["init"] = dict(config["init"], bias_mean=0.5)
+    assert run("run", write_config(config), "-o", shifted, "--quiet").returncode == 0
+    with h5py.File(centred, "r") as c, h5py.File(shifted, "r") as s:
+        for name in ("theory_q_star", "theory_chi_star", "theory_xi_q", "theory_xi_c"):
+            assert np.isfinite(c[name][0]), name
+            assert np.isnan(s[name][0]), name
+        assert np.isfinite(s["theory_preactivation_var"][0]).all()
+        assert abs(s["theory_preactivation_mean"][0, 0] - 0.5) < 1e-12
