@@ -685,6 +685,7 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
       return d;
     }
   }
+  const double q_iterated = q;
   bool settled = false;
   for (int it = 0; it < 60 && !settled; ++it) {
     const double r = qmap(q) - q;
@@ -694,7 +695,20 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     q = std::max(q + dq, 0.5 * q);
   }
   if (!settled || q < 1e-10) {
-    d.note = "no fixed point q* > 0 (the q-map approaches 0 or a marginal fixed point)";
+    // Where the iteration was still going says which way: relu with s_b^2 > 0 at s_w^2 = 2 adds
+    // s_b^2 per layer (q = 31 after 300 layers), relu at s_w^2 = 2 without a bias keeps any q.
+    const double step = qmap(q_iterated) - q_iterated;
+    char where[64];
+    std::snprintf(where, sizeof where, "%.6g", q_iterated);
+    if (step > 1e-12 * q_iterated) {
+      d.note = std::string("no fixed point q*: the second moment grows without bound, slowly (q = ") + where +
+               " after 300 layers, still growing)";
+    } else if (step < -1e-12 * q_iterated) {
+      d.note = std::string("no fixed point q* > 0: the second moment decreases towards 0, slowly (q = ") + where +
+               " after 300 layers)";
+    } else {
+      d.note = "no isolated fixed point q*: the q-map is marginal (every q nearby is a fixed point)";
+    }
     return d;
   }
   d.found = true;

@@ -217,6 +217,13 @@ TEST_CASE("depth scales and the correlation map", "[theory]") {
   CHECK(selu.chi > 1.0);  // selu normalises the forward pass only (SCIENCE.md)
   CHECK(!depth_scales(Tanh{}, 1.0, 0.0).found);  // q -> 0 at weight variance 1
   CHECK(std::isnan(depth_scales(Identity{}, 1.0, 0.0).xi_q));  // marginal
+  // Without a fixed point the note says which way q goes, also where it goes slowly.
+  CHECK_THAT(depth_scales(Tanh{}, 1.0, 0.0).note, Catch::StartsWith("no fixed point q* > 0: the second moment "
+                                                                    "decreases towards 0, slowly"));
+  CHECK_THAT(depth_scales(Relu{}, 2.0, 0.1).note, Catch::StartsWith("no fixed point q*: the second moment grows "
+                                                                    "without bound, slowly (q = 31"));
+  CHECK(depth_scales(Relu{}, 2.0, 0.0).note ==
+        "no isolated fixed point q*: the q-map is marginal (every q nearby is a fixed point)");
   // Chaotic phase with a nonzero mean: c* is the correlation map's fixed point in (0, 1), found
   // by a root search, and stable there.
   for (const Selu f : {Selu{2.0, 1.1}, Selu{1.4, 1.15}, Selu{1.8, 1.2}}) {
