@@ -140,6 +140,36 @@ void print_blowup_notes(std::ostream& out, const std::string& label, const io::P
   }
 }
 
+// float32 runs flush numbers below 1.2e-38 to zero (the engine's FTZ/DAZ, core/parallel.cpp): a
+// product of an entry near 1e-36 with a weight of 0.03 is already lost. A mean square below 1e-60
+// (entries under 1e-30 in size) is within reach of that, so the layers' statistics may be biased
+// low or exactly 0, which no non-finite count shows.
+constexpr double kFloat32FlushReach = 1e-60;
+
+void print_precision_notes(std::ostream& out, const std::string& label, const io::PointRecord& r,
+                           Precision precision) {
+  if (precision != Precision::float32) return;
+  std::vector<std::int64_t> forward, backward;
+  for (int l = 1; l <= r.depth; ++l) {
+    const auto at = static_cast<std::size_t>(l - 1);
+    auto small = [&](Stat s) {
+      const auto& v = r.mean[static_cast<int>(s)];
+      return v.size() > at && v[at] < kFloat32FlushReach;  // NaN (a blow-up) is not small
+    };
+    if (small(Stat::activation_msq)) forward.push_back(l);
+    if (small(Stat::grad_activation_msq) || small(Stat::grad_preactivation_msq)) backward.push_back(l);
+  }
+  auto note = [&](const std::vector<std::int64_t>& layers, const char* what, const char* stats) {
+    if (layers.empty()) return;
+    out << "\nnote: " << label << ": at layers " << io::array_spec(layers) << " the " << what << " are below 1e-30 "
+        << "in size (" << stats << " under 1e-60): float32 flushes numbers below 1.2e-38 to zero, so these "
+        << "statistics may be biased low or 0; run the point in float64 (\"precision\": \"float64\") to follow "
+        << "signals this small\n";
+  };
+  note(forward, "activations", "activation_msq");
+  note(backward, "gradients", "their mean squares");
+}
+
 }  // namespace
 
 ProgressDisplay::ProgressDisplay(bool enabled, std::int64_t points, double total_flop)
@@ -266,7 +296,11 @@ void print_summary(std::ostream& out, const io::Experiment& experiment, const st
       out << "\n";
     }
   }
-  for (std::size_t p = 0; p < records.size(); ++p) print_blowup_notes(out, labels[p], records[p]);
+  for (std::size_t p = 0; p < records.size(); ++p) {
+    print_blowup_notes(out, labels[p], records[p]);
+    print_precision_notes(out, labels[p], records[p],
+                          experiment.points[static_cast<std::size_t>(records[p].index)].spec.precision);
+  }
 }
 
 void print_activations(std::ostream& out) {

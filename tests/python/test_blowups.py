@@ -154,3 +154,31 @@ def test_a_blow_up_on_the_tile_units_is_counted_as_on_the_vector_units(run, tmp_
             x, y = a[name][0, : first - 1], b[name][0, : first - 1]
             # float32 rounding through up to 120 layers of 16-unit sums: far below 1e-4 relative.
             assert np.allclose(x, y, rtol=1e-4, atol=1e-4 * np.sqrt(a["activation_msq"][0, : first - 1])), name
+
+
+def test_vanishing_float32_gradients_are_named_in_the_summary(run, tmp_path):
+    """float32 flushes numbers below 1.2e-38 to zero: sigmoid's gradients at the first layers of a
+    64-layer network (1e-80 in theory) read 0. The summary names those layers; float64 has room."""
+    config = {"name": "vanish", "seed": 3, "network": {"depth": 64, "width": 64}, "activation": ["sigmoid", "selu"],
+              "monte_carlo": {"trials": 2, "batch": 64}}
+    notes = {}
+    for precision in ("float32", "float64"):
+        cfg = tmp_path / f"{precision}.json"
+        cfg.write_text(json.dumps(dict(config, precision=precision)))
+        r = run("run", cfg, "-o", tmp_path / f"{precision}.h5")
+        assert r.returncode == 0, r.stderr
+        notes[precision] = [line for line in r.stdout.splitlines() if line.startswith("note:")]
+        with h5py.File(tmp_path / f"{precision}.h5", "r") as f:
+            first = f["grad_activation_msq"][0, 0]
+            theory = f["theory_grad_activation_msq"][0, 0]
+        assert 1e-90 < theory < 1e-70
+        if precision == "float32":
+            assert first == 0.0  # what the note is about
+        else:
+            assert 1e-100 < first < 1e-60  # float64 holds it: far below float32's range, not flushed
+    assert len(notes["float32"]) == 1
+    assert re.fullmatch(r"note: sigmoid: at layers 1-\d+ the gradients are below 1e-30 in size \(their mean squares "
+                        r"under 1e-60\): float32 flushes numbers below 1.2e-38 to zero, so these statistics may be "
+                        r"biased low or 0; run the point in float64 \(\"precision\": \"float64\"\) to follow signals "
+                        r"this small", notes["float32"][0]), notes["float32"][0]
+    assert notes["float64"] == []
