@@ -377,7 +377,8 @@ GaussianMoments gaussian_moments_closed(const Activation& f, double m, double v)
 
 MapValue snn_map(const Activation& f, double mu, double omega, double nu, double tau) {
   const GaussianMoments g = gaussian_moments(f, mu * omega, nu * tau);
-  return {g.mean, g.second - g.mean * g.mean};
+  // Where f saturates the two terms agree to rounding: a variance is not negative.
+  return {g.mean, std::max(g.second - g.mean * g.mean, 0.0)};  // NaN stays NaN
 }
 
 Jacobian snn_jacobian(const Activation& f, double mu, double omega, double nu, double tau) {
@@ -619,7 +620,7 @@ LayerPrediction predict_layers(const PointSpec& spec) {
     p.preactivation_var[i] = v;
     p.activation_mean[i] = mu;
     p.activation_msq[i] = q;
-    p.activation_var[i] = q - mu * mu;
+    p.activation_var[i] = std::max(q - mu * mu, 0.0);  // NaN stays NaN: std::max(NaN, 0) is its first argument
   }
   // Backward, under the gradient-independence assumption: E[g^2] = 1 at the output;
   // E[dL/dh_l^2] = E[dL/dx_l^2] E[f'^2]; E[dL/dx_{l-1}^2] = s_w^2 (n_l / n_{l-1}) E[dL/dh_l^2].

@@ -72,6 +72,26 @@ TEST_CASE("the exponential-linear closed forms stay finite and exact at huge var
   }
 }
 
+TEST_CASE("a variance from saturated moments is never negative", "[theory]") {
+  // At m = -30, selu is within e^-30 of its floor: E f^2 - (E f)^2 cancels to rounding (it was
+  // -9.6e-16 before the clamp). The centred second moment, by quadrature, has no cancellation: the
+  // two agree to the rounding of E f^2 (about 3, so a few 1e-16).
+  const Activation f = Selu{};
+  for (double m : {-30.0, -20.0, -10.0}) {
+    const MapValue g = snn_map(f, m, 1.0, 4.0, 1.0);
+    const double centred = gaussian_expectation(
+        [&](double x) {
+          const double d = activation_value(f, x) - g.mu;
+          return d * d;
+        },
+        m, 4.0, kinks(f));
+    INFO("m = " << m << ": variance " << g.nu << ", centred quadrature " << centred);
+    CHECK(g.nu >= 0.0);
+    CHECK(std::abs(g.nu - centred) < 8 * 2.2e-16 * gaussian_moments(f, m, 4.0).second);
+  }
+  CHECK(std::isnan(snn_map(Selu{}, std::nan(""), 1.0, 4.0, 1.0).nu));  // NaN is not clamped away
+}
+
 TEST_CASE("quadrature reproduces known Gaussian integrals", "[theory]") {
   // E[z^2], E[exp z] and gelu's mean E[z Phi(z)] = m Phi(m/r) + v phi(m/r)/r, r = sqrt(1 + v).
   for (double m : {-1.0, 0.0, 0.8}) {
