@@ -18,8 +18,8 @@ namespace {
 
 // The (sub)command being parsed when parsing stopped: the deepest one that was given.
 const CLI::App& innermost(const CLI::App& app) {
-  for (const CLI::App* sub : app.get_subcommands()) return innermost(*sub);
-  return app;
+  const std::vector<CLI::App*> given = app.get_subcommands();
+  return given.empty() ? app : innermost(*given.front());
 }
 
 // CLI11's message, made to name the word at fault and what would work where it does not.
