@@ -3,7 +3,7 @@
 how selfnorm's cost grows with width, depth, batch, threads, parallel mode, precision and weight
 gradients.
 
-    /usr/bin/python3 scripts/bench/bench.py                 # full: about 15 minutes on 2 cores
+    /usr/bin/python3 scripts/bench/bench.py                 # full: 7-20 minutes on 2 cores
     /usr/bin/python3 scripts/bench/bench.py --quick         # every table, smaller jobs
     /usr/bin/python3 scripts/bench/bench.py --smoke         # a few seconds: every code path, for CI
     /usr/bin/python3 scripts/bench/bench.py --check         # selfnorm vs PyTorch statistics, selu and relu

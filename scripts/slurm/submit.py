@@ -115,6 +115,12 @@ def main(argv=None):
     if not TIME.fullmatch(args.time):
         fail(f"--time {args.time} is not a time limit sbatch takes; give minutes, HH:MM:SS or D-HH:MM:SS, e.g. "
              "04:00:00")
+    if args.only is not None and not args.only.strip():
+        # `--only "$(selfnorm status ... --missing)"` once every shard is complete.
+        print(f"submit.py: nothing to submit: --only is empty (selfnorm status ... --missing prints nothing once "
+              f"every shard is complete); merge with: {selfnorm} merge -o RESULT.h5 "
+              f"{(Path.cwd() / args.results).resolve() / info['name']}/shard-*-of-{shards}.h5", file=sys.stderr)
+        return 0
     if args.only is not None:
         array_indices(args.only, shards)
     mem = args.mem or f"{math.ceil(info.get('memory_bytes', info['buffer_bytes']) / 2**20) + 1024}M"

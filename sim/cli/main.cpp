@@ -104,7 +104,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--seed", run.seed, "override the config's seed");
   run_cmd->add_option("--parallel", run.parallel, "how threads share work: auto, trials or samples (same results)");
   run_cmd->add_option("--matmul", run.matmul,
-                      "float32 products: auto (bf16x6 where the CPU has AMX-BF16, else fma), fma (vector FMA) or "
+                      "float32 products: auto (bf16x6 where the CPU has AMX-BF16 and the batch is 256 or more, else "
+                      "fma), fma (vector FMA) or "
                       "bf16x6 (matrix units, six bfloat16 products per float32 product; as accurate as fma)");
   run_cmd->add_option("--shard", run.shard,
                       "run shard K of N only (K/N, 0-based), or slurm/N to take K from SLURM_ARRAY_TASK_ID");

@@ -128,6 +128,8 @@ struct FileHeader {
   std::optional<ShardInfo> shard;
   std::string device = "cpu";  // the provenance attribute "device" ("cpu" in files older than it)
   std::string gpu_name;        // and "gpu_name", where present
+  std::string gemm_backend;    // the provenance attributes "gemm_backend" and "threads"
+  std::int64_t threads = -1;
 };
 
 // Reads the header; throws h5::Error or std::runtime_error if `path` is not a selfnorm result.

@@ -176,10 +176,22 @@ void merge_shards(const std::vector<fs::path>& shards, const fs::path& output, c
     for (auto& r : part) records.push_back(std::move(r));
   }
   std::sort(records.begin(), records.end(), [](const PointRecord& a, const PointRecord& b) { return a.index < b.index; });
-  // The merged file says where its statistics were computed: the shards' device, not the merge's.
+  // The merged file says how its statistics were computed: the shards' device, kernels and
+  // threads, not the merge's (host, time and command line stay the merge's). Shards that ran
+  // differently are all named, and their thread counts, if they differ, give -1.
   Provenance merged = provenance;
   merged.device = first.device;
   merged.gpu_name = first.gpu_name;
+  std::vector<std::string> backends;
+  merged.threads = first.threads;
+  for (const auto& f : files) {
+    if (std::find(backends.begin(), backends.end(), f.header.gemm_backend) == backends.end()) {
+      backends.push_back(f.header.gemm_backend);
+    }
+    if (f.header.threads != first.threads) merged.threads = -1;
+  }
+  merged.gemm_backend.clear();
+  for (const auto& b : backends) merged.gemm_backend += (merged.gemm_backend.empty() ? "" : "; ") + b;
   write_results(output, experiment, records, merged);
 }
 

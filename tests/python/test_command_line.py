@@ -1,5 +1,6 @@
 """Bad command-line values and bad output paths: exit status 2, a message that names the value and
 what would work, and nothing written anywhere."""
+import h5py
 import pytest
 
 from conftest import TINY, files_under
@@ -227,3 +228,15 @@ def test_a_read_only_folder_is_refused_before_any_work(run, write_config, tmp_pa
                                     "another path with -o")
         assert r.stdout == ""
         assert files_under(ro) == []
+
+
+def test_a_merged_file_says_how_its_shards_computed_the_statistics(run, write_config, tmp_path):
+    cfg = write_config(dict(TINY, sweep={"grid": {"network.depth": [2, 3]}}))
+    shards = [tmp_path / f"shard-{k}-of-2.h5" for k in range(2)]
+    for k, threads in enumerate((2, 1)):
+        assert run("run", cfg, "--shard", f"{k}/2", "--threads", threads, "-o", shards[k], "--quiet").returncode == 0
+    assert run("merge", "-o", tmp_path / "merged.h5", *shards).returncode == 0
+    with h5py.File(shards[0], "r") as s, h5py.File(tmp_path / "merged.h5", "r") as m:
+        assert m.attrs["gemm_backend"] == s.attrs["gemm_backend"]  # the shards' kernels, not the merge's
+        assert m.attrs["threads"] == -1  # the shards ran with 2 and 1 threads
+        assert " merge -o " in m.attrs["command_line"] and " run " in s.attrs["command_line"]  # each its own

@@ -65,3 +65,13 @@ def test_the_merge_job_replaces_an_earlier_result_only_when_asked(selfnorm_bin, 
     merge = (tmp_path / "results" / "sw" / "merge.sbatch").read_text()
     assert " merge -o " in merge and "--overwrite" not in merge
     assert not merged.exists()  # a dry run submits nothing
+
+
+def test_an_empty_only_submits_nothing_and_says_so(selfnorm_bin, write_config, tmp_path):
+    """`--only "$(selfnorm status CONFIG --shards N --missing)"` once every shard is complete."""
+    cfg = write_config(SWEEP)
+    r = submit(selfnorm_bin, cfg, "--shards", "3", "--only", "", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("submit.py: nothing to submit: --only is empty")
+    assert r.stdout == ""
+    assert files_under(tmp_path) == ["config.json"]
