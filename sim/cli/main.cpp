@@ -59,6 +59,11 @@ std::string command_line_problem(const CLI::App& top, const CLI::Error& e) {
     }
     return "unexpected argument '" + word + "' for " + command;
   }
+  if (const std::string what = e.what(); what.find(" was given a disallowed flag override") != std::string::npos) {
+    // "overwrite was given a disallowed flag override"
+    const std::string flag = "--" + what.substr(0, what.find(' '));
+    return flag + " is a flag and takes no value: give " + flag + " alone, or leave it out";
+  }
   if (dynamic_cast<const CLI::ConversionError*>(&e)) {
     // "Could not convert: --threads = two"
     const std::string what = e.what();
@@ -84,6 +89,8 @@ int main(int argc, char** argv) {
 
   CLI::App app{"selfnorm: Monte Carlo and mean-field signal propagation in deep dense networks"};
   app.require_subcommand(1);
+  // A flag is given or not: `--overwrite=2` or `--quiet=false` is refused, not read as a value.
+  app.option_defaults()->disable_flag_override();
   app.failure_message([](const CLI::App* top, const CLI::Error& e) {
     return "error: " + command_line_problem(*top, e) +
            "\nRun `selfnorm --help` or `selfnorm COMMAND --help` for the options.\n";

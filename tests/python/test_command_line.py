@@ -29,6 +29,7 @@ from mounts import mounted_tmpfs
     (["--frobnicate"], "error: unknown option --frobnicate for selfnorm run"),
     (["--thread", "2"], "error: unknown option --thread for selfnorm run; did you mean --threads?"),
     (["extra"], "error: unexpected argument 'extra' for selfnorm run"),
+    (["--quiet=false"], "error: --quiet is a flag and takes no value: give --quiet alone, or leave it out"),
 ])
 def test_bad_run_options_exit_2_and_write_nothing(run, write_config, tmp_path, args, message):
     cfg = write_config(TINY)
