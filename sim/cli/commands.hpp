@@ -18,7 +18,7 @@ struct RunArgs {
   std::string shard;                  // "K/N", "slurm/N" or empty
   bool quiet = false;
   bool overwrite = false;
-  bool allow_large_memory = false;    // run even if the memory estimate exceeds MemAvailable
+  bool allow_large_memory = false;    // run even if the estimate exceeds MemAvailable or the cgroup's limit
   std::optional<std::string> device;  // cpu | cuda: overrides the config's "device"
   bool tf32 = false;                  // TF32 GEMMs on the GPU (the config's cuda.tf32)
   std::string command_line;

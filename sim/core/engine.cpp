@@ -226,7 +226,7 @@ class Buffer {
 //                  [b R / kPanel, ...), and the last panel's columns past B are zeros;
 //   f'(h_l)        per row block, n_l rows of R samples.
 // With the bf16x6 products (amx.hpp), the products read split copies instead: W_l^T for the
-// forward product (one buffer, rebuilt per layer), W_l for the backward one (per layer, kept for
+// forward product (two buffers, ping-pong by layer), W_l for the backward one (per layer, kept for
 // the backward pass), and X_l^T and dL/dH_l^T of the whole batch (ping-pong), written next to the
 // float32 panels. Elementwise initialisers then draw W_l^T a group of kSplitGroup strips at a time
 // into a rank's own buffer and split it from there; the float32 strips are never stored.

@@ -55,7 +55,7 @@ const std::array<StatInfo, kStatCount>& stat_catalog();
 
 // How the threads share a point's work. Results are identical in every mode.
 enum class ParallelMode {
-  automatic,  // samples when the row blocks split evenly over the threads, else trials
+  automatic,  // samples, unless whole trials balance the threads' load better than the row blocks do
   trials,     // each thread runs whole trials with its own buffers (memory x threads)
   samples,    // all threads work on one trial, each on its own row blocks of the batch
 };
@@ -126,7 +126,7 @@ struct PointResult {
   std::vector<std::int64_t> grad_nonfinite_per_trial;
   std::vector<std::int64_t> nonfinite_count;
   std::vector<std::int64_t> grad_nonfinite_count;
-  // First layer (1-based) with a non-finite activation in any trial; 0 if none.
+  // First layer (1-based) with a non-finite entry (pre-activation or activation) in any trial; 0 if none.
   int first_nonfinite_layer = 0;
 
   bool has(Stat s) const { return s != Stat::grad_weight_msq || has_weight_gradients; }

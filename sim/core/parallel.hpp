@@ -1,7 +1,9 @@
 // Threads for the engine. This is the only place that knows about OpenMP: the engine describes
 // its work as a team of cooperating ranks or as independent indexed tasks, and never sees a
-// pragma. Work is always assigned statically (task i goes to rank i % size), so which thread does
-// what is a function of the team size only, and results never depend on timing.
+// pragma. run_tasks and Team::owns assign work statically (task i goes to rank i % size). The
+// engine also hands some work to whichever rank takes it first (drawing a layer's weights, the
+// next backward chain), always work whose result does not depend on who computes it: results
+// never depend on timing or on the number of threads.
 #pragma once
 
 #include <cstdint>

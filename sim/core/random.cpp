@@ -72,7 +72,7 @@ inline void box_muller(T u1, T u2, T& z_cos, T& z_sin) {
   z_sin = r * (q >= 2 ? -y : y);
 }
 
-// The 32 standard normals of group g.
+// The kGroup (128) standard normals of group g.
 template <class T>
 inline void normal_group(std::uint64_t key, std::uint64_t g, T* out) {
   T u1[kPairs], u2[kPairs];

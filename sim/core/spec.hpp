@@ -1,5 +1,6 @@
 // What to simulate at one configuration point: plain structs with defaults. Their JSON mapping
-// lives in sim/io/config.cpp, under the same names, so an error path in a message points here.
+// lives in sim/io/config.cpp, under the same names (InitSpec::kind is the key init.name), so an
+// error path in a message points here.
 #pragma once
 
 #include <cstdint>

@@ -116,7 +116,7 @@ struct LayerPrediction {
   std::vector<double> preactivation_mean, preactivation_var;
   std::vector<double> activation_mean, activation_var, activation_msq;
   std::vector<double> grad_activation_msq, grad_preactivation_msq, grad_weight_msq;
-  std::vector<double> chi;  // s_w^2 E[f'(z_l)^2] per layer
+  std::vector<double> chi;  // s_w^2 (n_l / n_{l-1}) E[f'(z_l)^2] per layer (times q a^2 with alpha dropout)
 };
 LayerPrediction predict_layers(const PointSpec& spec);
 
@@ -125,8 +125,10 @@ double sigma_w2(const InitSpec& init, std::int64_t fan_in, std::int64_t fan_out)
 
 // Depth scales of a uniform-width random network with weight variance s_w^2 / n and bias
 // variance s_b^2 (zero-mean weights): the fixed point q* of q -> s_w^2 E f(z)^2 + s_b^2,
-// z ~ N(0, q), its slope, chi = s_w^2 E f'(z*)^2, and xi_q = -1/log|slope|, xi_c = -1/log chi
-// where these are defined (a fixed point q* > 0 exists and the slope or chi is not 1).
+// z ~ N(0, q), its slope, chi = s_w^2 E f'(z*)^2, the correlation map's fixed point c* and its slope
+// chi_c there, and the depth scales xi_q = -1/log|slope| (where |slope| < 1) and xi_c = -1/log chi_c
+// (where 0 < chi_c < 1; chi_c = chi in the ordered phase, where c* = 1), NaN elsewhere and where
+// there is no fixed point q* > 0.
 struct DepthScales {
   bool found = false;
   double q_star = 0.0;

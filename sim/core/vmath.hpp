@@ -318,7 +318,7 @@ inline T exp_neg_half_square_clamped(T x) {
 
 // e^{-x^2/2}, accurate where x^2 itself rounds: x^2 = s + r exactly (r from an FMA), and
 // e^{-x^2/2} = e^{-s/2} e^{-r/2} = e^{-s/2} (1 - r/2) to within (r/2)^2, far below an ulp. Without
-// the correction the rounding of x^2 alone would cost up to x^2/2 ulp (360 at x = 38). 0 for
+// the correction the rounding of x^2 alone would cost up to x^2/4 ulp (360 at x = 38). 0 for
 // |x| >= 40, where it underflows in both precisions (infinite x included); NaN stays NaN.
 template <class T>
 inline T exp_neg_half_square(T x) {

@@ -15,7 +15,7 @@
 
 namespace selfnorm::cuda {
 
-// A failed CUDA, cuBLAS or cuRAND call: what() names the call and the library's error string.
+// A failed CUDA or cuBLAS call: what() names the call and the library's error string.
 class CudaError : public std::runtime_error {
  public:
   CudaError(const std::string& message, bool out_of_memory)
@@ -50,7 +50,7 @@ struct DeviceProperties {
 DeviceProperties probe_device();
 
 // Activations, in the order of core/activations.hpp's variant. p0, p1 hold the parameters the
-// kernel needs, already combined (see DeviceJob::activation in cuda_backend.cpp).
+// kernel needs, already combined (see set_activation in cuda_backend.cpp).
 enum class ActKind : int { relu, relu6, leaky_relu, softplus, elu, selu, celu, tanh, sigmoid, gelu, silu, identity };
 
 // How weights are drawn on the device (host: filled by DeviceJob::host_weights, for orthogonal).

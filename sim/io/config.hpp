@@ -2,7 +2,8 @@
 //
 // Validation is strict and reports every problem at once. Each problem names its place as a
 // dotted path ("network.width", "activation[2].alpha"), what is wrong, and what would work.
-// The schema is documented in configs/README.md; the keys are the field names of core/spec.hpp.
+// The schema is documented in configs/README.md; the keys are the field names of core/spec.hpp
+// (InitSpec::kind is the key init.name).
 #pragma once
 
 #include <cstdint>

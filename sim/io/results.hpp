@@ -103,7 +103,7 @@ PointRecord make_record(std::int64_t index, const PointResult& result, bool keep
 
 // Adds the infinite-width predictions for `spec` to `record`: theory_<statistic> per layer, and
 // the depth scales theory_q_star, theory_chi_star, theory_xi_q, theory_xi_c per point (NaN where
-// undefined: non-uniform widths, weight means, alpha dropout, or no fixed point).
+// undefined: non-uniform widths, weight or bias means, alpha dropout, or no fixed point).
 void add_predictions(PointRecord& record, const PointSpec& spec);
 
 // Writes `records` (any subset of the experiment's points, in increasing index order) to `path`
