@@ -247,7 +247,7 @@ std::vector<unsigned char> build_image(const fs::path& path, const Experiment& e
     h5::write_attribute(t, "units", std::string("1"));
     over_points(t);
     h5::Id f = h5::write_dataset(file, "first_nonfinite_layer", first, {P});
-    h5::write_attribute(f, "long_name", std::string("first layer with an inf or NaN activation in any trial"));
+    h5::write_attribute(f, "long_name", std::string("first layer with an inf or NaN pre-activation or activation in any trial"));
     h5::write_attribute(f, "units", std::string("1"));
     h5::write_attribute(f, "definition", std::string("1-based layer index; 0 when every layer stayed finite"));
     over_points(f);
