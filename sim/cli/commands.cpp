@@ -192,16 +192,28 @@ void check_shard_count(std::int64_t shards, const io::Experiment& ex, const std:
   }
 }
 
-// An existing file at the output path is replaced only if it is a selfnorm result (with
-// --overwrite): a config, a damaged file or another program's file is never written over.
-void refuse_foreign_output(const fs::path& out) {
+// The header of the selfnorm result at `path`; nullopt if no file is there or it is not a result.
+std::optional<io::FileHeader> result_header(const fs::path& path) {
   std::error_code ec;
-  if (!fs::exists(out, ec)) return;
+  if (!fs::exists(path, ec)) return std::nullopt;
+  try {
+    return io::read_header(path);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// The header of the file at the output path, if there is one. It is replaced only if it is a
+// selfnorm result (with --overwrite): a config, a damaged file or another program's file is never
+// written over.
+std::optional<io::FileHeader> existing_output(const fs::path& out) {
+  std::error_code ec;
+  if (!fs::exists(out, ec)) return std::nullopt;
   if (!fs::is_regular_file(out, ec)) {
     throw UsageError(out.string() + " exists and is not a regular file; choose another path with -o");
   }
   try {
-    io::read_header(out);
+    return io::read_header(out);
   } catch (const std::exception& e) {
     throw UsageError(out.string() + " exists and is not a selfnorm result file (" + e.what() + "); selfnorm "
                      "replaces only its own results, even with --overwrite: move the file away or choose another "
@@ -209,27 +221,11 @@ void refuse_foreign_output(const fs::path& out) {
   }
 }
 
-// True if `path` is a complete result of this experiment and shard.
-bool already_complete(const fs::path& path, const io::Experiment& ex, const std::optional<io::ShardInfo>& shard) {
-  io::FileHeader h;
-  try {
-    h = io::read_header(path);
-  } catch (const std::exception&) {
-    return false;
-  }
+// True if `h` is the header of a complete result of this experiment and shard.
+bool complete_for(const io::FileHeader& h, const io::Experiment& ex, const std::optional<io::ShardInfo>& shard) {
   const bool same_shard = (!h.shard && !shard) ||
                           (h.shard && shard && h.shard->index == shard->index && h.shard->count == shard->count);
   return h.config_hash == ex.hash && same_shard && h.schema_version == io::kSchemaVersion;
-}
-
-// True if `path` holds this experiment in an older layout (schema version).
-bool older_schema(const fs::path& path, const io::Experiment& ex) {
-  try {
-    const io::FileHeader h = io::read_header(path);
-    return h.config_hash == ex.hash && h.schema_version < io::kSchemaVersion;
-  } catch (const std::exception&) {
-    return false;
-  }
 }
 
 // What a run of `points` holds in memory at its peak: the largest point's engine buffers and
@@ -382,20 +378,20 @@ int run_command(const RunArgs& args) {
               << std::endl;
   }
   std::error_code ec;
-  refuse_foreign_output(out);
+  const std::optional<io::FileHeader> existing = existing_output(out);
   if (fs::exists(checkpoint.folder(), ec) && !checkpoint.exists()) {
     throw UsageError(checkpoint.folder().string() + " exists and is not a folder; selfnorm keeps the finished points "
                      "of an unfinished run of " + out.string() + " there: move the file away or choose another "
                      "path with -o");
   }
-  if (fs::exists(out, ec) && !args.overwrite) {
-    if (already_complete(out, ex, shard)) {
+  if (existing && !args.overwrite) {
+    if (complete_for(*existing, ex, shard)) {
       if (!args.quiet) std::cerr << out.string() << " is already complete for this config; nothing to do" << std::endl;
       return 0;
     }
-    if (older_schema(out, ex)) {
+    if (existing->config_hash == ex.hash && existing->schema_version < io::kSchemaVersion) {
       throw UsageError(out.string() + " holds this experiment in an older file layout (schema version " +
-                       std::to_string(io::read_header(out).schema_version) + "); pass --overwrite to recompute it in "
+                       std::to_string(existing->schema_version) + "); pass --overwrite to recompute it in "
                        "version " + std::to_string(io::kSchemaVersion) + " (the old file stays intact until the new "
                        "one is complete)");
     }
@@ -527,8 +523,7 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
                        "another file (the shards stay as they are)");
     }
   }
-  refuse_foreign_output(out);
-  if (fs::exists(out, ec) && !overwrite) {
+  if (existing_output(out) && !overwrite) {
     throw UsageError(out.string() + " already exists; pass --overwrite to replace it or choose another path with -o");
   }
   try {
@@ -546,14 +541,10 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
 }
 
 // What a file in a shard's place holds, for status: another config's result, this config's
-// result of another split, or not a result at all.
-std::string describe_other_file(const fs::path& path, const io::Experiment& ex) {
-  io::FileHeader h;
-  try {
-    h = io::read_header(path);
-  } catch (const std::exception&) {
-    return "a file that is not a selfnorm result";
-  }
+// result of another split, or (no header) not a result at all.
+std::string describe_other_file(const std::optional<io::FileHeader>& header, const io::Experiment& ex) {
+  if (!header) return "a file that is not a selfnorm result";
+  const io::FileHeader& h = *header;
   if (h.config_hash != ex.hash) return "a result of another config (hash " + h.config_hash + ")";
   if (!h.shard) return "a complete result of this config, not a shard";
   if (h.schema_version < io::kSchemaVersion) return "this shard in an older file layout; rerun it with --overwrite";
@@ -605,7 +596,8 @@ int status_command(const std::string& config, const std::string& shards_text, co
                                                                            shard).size());
     std::string state;
     std::error_code ec;
-    if (fs::exists(path, ec) && already_complete(path, ex, shard)) {
+    const std::optional<io::FileHeader> header = result_header(path);
+    if (header && complete_for(*header, ex, shard)) {
       state = "complete";
       ++complete;
     } else {
@@ -623,7 +615,7 @@ int status_command(const std::string& config, const std::string& shards_text, co
         state = "running (" + (holder->empty() ? std::string("lock held") : *holder) + ")";
         if (done > 0) state += ", " + std::to_string(done) + " of " + std::to_string(points) + " points done";
       } else if (fs::exists(path, ec)) {
-        state = "taken by " + describe_other_file(path, ex);
+        state = "taken by " + describe_other_file(header, ex);
       } else if (done < 0) {
         state = "checkpoint of another config";
       } else if (done > 0) {
@@ -662,21 +654,18 @@ int status_command(const std::string& config, const std::string& shards_text, co
 // `validate --json` of a config that does not load: the problems as JSON on stdout, for tools that
 // read it, before the usual message on stderr (exit status 2).
 io::Experiment load_for_validation(const std::string& config, bool as_json) {
+  auto report = [&](const json& problems) {
+    if (as_json) std::cout << json{{"valid", false}, {"config", config}, {"problems", problems}}.dump(2) << std::endl;
+  };
   try {
     return io::load_experiment(config);
   } catch (const io::ConfigError& e) {
-    if (as_json) {
-      json problems = json::array();
-      for (const auto& issue : e.issues()) problems.push_back({{"path", issue.path}, {"message", issue.message}});
-      std::cout << json{{"valid", false}, {"config", config}, {"problems", problems}}.dump(2) << std::endl;
-    }
+    json problems = json::array();
+    for (const auto& issue : e.issues()) problems.push_back({{"path", issue.path}, {"message", issue.message}});
+    report(problems);
     throw;
   } catch (const io::FileError& e) {
-    if (as_json) {
-      std::cout << json{{"valid", false}, {"config", config}, {"problems", {{{"path", ""}, {"message", e.what()}}}}}
-                       .dump(2)
-                << std::endl;
-    }
+    report(json::array({{{"path", ""}, {"message", e.what()}}}));
     throw;
   }
 }
