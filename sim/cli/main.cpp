@@ -31,19 +31,14 @@ std::string command_line_problem(const CLI::App& top, const CLI::Error& e) {
   const std::vector<std::string> extras = top.remaining(true);
   std::vector<std::string> commands;
   for (const CLI::App* sub : at.get_subcommands({})) commands.push_back(sub->get_name());
-  auto listed = [](const std::vector<std::string>& v) {
-    std::string out;
-    for (const auto& x : v) out += (out.empty() ? "" : ", ") + x;
-    return out;
-  };
   if (dynamic_cast<const CLI::RequiredError*>(&e) && !commands.empty() && at.get_subcommands().empty()) {
     if (!extras.empty() && extras.front().rfind("-", 0) != 0) {
       std::string msg = "unknown " + where + "command '" + extras.front() + "'";
       const std::string near = selfnorm::io::nearest_key(extras.front(), commands);
       if (!near.empty()) msg += "; did you mean '" + near + "'?";
-      return msg + " (the " + where + "commands: " + listed(commands) + ")";
+      return msg + " (the " + where + "commands: " + selfnorm::io::list_names(commands) + ")";
     }
-    return std::string(e.what()) + ": one of " + listed(commands);
+    return std::string(e.what()) + ": one of " + selfnorm::io::list_names(commands);
   }
   if (dynamic_cast<const CLI::ExtrasError*>(&e) && !extras.empty()) {
     std::vector<std::string> options;

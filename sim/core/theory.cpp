@@ -674,8 +674,9 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     return sigma_w2_value * d_v;
   };
   // Iterate the q-map (it follows the network to a stable fixed point), then polish by Newton.
+  constexpr int kLayers = 300;
   double q = 1.0;
-  for (int it = 0; it < 300; ++it) {
+  for (int it = 0; it < kLayers; ++it) {
     q = qmap(q);
     if (!std::isfinite(q) || q > 1e12) {
       d.note = "no fixed point q*: the second moment grows without bound";
@@ -697,16 +698,15 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
   }
   if (!settled || q < 1e-10) {
     // Where the iteration was still going says which way: relu with s_b^2 > 0 at s_w^2 = 2 adds
-    // s_b^2 per layer (q = 31 after 300 layers), relu at s_w^2 = 2 without a bias keeps any q.
+    // s_b^2 per layer (q = 31 after kLayers), relu at s_w^2 = 2 without a bias keeps any q.
     const double step = qmap(q_iterated) - q_iterated;
     char where[64];
-    std::snprintf(where, sizeof where, "%.6g", q_iterated);
+    std::snprintf(where, sizeof where, "q = %.6g after %d layers", q_iterated, kLayers);
     if (step > 1e-12 * q_iterated) {
-      d.note = std::string("no fixed point q*: the second moment grows without bound, slowly (q = ") + where +
-               " after 300 layers, still growing)";
+      d.note = std::string("no fixed point q*: the second moment grows without bound, slowly (") + where +
+               ", still growing)";
     } else if (step < -1e-12 * q_iterated) {
-      d.note = std::string("no fixed point q* > 0: the second moment decreases towards 0, slowly (q = ") + where +
-               " after 300 layers)";
+      d.note = std::string("no fixed point q* > 0: the second moment decreases towards 0, slowly (") + where + ")";
     } else {
       d.note = "no isolated fixed point q*: the q-map is marginal (every q nearby is a fixed point)";
     }

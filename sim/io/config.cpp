@@ -59,12 +59,6 @@ std::string format_number(double v) {
   return buf;
 }
 
-std::string list_names(const std::vector<std::string>& names) {
-  std::string out;
-  for (std::size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + names[i];
-  return out;
-}
-
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> prev(b.size() + 1), cur(b.size() + 1);
   for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
@@ -642,6 +636,12 @@ ConfigError::ConfigError(std::string source, std::vector<ConfigIssue> issues)
       }()),
       source_(std::move(source)),
       issues_(std::move(issues)) {}
+
+std::string list_names(const std::vector<std::string>& names) {
+  std::string out;
+  for (std::size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + names[i];
+  return out;
+}
 
 std::string nearest_key(std::string_view word, const std::vector<std::string>& candidates) {
   std::string best;

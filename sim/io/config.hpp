@@ -107,6 +107,9 @@ Experiment with_seed(const Experiment& experiment, std::uint64_t seed);
 // The same experiment on another device (the command line's --device and --tf32).
 Experiment with_device(const Experiment& experiment, const DeviceOptions& device);
 
+// "a, b, c": names for a message.
+std::string list_names(const std::vector<std::string>& names);
+
 // The nearest of `candidates` to `word` by edit distance, or "" if none is plausibly meant.
 std::string nearest_key(std::string_view word, const std::vector<std::string>& candidates);
 
