@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from selfnorm import SchemaError, load  # noqa: E402
+from selfnorm import SchemaError, load, shard_description  # noqa: E402
 from selfnorm.figures import write_figures  # noqa: E402
 
 
@@ -49,10 +49,9 @@ def main(argv=None) -> int:
     except (SchemaError, FileNotFoundError) as e:
         print(f"plot.py: {e}", file=sys.stderr)
         return 2
-    if "shard_index" in ds.attrs:
-        print(f"plot.py: note: {args.results} is shard {int(ds.attrs['shard_index'])} of "
-              f"{int(ds.attrs['shard_count'])}, {ds.sizes['point']} of the experiment's "
-              f"{int(ds.attrs['point_total'])} points: the figures show those points only, and no heatmap; "
+    shard = shard_description(ds)
+    if shard:
+        print(f"plot.py: note: {args.results} is {shard}: the figures show those points only, and no heatmap; "
               f"merge the shards (selfnorm merge) for the whole sweep", file=sys.stderr)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ Uses Debian's python3-numpy, python3-h5py, python3-xarray, python3-h5netcdf (and
 python3-matplotlib for the figures); run it with /usr/bin/python3.
 """
 from .results import (SCHEMA, SUPPORTED_VERSIONS, SchemaError, at_layer, check_version, compare_theory, config,
-                      grid_axes, grid_shape, load, point_labels, to_grid, varied_coordinates)
+                      grid_axes, grid_shape, load, point_labels, shard_description, to_grid, varied_coordinates)
 
 __all__ = ["SCHEMA", "SUPPORTED_VERSIONS", "SchemaError", "at_layer", "check_version", "compare_theory", "config",
-           "grid_axes", "grid_shape", "load", "point_labels", "to_grid", "varied_coordinates"]
+           "grid_axes", "grid_shape", "load", "point_labels", "shard_description", "to_grid", "varied_coordinates"]

@@ -88,6 +88,15 @@ def check_version(source: Union[PathLike, xr.Dataset]) -> int:
     return _check_attrs(attrs, path)
 
 
+def shard_description(ds: xr.Dataset, separator: str = ",") -> Union[str, None]:
+    """"shard 1 of 2, 3 of the experiment's 6 points" for a shard file's Dataset; None for a whole
+    experiment."""
+    if "shard_index" not in ds.attrs:
+        return None
+    return (f"shard {int(ds.attrs['shard_index'])} of {int(ds.attrs['shard_count'])}{separator} "
+            f"{ds.sizes['point']} of the experiment's {int(ds.attrs.get('point_total', ds.sizes['point']))} points")
+
+
 def load(path: PathLike) -> xr.Dataset:
     """The result file at `path` as an xarray Dataset, read into memory, after check_version.
 
@@ -97,13 +106,12 @@ def load(path: PathLike) -> xr.Dataset:
     check_version(path)
     with xr.open_dataset(os.fspath(path), engine="h5netcdf") as ds:
         ds = ds.load()
-    if "shard_index" in ds.attrs:
+    shard = shard_description(ds, ":")
+    if shard:
         import warnings
 
-        warnings.warn(f"{os.fspath(path)} is shard {int(ds.attrs['shard_index'])} of "
-                      f"{int(ds.attrs['shard_count'])}: {ds.sizes['point']} of the experiment's "
-                      f"{int(ds.attrs.get('point_total', ds.sizes['point']))} points; merge the shards "
-                      f"(selfnorm merge) for the whole experiment", stacklevel=2)
+        warnings.warn(f"{os.fspath(path)} is {shard}; merge the shards (selfnorm merge) for the whole experiment",
+                      stacklevel=2)
     return ds
 
 
@@ -164,10 +172,9 @@ def to_grid(ds: xr.Dataset) -> xr.Dataset:
         raise ValueError(f"{source}: no 'point' dimension (already reshaped by to_grid?)")
     total = int(ds.attrs.get("point_total", ds.sizes["point"]))
     if ds.sizes["point"] != total or not np.array_equal(ds["point"].values, np.arange(total)):
-        if "shard_index" in ds.attrs:
-            raise ValueError(f"{source} is shard {int(ds.attrs['shard_index'])} of {int(ds.attrs['shard_count'])}, "
-                             f"{ds.sizes['point']} of the experiment's {total} points; merge the shards "
-                             f"(selfnorm merge) before reshaping into the grid")
+        shard = shard_description(ds)
+        if shard:
+            raise ValueError(f"{source} is {shard}; merge the shards (selfnorm merge) before reshaping into the grid")
         raise ValueError(f"{source}: this Dataset holds {ds.sizes['point']} of the experiment's {total} points "
                          f"(a selection of them?); to_grid needs every point: reshape first, then select on the "
                          f"grid's axes")
