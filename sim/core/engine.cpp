@@ -1319,8 +1319,8 @@ PointResult simulate_typed(const PointSpec& spec, const Act& act, const StreamSe
     const int workers = static_cast<int>(std::min<std::int64_t>(threads, trials));
     std::vector<std::unique_ptr<Workspace<T>>> spaces(static_cast<std::size_t>(workers));
     for (auto& s : spaces) s = std::make_unique<Workspace<T>>(g, 1);
-    run_tasks(workers, trials, [&](std::int64_t t, const Team& solo) {
-      runner.run(t, solo, *spaces[static_cast<std::size_t>(t % workers)], out, tick);
+    run_tasks(workers, trials, [&](std::int64_t t, int worker, const Team& solo) {
+      runner.run(t, solo, *spaces[static_cast<std::size_t>(worker)], out, tick);
     });
   }
   report(true);

@@ -79,7 +79,8 @@ void run_team(int threads, const std::function<void(const Team&)>& body) {
   error.rethrow();
 }
 
-void run_tasks(int threads, std::int64_t count, const std::function<void(std::int64_t, const Team&)>& body) {
+void run_tasks(int threads, std::int64_t count,
+               const std::function<void(std::int64_t index, int worker, const Team& solo)>& body) {
   FirstException error;
   const Team solo(0, 1);
 #pragma omp parallel num_threads(threads > 1 ? threads : 1)
@@ -89,7 +90,7 @@ void run_tasks(int threads, std::int64_t count, const std::function<void(std::in
     const int size = omp_get_num_threads();
     for (std::int64_t i = id; i < count; i += size) {
       try {
-        body(i, solo);
+        body(i, id, solo);
       } catch (...) {
         error.capture();
       }

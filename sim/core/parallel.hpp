@@ -1,6 +1,7 @@
 // Threads for the engine. This is the only place that knows about OpenMP: the engine describes
 // its work as a team of cooperating ranks or as independent indexed tasks, and never sees a
-// pragma. run_tasks and Team::owns assign work statically (task i goes to rank i % size). The
+// pragma. run_tasks and Team::owns assign work statically (task i goes to rank i % size, where size
+// is the number of threads OpenMP gives, which may be fewer than asked for). The
 // engine also hands some work to whichever rank takes it first (drawing a layer's weights, the
 // next backward chain), always work whose result does not depend on who computes it: results
 // never depend on timing or on the number of threads.
@@ -32,9 +33,13 @@ class Team {
 // others); an exception thrown anyway is rethrown here after the team has ended.
 void run_team(int threads, const std::function<void(const Team&)>& body);
 
-// Runs body(index, team_of_one) for index in [0, count) on `threads` threads, index i on thread
-// i % threads. The first exception is rethrown after all tasks have ended.
-void run_tasks(int threads, std::int64_t count, const std::function<void(std::int64_t, const Team&)>& body);
+// Runs body(index, worker, team_of_one) for index in [0, count) on up to `threads` threads, index i
+// on thread i % size, where size is the number of threads OpenMP gives (OMP_THREAD_LIMIT or
+// OMP_DYNAMIC may give fewer than asked for). `worker` in [0, size) is the thread running the task:
+// per-thread resources are indexed by it, never by the task, since two tasks run at the same time
+// only on different workers. The first exception is rethrown after all tasks have ended.
+void run_tasks(int threads, std::int64_t count,
+               const std::function<void(std::int64_t index, int worker, const Team& solo)>& body);
 
 // Tells the CPU that the thread is spinning while it waits for another (x86's pause), so that
 // the wait costs the other hardware thread of its core less.
