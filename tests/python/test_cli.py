@@ -167,14 +167,14 @@ def test_fewer_threads_than_asked_for_give_the_same_bits(run, write_config, tmp_
     names = ("activation_var_per_trial", "grad_activation_msq_per_trial")
     with h5py.File(one, "r") as f:
         expected = {name: f[name][:] for name in names}
-    for k in range(3):
+    for k, parallel in enumerate(["trials"] * 3 + ["samples"]):
         out = tmp_path / f"limited{k}.h5"
-        r = run("run", cfg, "-o", out, "--quiet", "--threads", "4", "--parallel", "trials",
+        r = run("run", cfg, "-o", out, "--quiet", "--threads", "4", "--parallel", parallel,
                 env={"OMP_THREAD_LIMIT": "3"})
         assert r.returncode == 0, r.stderr
         with h5py.File(out, "r") as f:
             for name, values in expected.items():
-                assert np.array_equal(f[name][:], values), (k, name)  # bit for bit
+                assert np.array_equal(f[name][:], values), (k, parallel, name)  # bit for bit
 
 
 def test_each_point_records_how_its_products_were_computed(run, write_config, tmp_path):
