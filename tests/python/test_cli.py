@@ -161,7 +161,7 @@ def test_fewer_threads_than_asked_for_give_the_same_bits(run, write_config, tmp_
     given, trials 3 and 4 used to share one with trials 0 and 1, and the statistics came out
     corrupted at random."""
     cfg = write_config(dict(TINY, network={"depth": 6, "width": 64}, activation="selu",
-                            monte_carlo={"trials": 12, "batch": 256}, output={"per_trial": True}))
+                            monte_carlo={"trials": 12, "batch": 512}, output={"per_trial": True}))  # 4 row blocks
     one = tmp_path / "one.h5"
     assert run("run", cfg, "-o", one, "--quiet", "--threads", "1").returncode == 0
     names = ("activation_var_per_trial", "grad_activation_msq_per_trial")
