@@ -696,13 +696,13 @@ class TrialRunner {
   // as they arrive, so the first to finish its products of layer l - 1 draws more of layer l, and
   // while the other ranks finish its last tasks it draws layer l + 1. A rank waits only when both
   // layers are taken, and what it draws does not depend on which rank draws it.
-  void draw_layer(std::int64_t trial, int l, Workspace<T>& ws) const {
+  void draw_layer(std::int64_t trial, int l, const Team& team, Workspace<T>& ws) const {
     const auto& d = ws.draws[static_cast<std::size_t>(l - 1)];
     const std::int64_t tasks = draw_tasks(l);
     while (d.done.load(std::memory_order_acquire) < tasks) {
       if (take_draw(trial, l, ws)) continue;
       if (l < g_.depth && take_draw(trial, l + 1, ws)) continue;
-      cpu_pause();
+      team.pause();
     }
   }
 
@@ -748,7 +748,7 @@ class TrialRunner {
     }
     for (int l = 1; l <= g_.depth; ++l) {
       if (just_in_time && !g_.split_as_drawn) {
-        draw_layer(trial, l, ws);
+        draw_layer(trial, l, team, ws);
       } else if (just_in_time) {
         generate_layer(trial, l, team, ws);
         team.barrier();
@@ -1017,7 +1017,7 @@ class TrialRunner {
       if (all_done) break;
       held = b;
       if (b < 0) {
-        cpu_pause();
+        team.pause();
         continue;
       }
       backward_task(trial, team, ws, b, l);
@@ -1251,6 +1251,19 @@ WorkEstimate estimate_typed(const PointSpec& spec, const RunOptions& options) {
   } else {
     e.threads_used = static_cast<int>(std::min<std::int64_t>(threads, spec.monte_carlo.trials));
     buffers = static_cast<double>(e.threads_used) * Workspace<T>::bytes(g, 1);
+  }
+  // Orthogonal weights are drawn whole (generate_layer): by each rank in turn in samples mode, at
+  // most one layer per rank at a time, and by each worker in trials mode; each holds the matrix and
+  // the factorisation's temporaries while it draws.
+  if (!init_is_elementwise(spec.init.kind)) {
+    double largest = 0.0;
+    for (int l = 1; l <= g.depth; ++l) {
+      largest = std::max(largest, static_cast<double>(sizeof(T)) * static_cast<double>(g.n[l - 1]) *
+                                          static_cast<double>(g.n[l]) +
+                                      generate_weights_scratch_bytes(spec.init.kind, g.n[l - 1], g.n[l]));
+    }
+    const int drawing = e.mode == ParallelMode::samples ? std::min(e.threads_used, g.depth) : e.threads_used;
+    buffers += static_cast<double>(drawing) * largest;
   }
   // PointResult: kStatCount statistics and two non-finite counts per trial and layer.
   const double results = static_cast<double>(spec.monte_carlo.trials) * static_cast<double>(g.depth) *

@@ -83,6 +83,13 @@ void generate_weight_strips(const InitSpec& init, std::uint64_t key, std::int64_
   }
 }
 
+double generate_weights_scratch_bytes(InitKind kind, std::int64_t fan_in, std::int64_t fan_out) {
+  const double weights = static_cast<double>(fan_in) * static_cast<double>(fan_out);
+  if (init_is_elementwise(kind)) return static_cast<double>(kWeightStrip) * static_cast<double>(fan_in) * 8.0;
+  // g, the drawn buffer, the factorisation's copy of g and q; R's coefficients are a column more.
+  return 4.0 * 8.0 * weights + 8.0 * static_cast<double>(std::max(fan_in, fan_out));
+}
+
 template <class T>
 void generate_weights(const InitSpec& init, std::uint64_t key, std::int64_t fan_in, std::int64_t fan_out, T* w,
                       std::ptrdiff_t ld) {

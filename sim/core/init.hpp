@@ -19,6 +19,10 @@ WeightScale weight_scale(const InitSpec& init, std::int64_t fan_in, std::int64_t
 // false for orthogonal, which needs the whole matrix at once.
 bool init_is_elementwise(InitKind kind);
 
+// The temporary memory generate_weights allocates for one fan_in x fan_out matrix (at most; the
+// QR factorisation of orthogonal weights holds four double matrices of its size at once).
+double generate_weights_scratch_bytes(InitKind kind, std::int64_t fan_in, std::int64_t fan_out);
+
 // The order in which a layer's weights are drawn from its stream: in strips of kWeightStrip output
 // units, each strip input by input. Weight (i, j) of W (fan_in x fan_out) is element
 //   (j / kWeightStrip) kWeightStrip fan_in + kWeightStrip i + j % kWeightStrip
@@ -40,7 +44,7 @@ void generate_weight_strips(const InitSpec& init, std::uint64_t key, std::int64_
                             std::ptrdiff_t stride);
 
 // All of W, row-major (row i at w + i * ld), for any initialiser; orthogonal needs the whole
-// matrix at once.
+// matrix at once, and temporary memory of generate_weights_scratch_bytes besides.
 template <class T>
 void generate_weights(const InitSpec& init, std::uint64_t key, std::int64_t fan_in, std::int64_t fan_out, T* w,
                       std::ptrdiff_t ld);

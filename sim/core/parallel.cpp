@@ -1,7 +1,9 @@
 #include "core/parallel.hpp"
 
+#include <atomic>
 #include <exception>
 #include <mutex>
+#include <thread>
 
 #include <omp.h>
 
@@ -51,12 +53,59 @@ class FirstException {
   std::exception_ptr first_;
 };
 
+// Thrown out of barrier() and pause() in the ranks that are still running once one has left the
+// team by an exception; run_team reports that one.
+struct TeamAborted : std::exception {
+  const char* what() const noexcept override { return "another thread of the team failed"; }
+};
+
+// Spin waits pause this many times before they start yielding the processor to other threads.
+constexpr unsigned kSpinsBeforeYield = 1u << 14;
+
+void spin(unsigned& spins) {
+  if (spins < kSpinsBeforeYield) {
+    ++spins;
+    cpu_pause();
+  } else {
+    std::this_thread::yield();
+  }
+}
+
 }  // namespace
 
+namespace detail {
+// What the ranks of one team share: a counting barrier, and whether a rank has thrown.
+struct TeamState {
+  int size = 1;
+  std::atomic<int> arrived{0};
+  std::atomic<std::uint64_t> generation{0};
+  std::atomic<bool> aborted{false};
+};
+}  // namespace detail
+
 void Team::barrier() const {
-  if (size_ > 1) {
-#pragma omp barrier
+  if (size_ <= 1) return;
+  detail::TeamState& s = *state_;
+  // The generation cannot move on before this rank arrives, so reading it first is safe. The last
+  // to arrive resets the count before it releases the others, so the next barrier counts afresh;
+  // its release (and the acquire-release chain of arrivals before it) makes every rank's writes
+  // before the barrier visible to every rank after it.
+  const std::uint64_t generation = s.generation.load(std::memory_order_acquire);
+  if (s.arrived.fetch_add(1, std::memory_order_acq_rel) == size_ - 1) {
+    s.arrived.store(0, std::memory_order_relaxed);
+    s.generation.fetch_add(1, std::memory_order_release);
+    return;
   }
+  unsigned spins = 0;
+  while (s.generation.load(std::memory_order_acquire) == generation) {
+    if (s.aborted.load(std::memory_order_acquire)) throw TeamAborted();
+    spin(spins);
+  }
+}
+
+void Team::pause() const {
+  if (state_ && state_->aborted.load(std::memory_order_acquire)) throw TeamAborted();
+  cpu_pause();
 }
 
 void run_team(int threads, const std::function<void(const Team&)>& body) {
@@ -66,14 +115,20 @@ void run_team(int threads, const std::function<void(const Team&)>& body) {
     body(Team(0, 1));
     return;
   }
+  detail::TeamState state;
 #pragma omp parallel num_threads(threads)
   {
+#pragma omp single
+    state.size = omp_get_num_threads();  // the single's implicit barrier publishes it
     FlushDenormals ftz;
-    const Team team(omp_get_thread_num(), omp_get_num_threads());
+    const Team team(omp_get_thread_num(), state.size, &state);
     try {
       body(team);
     } catch (...) {
+      // The first exception is kept before the others are told to leave, so that theirs
+      // (TeamAborted) is never the one reported.
       error.capture();
+      state.aborted.store(true, std::memory_order_release);
     }
   }
   error.rethrow();

@@ -12,25 +12,35 @@
 
 namespace selfnorm {
 
+namespace detail {
+struct TeamState;
+}
+
 // One member of a team running the same body. Ranks are 0..size-1.
 class Team {
  public:
-  Team(int rank, int size) : rank_(rank), size_(size) {}
+  Team(int rank, int size, detail::TeamState* state = nullptr) : rank_(rank), size_(size), state_(state) {}
   int rank() const { return rank_; }
   int size() const { return size_; }
   // True if this rank owns task `index` in the static round-robin assignment.
   bool owns(std::int64_t index) const { return index % size_ == rank_; }
-  // Waits for every rank of the team. Every rank must call it the same number of times.
+  // Waits for every rank of the team. Every rank must call it the same number of times. If a rank
+  // has left the team by an exception, the others leave the barrier by an exception too instead of
+  // waiting for it forever (run_team rethrows the first).
   void barrier() const;
+  // One step of a spin wait for work of another rank (see cpu_pause); leaves by an exception, as
+  // barrier() does, once a rank has left the team by one.
+  void pause() const;
 
  private:
   int rank_;
   int size_;
+  detail::TeamState* state_;
 };
 
-// Runs body(team) on `threads` threads that form one team; returns when all have finished.
-// The body must not throw between two barriers (a rank that leaves early would strand the
-// others); an exception thrown anyway is rethrown here after the team has ended.
+// Runs body(team) on up to `threads` threads that form one team (OpenMP may give fewer); returns
+// when all have finished. The first exception any rank throws is rethrown here after the team has
+// ended; the other ranks leave at their next barrier() or pause().
 void run_team(int threads, const std::function<void(const Team&)>& body);
 
 // Runs body(index, worker, team_of_one) for index in [0, count) on up to `threads` threads, index i

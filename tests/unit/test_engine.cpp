@@ -261,6 +261,28 @@ TEST_CASE("the work estimate counts GEMM FLOPs", "[engine]") {
   CHECK(e.total_bytes() == e.buffer_bytes + e.result_bytes);
 }
 
+TEST_CASE("the memory estimate counts the temporaries of drawing orthogonal weights", "[engine]") {
+  // Each rank that draws an orthogonal layer holds the matrix and its QR factorisation's
+  // temporaries (four double matrices of its size) at once; a width of 4096 on 16 threads needs
+  // about 10 GB of them, which the estimate used to leave out.
+  // What a second thread adds: its own scratch (a few MB here), and with orthogonal weights one
+  // more rank's matrix, temporaries and R's coefficients (36 MB).
+  PointSpec spec = make_spec(Selu{}, 4, 1000, 2, 512, Precision::float32);
+  const auto added_by_second_thread = [&] {
+    const WorkEstimate one = estimate_work(spec, {1});
+    const WorkEstimate two = estimate_work(spec, {2});
+    REQUIRE(two.threads_used == 2);
+    return static_cast<double>(two.buffer_bytes) - static_cast<double>(one.buffer_bytes);
+  };
+  const double lecun = added_by_second_thread();
+  spec.init.kind = InitKind::orthogonal;
+  const double orthogonal = added_by_second_thread();
+  const double per_rank = 1000.0 * 1000.0 * (4 * sizeof(double) + sizeof(float)) + 1000.0 * sizeof(double);
+  CHECK(lecun < per_rank / 4);
+  CHECK(orthogonal >= per_rank);
+  CHECK(orthogonal <= per_rank + lecun);
+}
+
 TEST_CASE("the memory estimate saturates instead of wrapping, and such a point is refused unallocated", "[engine]") {
   // A batch of 2^40 at width 2^24: 2^66 bytes of activations, beyond any size_t.
   PointSpec spec = make_spec(Relu{}, 3, std::int64_t(1) << 24, 1, std::int64_t(1) << 40, Precision::float32);
