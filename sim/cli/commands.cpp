@@ -225,8 +225,14 @@ std::optional<io::FileHeader> existing_output(const fs::path& out) {
 bool complete_for(const io::FileHeader& h, const io::Experiment& ex, const std::optional<io::ShardInfo>& shard) {
   const bool same_shard = (!h.shard && !shard) ||
                           (h.shard && shard && h.shard->index == shard->index && h.shard->count == shard->count);
-  return h.config_hash == ex.hash && same_shard && h.schema_version == io::kSchemaVersion;
+  // output.per_trial is not part of the config hash (it changes what is written, not what is
+  // computed), but a file without the per-trial values is not complete for a config that asks for them.
+  return h.config_hash == ex.hash && same_shard && h.schema_version == io::kSchemaVersion &&
+         h.per_trial == ex.output.per_trial;
 }
+
+// "with output.per_trial true": how a file or checkpoint of this config differs from the run's.
+std::string per_trial_text(bool per_trial) { return std::string("output.per_trial ") + (per_trial ? "true" : "false"); }
 
 // What a run of `points` holds in memory at its peak: the largest point's engine buffers and
 // result, plus the records kept for the result file (twice: kept, then laid out for writing).
@@ -386,8 +392,31 @@ int run_command(const RunArgs& args) {
   }
   if (existing && !args.overwrite) {
     if (complete_for(*existing, ex, shard)) {
-      if (!args.quiet) std::cerr << out.string() << " is already complete for this config; nothing to do" << std::endl;
+      // A run stopped after it wrote the file, while it removed its checkpoints, leaves some
+      // behind: points of this config, all in the file. Another experiment's are left alone.
+      bool own_checkpoints = false;
+      if (checkpoint.exists()) {
+        try {
+          checkpoint.load(ex, shard);
+          own_checkpoints = true;
+        } catch (const std::exception&) {
+        }
+      }
+      if (own_checkpoints) checkpoint.remove();
+      if (!args.quiet) {
+        std::cerr << out.string() << " is already complete for this config; nothing to do"
+                  << (own_checkpoints ? " (removed the checkpoints " + checkpoint.folder().string() +
+                                            " a stopped run had left behind)"
+                                      : std::string())
+                  << std::endl;
+      }
       return 0;
+    }
+    if (existing->config_hash == ex.hash && existing->per_trial != ex.output.per_trial) {
+      throw UsageError(out.string() + " holds this experiment written with " + per_trial_text(existing->per_trial) +
+                       ", and this config has " + per_trial_text(ex.output.per_trial) + "; pass --overwrite to "
+                       "rerun it (the old file stays intact until the new one is complete) or choose another path "
+                       "with -o");
     }
     if (existing->config_hash == ex.hash && existing->schema_version < io::kSchemaVersion) {
       throw UsageError(out.string() + " holds this experiment in an older file layout (schema version " +
@@ -548,6 +577,9 @@ std::string describe_other_file(const std::optional<io::FileHeader>& header, con
   if (h.config_hash != ex.hash) return "a result of another config (hash " + h.config_hash + ")";
   if (!h.shard) return "a complete result of this config, not a shard";
   if (h.schema_version < io::kSchemaVersion) return "this shard in an older file layout; rerun it with --overwrite";
+  if (h.per_trial != ex.output.per_trial) {
+    return "this shard written with " + per_trial_text(h.per_trial) + "; rerun it with --overwrite";
+  }
   return "shard " + std::to_string(h.shard->index) + " of " + std::to_string(h.shard->count) + " of this config";
 }
 

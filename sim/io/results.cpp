@@ -520,6 +520,7 @@ FileHeader read_header(const fs::path& path) {
   if (h5::has_attribute(file, "gpu_name")) h.gpu_name = h5::read_string_attribute(file, "gpu_name");
   if (h5::has_attribute(file, "gemm_backend")) h.gemm_backend = h5::read_string_attribute(file, "gemm_backend");
   if (h5::has_attribute(file, "threads")) h.threads = h5::read_int_attribute(file, "threads");
+  h.per_trial = h5::exists(file, "trial");
   return h;
 }
 

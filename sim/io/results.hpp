@@ -130,6 +130,7 @@ struct FileHeader {
   std::string gpu_name;        // and "gpu_name", where present
   std::string gemm_backend;    // the provenance attributes "gemm_backend" and "threads"
   std::int64_t threads = -1;
+  bool per_trial = false;      // holds <statistic>_per_trial datasets (output.per_trial)
 };
 
 // Reads the header; throws h5::Error or std::runtime_error if `path` is not a selfnorm result.

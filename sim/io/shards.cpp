@@ -54,6 +54,15 @@ std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const st
     const std::string name = entry.path().filename().string();
     // Temporary files of a write that was interrupted are incomplete by construction.
     if (name.rfind("point-", 0) != 0 || entry.path().extension() != ".h5") continue;
+    // Checkpoints are named point-<index>.h5 and hold that point alone; a renamed or copied file
+    // ("point-3 (copy).h5") would give a point twice.
+    const std::string digits = name.substr(6, name.size() - 6 - 3);
+    if (digits.empty() || digits.size() > 18 ||
+        !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      throw std::runtime_error("the checkpoint folder " + folder_.string() + " holds " + name + ", which is not a "
+                               "checkpoint selfnorm writes (point-<index>.h5); remove it and run again");
+    }
+    const std::int64_t index = std::stoll(digits);
     FileHeader header;
     std::vector<PointRecord> found;
     try {
@@ -67,6 +76,18 @@ std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const st
       throw std::runtime_error("the checkpoint folder " + folder_.string() + " holds points of another experiment "
                                "(config hash " + header.config_hash + ", this config " + experiment.hash +
                                "); remove the folder or choose another output path with -o");
+    }
+    if (header.per_trial != experiment.output.per_trial) {
+      const auto text = [](bool on) { return std::string("output.per_trial ") + (on ? "true" : "false"); };
+      throw std::runtime_error("the checkpoint folder " + folder_.string() + " holds points of this experiment "
+                               "computed with " + text(header.per_trial) + ", and this config has " +
+                               text(experiment.output.per_trial) + "; finish the run with " +
+                               text(header.per_trial) + ", or remove the folder to start again");
+    }
+    if (found.size() != 1 || found.front().index != index) {
+      throw std::runtime_error("checkpoint " + entry.path().string() + " does not hold point " + std::to_string(index) +
+                               " alone, as its name says (a renamed or altered file); remove it and run again to "
+                               "recompute that point");
     }
     for (auto& r : found) {
       if (!std::binary_search(mine.begin(), mine.end(), r.index)) {
@@ -134,6 +155,13 @@ void merge_shards(const std::vector<fs::path>& shards, const fs::path& output, c
       throw std::runtime_error("foreign shard: " + f.path.string() + " has config hash " + f.header.config_hash +
                                " but " + files.front().path.string() + " has " + first.config_hash +
                                "; all shards must come from the same config and seed");
+    }
+    if (f.header.per_trial != first.per_trial) {
+      const auto& [with, without] = f.header.per_trial ? std::pair(f.path, files.front().path)
+                                                       : std::pair(files.front().path, f.path);
+      throw std::runtime_error("shards differ in output.per_trial: " + with.string() + " holds per-trial values and " +
+                               without.string() + " does not; run every shard with the same output.per_trial "
+                               "(--overwrite replaces a shard)");
     }
     if (f.header.shard->count != first.shard->count) {
       throw std::runtime_error("shard counts differ: " + f.path.string() + " is one of " +

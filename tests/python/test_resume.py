@@ -203,3 +203,84 @@ def test_planted_temporaries_are_never_read_as_results(reference, tmp_path):
     assert "removed 3 temporary files of an interrupted write" in r.stderr
     assert same_statistics(out, ref)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+
+
+def killed_after(cfg, out, count):
+    """A run of `cfg` killed once `count` points are saved; its checkpoint folder."""
+    proc = start(cfg, out)
+    wait_for_checkpoints(proc, out, count)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return out.with_name(out.name + ".partial")
+
+
+def test_per_trial_output_is_part_of_what_a_file_or_checkpoint_is_complete_for(reference, tmp_path):
+    """output.per_trial does not change the statistics, and so not the config hash, but a file or
+    checkpoint written without the per-trial values is not a result of a config that asks for them
+    (and the other way round). Each used to be taken as complete: the file lacked the per-trial
+    datasets, or the resumed points' per-trial rows were NaN."""
+    import json
+    cfg, ref = reference
+    per_trial = tmp_path / "per_trial.json"
+    per_trial.write_text(json.dumps(dict(CONFIG, output={"per_trial": True})))
+    # A complete file without them.
+    done = tmp_path / "done.h5"
+    done.write_bytes(ref.read_bytes())
+    r = subprocess.run([str(BIN), "run", str(per_trial), "-o", str(done)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "written with output.per_trial false, and this config has output.per_trial true" in r.stderr
+    assert done.read_bytes() == ref.read_bytes()
+    # Checkpoints without them.
+    out = tmp_path / "run.h5"
+    killed_after(cfg, out, 1)
+    r = subprocess.run([str(BIN), "run", str(per_trial), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "computed with output.per_trial false, and this config has output.per_trial true" in r.stderr
+    assert not out.exists()
+    # Finished as they were begun, they give the reference.
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert same_statistics(out, ref)
+
+
+def test_a_renamed_checkpoint_is_refused_not_counted_twice(reference, tmp_path):
+    cfg, _ = reference
+    out = tmp_path / "run.h5"
+    partial = killed_after(cfg, out, 1)
+    (partial / "point-0 (copy).h5").write_bytes((partial / "point-0.h5").read_bytes())
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "holds point-0 (copy).h5, which is not a checkpoint selfnorm writes (point-<index>.h5)" in r.stderr
+    (partial / "point-0 (copy).h5").unlink()
+    (partial / "point-0.h5").rename(partial / "point-9.h5")
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "does not hold point 9 alone, as its name says" in r.stderr
+
+
+def test_checkpoints_left_beside_a_complete_file_are_removed_by_the_next_run(reference, tmp_path):
+    """A run killed after it renamed its file into place, while it removed its checkpoints, leaves
+    some behind. The next run of the same command finds the file complete and removes them, so that
+    they no longer stand in the way of another experiment's run with --overwrite."""
+    cfg, ref = reference
+    out = tmp_path / "run.h5"
+    partial = killed_after(cfg, out, 2)
+    left = sorted(p.name for p in partial.iterdir())
+    out.write_bytes(ref.read_bytes())  # the finished file, as the killed run had written it
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "already complete for this config; nothing to do (removed the checkpoints" in r.stderr
+    assert left and not partial.exists()
+    assert out.read_bytes() == ref.read_bytes()
+    # Another experiment's checkpoints beside a complete file stay.
+    import json
+    seed99 = tmp_path / "seed99.json"
+    seed99.write_text(json.dumps(dict(CONFIG, seed=99)))
+    beside = tmp_path / "beside.h5"
+    other = killed_after(seed99, beside, 1)
+    kept = sorted(p.name for p in other.iterdir())
+    beside.write_bytes(ref.read_bytes())
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(beside)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "removed the checkpoints" not in r.stderr
+    assert sorted(p.name for p in other.iterdir()) == kept

@@ -22,16 +22,17 @@ const char* kConfig = R"({"name": "m", "seed": 4, "network": {"depth": 3, "width
   "monte_carlo": {"trials": 2, "batch": 9},
   "sweep": {"grid": {"activation.alpha": [1.5, 1.6, 1.7], "activation.lambda": [1.0, 1.1]}}})";
 
-PointRecord compute(const Experiment& ex, std::int64_t p) {
+PointRecord compute(const Experiment& ex, std::int64_t p, bool per_trial = false) {
   const auto& point = ex.points[static_cast<std::size_t>(p)];
-  return make_record(p, simulate_point(point.spec, {ex.seed, static_cast<std::uint64_t>(p)}, {1}), false);
+  return make_record(p, simulate_point(point.spec, {ex.seed, static_cast<std::uint64_t>(p)}, {1}), per_trial);
 }
 
-// Writes shard k of n of `ex` into `dir`; returns its path.
-fs::path write_shard(const Experiment& ex, const fs::path& dir, std::int64_t k, std::int64_t n) {
+// Writes shard k of n of `ex` into `dir`, with per-trial values or without; returns its path.
+fs::path write_shard(const Experiment& ex, const fs::path& dir, std::int64_t k, std::int64_t n,
+                     bool per_trial = false) {
   std::vector<PointRecord> records;
   for (auto p : shard_points(static_cast<std::int64_t>(ex.points.size()), ShardInfo{k, n})) {
-    records.push_back(compute(ex, p));
+    records.push_back(compute(ex, p, per_trial));
   }
   const fs::path path = shard_path(dir, k, n);
   write_results(path, ex, records, Provenance{}, ShardInfo{k, n});
@@ -82,6 +83,14 @@ TEST_CASE("merge refuses missing, duplicate, foreign and non-shard files", "[sha
   CHECK_THROWS_WITH(merge_shards({s0, f1, s2}, out, Provenance{}),
                     "foreign shard: " + f1.string() + " has config hash " + foreign.hash + " but " + s0.string() +
                         " has " + ex.hash + "; all shards must come from the same config and seed");
+  // The same experiment with per-trial values in one shard only (output.per_trial changed between
+  // the shards' runs; it is not part of the config hash): the merged file would have NaN rows.
+  TempDir with_trials;
+  const fs::path t1 = write_shard(ex, with_trials.path, 1, 3, true);
+  CHECK_THROWS_WITH(merge_shards({s0, t1, s2}, out, Provenance{}),
+                    "shards differ in output.per_trial: " + t1.string() + " holds per-trial values and " +
+                        s0.string() + " does not; run every shard with the same output.per_trial (--overwrite "
+                        "replaces a shard)");
   // A complete (unsharded) result is not a shard.
   write_results(dir.path / "whole.h5", ex, {compute(ex, 0)}, Provenance{});
   CHECK_THROWS_WITH(merge_shards({dir.path / "whole.h5"}, out, Provenance{}),
