@@ -524,6 +524,10 @@ FileHeader read_header(const fs::path& path) {
   return h;
 }
 
+namespace {
+std::vector<PointRecord> read_records_of(const fs::path& path);
+}  // namespace
+
 std::vector<PointRecord> read_records(const fs::path& path) {
   const FileHeader header = read_header(path);
   if (header.schema_version < kOldestReadableSchemaVersion || header.schema_version > kSchemaVersion) {
@@ -531,6 +535,25 @@ std::vector<PointRecord> read_records(const fs::path& path) {
                              " (this selfnorm reads versions " + std::to_string(kOldestReadableSchemaVersion) +
                              " to " + std::to_string(kSchemaVersion) + "); read it with the selfnorm that wrote it");
   }
+  try {
+    return read_records_of(path);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(path.string() + ": " + e.what() + " (a damaged or altered result file)");
+  }
+}
+
+namespace {
+
+// Throws unless `name` holds `expected` values, as the file's point, trial and layer axes make it.
+template <class V>
+void check_size(const V& values, std::size_t expected, const std::string& name, const std::string& shape) {
+  if (values.size() != expected) {
+    throw std::runtime_error("dataset " + name + " holds " + std::to_string(values.size()) + " values, not the " +
+                             std::to_string(expected) + " of its shape " + shape);
+  }
+}
+
+std::vector<PointRecord> read_records_of(const fs::path& path) {
   h5::Id file = h5::open_file(path);
   const auto index = h5::read_ints(file, "point");
   const auto depth = h5::read_ints(file, "point_depth");
@@ -544,16 +567,39 @@ std::vector<PointRecord> read_records(const fs::path& path) {
   const std::size_t T = per_trial ? h5::read_ints(file, "trial").size() : 0;
   const auto nonfinite = h5::read_ints(file, "nonfinite_count");
   const auto grad_nonfinite = h5::read_ints(file, "grad_nonfinite_count");
+  // Every size is checked against the axes before any is used as an index.
+  const std::size_t P = index.size();
+  check_size(depth, P, "point_depth", "[point]");
+  check_size(trials, P, "point_trials", "[point]");
+  check_size(first, P, "first_nonfinite_layer", "[point]");
+  check_size(configs, P, "point_config", "[point]");
+  check_size(matmuls, P, "point_matmul", "[point]");
+  check_size(nonfinite, P * L, "nonfinite_count", "[point, layer]");
+  check_size(grad_nonfinite, P * L, "grad_nonfinite_count", "[point, layer]");
+  for (std::size_t p = 0; p < P; ++p) {
+    if (depth[p] < 1 || static_cast<std::size_t>(depth[p]) > L) {
+      throw std::runtime_error("point_depth[" + std::to_string(p) + "] is " + std::to_string(depth[p]) +
+                               ", outside the file's " + std::to_string(L) + " layers");
+    }
+    if (trials[p] < 1 || (per_trial && static_cast<std::size_t>(trials[p]) > T)) {
+      throw std::runtime_error("point_trials[" + std::to_string(p) + "] is " + std::to_string(trials[p]) +
+                               (per_trial ? ", outside the file's " + std::to_string(T) + " trials" : ""));
+    }
+  }
 
-  std::vector<PointRecord> records(index.size());
-  for (std::size_t p = 0; p < index.size(); ++p) {
+  std::vector<PointRecord> records(P);
+  for (std::size_t p = 0; p < P; ++p) {
     PointRecord& r = records[p];
     r.index = index[p];
     r.depth = static_cast<int>(depth[p]);
     r.trials = trials[p];
     r.first_nonfinite_layer = static_cast<int>(first[p]);
     r.matmul = matmuls[p];
-    r.has_weight_gradients = json::parse(configs[p]).at("monte_carlo").at("weight_gradients").get<bool>();
+    try {
+      r.has_weight_gradients = json::parse(configs[p]).at("monte_carlo").at("weight_gradients").get<bool>();
+    } catch (const json::exception& e) {
+      throw std::runtime_error("point_config[" + std::to_string(p) + "] is not a point's config (" + e.what() + ")");
+    }
     for (std::size_t l = 0; l < static_cast<std::size_t>(r.depth); ++l) {
       r.nonfinite_count.push_back(nonfinite[p * L + l]);
       r.grad_nonfinite_count.push_back(grad_nonfinite[p * L + l]);
@@ -571,8 +617,13 @@ std::vector<PointRecord> read_records(const fs::path& path) {
     }
     const auto mean = h5::read_doubles(file, name);
     const auto sem = h5::read_doubles(file, name + "_sem");
+    check_size(mean, P * L, name, "[point, layer]");
+    check_size(sem, P * L, name + "_sem", "[point, layer]");
     std::vector<double> pt;
-    if (per_trial) pt = h5::read_doubles(file, name + "_per_trial");
+    if (per_trial) {
+      pt = h5::read_doubles(file, name + "_per_trial");
+      check_size(pt, P * T * L, name + "_per_trial", "[point, trial, layer]");
+    }
     for (std::size_t p = 0; p < records.size(); ++p) {
       PointRecord& r = records[p];
       for (std::size_t l = 0; l < static_cast<std::size_t>(r.depth); ++l) {
@@ -596,6 +647,11 @@ std::vector<PointRecord> read_records(const fs::path& path) {
   for (const auto& name : names) {
     const auto values = h5::read_doubles(file, name);
     const auto shape = h5::dataset_shape(h5::open_dataset(file, name));
+    if (shape.size() == 2) {
+      check_size(values, P * L, name, "[point, layer]");
+    } else {
+      check_size(values, P, name, "[point]");
+    }
     for (std::size_t p = 0; p < records.size(); ++p) {
       PointRecord& r = records[p];
       if (shape.size() == 2) {
@@ -609,5 +665,7 @@ std::vector<PointRecord> read_records(const fs::path& path) {
   }
   return records;
 }
+
+}  // namespace
 
 }  // namespace selfnorm::io

@@ -245,6 +245,37 @@ TEST_CASE("the reader takes every schema version it knows and names the others",
   CHECK_THROWS_WITH(read_records(file), Catch::Contains("has schema version 0"));
 }
 
+TEST_CASE("a file whose datasets disagree with its axes is refused, naming the file and the dataset", "[results]") {
+  // merge and resume read files they did not write in this process (a hand-edited or partly
+  // copied shard or checkpoint): sizes used to be trusted, and read past the ends of the arrays.
+  TempDir dir;
+  const Experiment ex = parse_experiment(R"({"network": {"depth": 2, "width": 4}, "monte_carlo": {"trials": 2,
+                                           "batch": 3}})", "x.json", "x");
+  const auto records = run_all(ex);
+  const fs::path file = dir.path / "x.h5";
+  auto altered = [&](const std::string& name, auto replace) {
+    fs::remove(file);
+    write_results(file, ex, records, test_provenance());
+    h5::Id f(H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose);
+    REQUIRE(f.get() >= 0);
+    REQUIRE(H5Ldelete(f.get(), name.c_str(), H5P_DEFAULT) >= 0);
+    replace(f.get());
+  };
+  const std::string where = file.string() + ": ";
+  altered("point_depth", [](hid_t f) { h5::write_dataset(f, "point_depth", std::vector<std::int64_t>{99}, {1}); });
+  CHECK_THROWS_WITH(read_records(file), where + "point_depth[0] is 99, outside the file's 2 layers (a damaged or "
+                                                "altered result file)");
+  altered("activation_var", [](hid_t f) { h5::write_dataset(f, "activation_var", std::vector<double>{1.0}, {1}); });
+  CHECK_THROWS_WITH(read_records(file), Catch::StartsWith(where + "dataset activation_var holds 1 values, not the 2 "
+                                                                  "of its shape [point, layer]"));
+  altered("point_trials", [](hid_t f) { h5::write_dataset(f, "point_trials", std::vector<std::int64_t>{2, 2}, {2}); });
+  CHECK_THROWS_WITH(read_records(file), Catch::StartsWith(where + "dataset point_trials holds 2 values, not the 1"));
+  altered("point_config", [](hid_t f) { h5::write_dataset(f, "point_config", std::vector<std::string>{"{"}); });
+  CHECK_THROWS_WITH(read_records(file), Catch::StartsWith(where + "point_config[0] is not a point's config ("));
+  altered("point_depth", [](hid_t) {});
+  CHECK_THROWS_WITH(read_records(file), Catch::StartsWith(where) && Catch::Contains("point_depth"));
+}
+
 TEST_CASE("a GPU result names its device, GPU and device time, and the header reads them back", "[results]") {
   TempDir dir;
   const Experiment ex = with_device(parse_experiment(kGoldenConfig, "golden.json", "golden"), DeviceOptions{Device::cuda});
