@@ -1,6 +1,9 @@
 #include "cli/theory_command.hpp"
 
+#include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <initializer_list>
 #include <iostream>
@@ -40,11 +43,17 @@ Activation build_activation(const TheoryArgs& args) {
   for (const auto& p : args.params) {
     const auto eq = p.find('=');
     if (eq == std::string::npos) throw UsageError("--param " + p + " is not NAME=VALUE");
-    try {
-      set(p.substr(0, eq), std::stod(p.substr(eq + 1)));
-    } catch (const std::invalid_argument&) {
-      throw UsageError("--param " + p + ": '" + p.substr(eq + 1) + "' is not a number");
+    const std::string text = p.substr(eq + 1);
+    char* end = nullptr;
+    errno = 0;
+    const double value = std::strtod(text.c_str(), &end);
+    if (text.empty() || end != text.c_str() + text.size() || std::isspace(static_cast<unsigned char>(text[0]))) {
+      throw UsageError("--param " + p + ": '" + text + "' is not a number");
     }
+    if (errno == ERANGE && std::abs(value) > 1.0) {
+      throw UsageError("--param " + p + ": " + text + " is out of the range of a double (about 1.8e308)");
+    }
+    set(p.substr(0, eq), value);
   }
   try {
     return make_activation(info->name, values);

@@ -51,6 +51,12 @@ def test_readable_tables_and_bad_values(run):
     assert r.returncode == 2 and "relu has no parameter 'alpha'" in r.stderr
     r = run("theory", "map", "--activation", "celu", "--alpha", "0")
     assert r.returncode == 2 and "alpha must be > 0" in r.stderr
+    # --param's value is a whole number: a trailing word and an overflow are named (they used to be
+    # taken as 1.5, and end in "error: stod" with exit 1).
+    for value, message in [("1.5abc", "'1.5abc' is not a number"),
+                           ("1e400", "1e400 is out of the range of a double")]:
+        r = run("theory", "map", "--activation", "elu", "--param", f"alpha={value}")
+        assert r.returncode == 2 and f"--param alpha={value}: {message}" in r.stderr, r.stderr
     # Each verb's numbers are checked before any theory runs: no answer for an impossible input.
     for args, message in [
         (("depth-scales", "--activation", "tanh", "--weight-variance", "-1"),
