@@ -65,7 +65,7 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
   for (std::size_t i = 1; i <= a.size(); ++i) {
     cur[0] = i;
     for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t sub = prev[j - 1] + (std::tolower(a[i - 1]) == std::tolower(b[j - 1]) ? 0 : 1);
+      const std::size_t sub = prev[j - 1] + (std::tolower(static_cast<unsigned char>(a[i - 1])) == std::tolower(static_cast<unsigned char>(b[j - 1])) ? 0 : 1);
       cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, sub});
     }
     std::swap(prev, cur);
@@ -317,6 +317,12 @@ NetworkSpec parse_network(const json& root, Checker& c) {
              "must be a list of at least 2 integers [n_0, n_1, ..., n_L] (input width first), got " +
                  got(w));
       return {std::vector<std::int64_t>(static_cast<std::size_t>(depth + 1), 512)};
+    }
+    if (w.size() - 1 > static_cast<std::size_t>(kMaxDepth)) {
+      c.fail(join_path(path, "widths"), "has " + std::to_string(w.size()) + " entries, a depth of " +
+                                            std::to_string(w.size() - 1) + "; the largest depth is " +
+                                            std::to_string(kMaxDepth));
+      return {std::vector<std::int64_t>(2, 512)};
     }
     for (std::size_t i = 0; i < w.size(); ++i) {
       net.widths.push_back(c.integer_value(w[i], index_path(join_path(path, "widths"), i), 1, 1, kMaxWidth));

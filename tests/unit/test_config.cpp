@@ -126,6 +126,11 @@ TEST_CASE("config errors: sizes, widths and the activation list", "[config][erro
   CHECK(problems(R"({"network": {"depth": 3, "widths": [4, 5]}})") ==
         std::vector<std::string>{"network.widths: has 2 entries but depth is 3; widths lists the input width and then "
                                  "one width per layer, so it needs depth + 1 = 4 entries"});
+  // A widths list alone is held to the same largest depth as 'depth' (it used to escape it).
+  std::string widths = "[4";
+  for (int i = 0; i < 100001; ++i) widths += ", 4";
+  CHECK(problems(R"({"network": {"widths": )" + widths + "]}}") ==
+        std::vector<std::string>{"network.widths: has 100002 entries, a depth of 100001; the largest depth is 100000"});
   CHECK(problems(R"({"network": {"width": 64.5}})") ==
         std::vector<std::string>{"network.width: must be an integer >= 1, got 64.5"});
   CHECK(problems(R"({"activation": [{"name": "selu", "alfa": 1}, {"name": "relu", "alpha": 2}, "sofplus"]})") ==
