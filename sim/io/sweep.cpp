@@ -170,17 +170,19 @@ void set_dotted(json& j, std::string_view key, const json& value) {
   json* node = &j;
   std::size_t start = 0;
   while (true) {
+    // A section that is there but is not an object ("network": 5) is left as it is, for the
+    // config's checks to name; it used to be replaced by the swept key alone.
+    if (node->is_null()) *node = json::object();
+    if (!node->is_object()) return;
     const std::size_t dot = key.find('.', start);
     const std::string part(key.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start));
     if (dot == std::string_view::npos) {
-      if (!node->is_object()) *node = json::object();
       (*node)[part] = value;
       return;
     }
-    if (!node->is_object()) *node = json::object();
     // A string activation ("selu") becomes an object before a parameter is set in it.
     json& child = (*node)[part];
-    if (child.is_string()) child = json{{"name", child}};
+    if (node == &j && part == "activation" && child.is_string()) child = json{{"name", child}};
     node = &child;
     start = dot + 1;
   }
