@@ -636,11 +636,12 @@ int status_command(const std::string& config, const std::string& shards_text, co
       missing.push_back(k);
       const io::Checkpoint checkpoint(path);
       std::int64_t done = 0;
+      std::string unusable;  // why the checkpoint cannot be resumed: another config's, damaged, ...
       if (checkpoint.exists()) {
         try {
           done = static_cast<std::int64_t>(checkpoint.load(ex, shard).size());
-        } catch (const std::exception&) {
-          done = -1;
+        } catch (const std::exception& e) {
+          unusable = e.what();
         }
       }
       if (const auto holder = io::lock_holder(path)) {
@@ -648,8 +649,8 @@ int status_command(const std::string& config, const std::string& shards_text, co
         if (done > 0) state += ", " + std::to_string(done) + " of " + std::to_string(points) + " points done";
       } else if (fs::exists(path, ec)) {
         state = "taken by " + describe_other_file(header, ex);
-      } else if (done < 0) {
-        state = "checkpoint of another config";
+      } else if (!unusable.empty()) {
+        state = "checkpoint not resumable: " + unusable;
       } else if (done > 0) {
         state = "partial: " + std::to_string(done) + " of " + std::to_string(points) + " points";
       } else {

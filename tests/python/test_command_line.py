@@ -124,6 +124,16 @@ def test_status_says_what_it_finds_in_place_of_the_shards(run, write_config, tmp
         "the folder holds shard files of other splits (--shards 3); is --shards 2 the split the run used?",
         "not complete: 0-1  (sbatch --array=0-1)",
     ]
+    # A checkpoint that cannot be resumed says why (it used to read "checkpoint of another config"
+    # whatever the reason).
+    (folder / "shard-2-of-3.h5").unlink()
+    (folder / "shard-2-of-3.h5.partial").mkdir()
+    (folder / "shard-2-of-3.h5.partial" / "point-2.h5").write_text("not a result\n")
+    r = run("status", cfg, "--shards", "3", cwd=tmp_path)
+    assert r.returncode == 0
+    line = r.stdout.splitlines()[3]
+    assert line.startswith("  shard 2  1 point  checkpoint not resumable: checkpoint "
+                           "results/three/shard-2-of-3.h5.partial/point-2.h5 cannot be read ("), line
 
 
 def test_config_paths_that_are_not_configs(run, tmp_path):
