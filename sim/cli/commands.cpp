@@ -370,6 +370,10 @@ int run_command(const RunArgs& args) {
       out = io::shard_path(fs::path("results") / ex.name, shard->index, shard->count);
       std::error_code ec;
       fs::create_directories(out.parent_path(), ec);
+      if (ec) {
+        throw UsageError("cannot create the shard folder " + out.parent_path().string() + " (" + ec.message() +
+                         "); create it, or give the shard's file with -o");
+      }
     } else {
       out = fs::path("results") / (ex.name + ".h5");
     }

@@ -100,6 +100,17 @@ def test_more_shards_than_points_are_refused(run, write_config, tmp_path):
     assert files_under(tmp_path) == ["config.json"]
 
 
+def test_a_shard_folder_that_cannot_be_created_is_named_with_the_reason(run, write_config, tmp_path):
+    """The default shard folder is results/<name>: its creation's failure is the error (it used to be
+    ignored, and the run then said that the folder does not exist)."""
+    cfg = write_config(dict(TINY, name="three", activation="selu", sweep={"grid": {"network.depth": [2, 3, 4]}}))
+    (tmp_path / "results").write_text("a file where the results folder would be\n")
+    r = run("run", cfg, "--shard", "0/3", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: cannot create the shard folder results/three (Not a directory); create it, "
+                                "or give the shard's file with -o")
+
+
 def test_status_says_what_it_finds_in_place_of_the_shards(run, write_config, tmp_path):
     cfg = write_config(dict(TINY, name="three", activation="selu", sweep={"grid": {"network.depth": [2, 3, 4]}}))
     r = run("status", cfg, "--shards", "3", "--dir", cfg, cwd=tmp_path)
