@@ -485,6 +485,9 @@ int run_command(const RunArgs& args) {
     } catch (const std::length_error& e) {
       progress.finish();
       throw std::runtime_error(args.config + ": point " + std::to_string(p) + ": " + e.what());
+    } catch (...) {
+      progress.finish();  // the error's message starts on a line of its own
+      throw;
     }
     progress.finish_point();
     records.push_back(io::make_record(p, result, ex.output.per_trial));

@@ -267,12 +267,21 @@ void print_summary(std::ostream& out, const io::Experiment& experiment, const st
     label_width = std::max(label_width, columns(label));
     labels.push_back(label);
   }
-  const std::int64_t trials = records.front().trials;
+  // The points' trials: one count, or the range where a sweep varies monte_carlo.trials.
+  std::int64_t fewest = records.front().trials;
+  std::int64_t most = fewest;
+  for (const auto& r : records) {
+    fewest = std::min(fewest, r.trials);
+    most = std::max(most, r.trials);
+  }
+  const std::string trials = fewest == most ? std::to_string(fewest) + (fewest == 1 ? " trial" : " trials")
+                                            : "each point's trials (" + std::to_string(fewest) + "-" +
+                                                  std::to_string(most) + ")";
   const Stat stats[] = {Stat::activation_mean, Stat::activation_var, Stat::grad_activation_msq};
   for (Stat s : stats) {
     const auto& info = stat_catalog()[static_cast<int>(s)];
     out << "\n" << info.name << " by layer: " << info.long_name << ", mean ± standard error over " << trials
-        << " trial" << (trials == 1 ? "" : "s") << "\n";
+        << "\n";
     std::vector<std::vector<std::string>> cells(records.size());
     std::vector<std::size_t> width(layers.size());
     for (std::size_t c = 0; c < layers.size(); ++c) width[c] = std::to_string(layers[c]).size();

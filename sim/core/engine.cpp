@@ -720,8 +720,12 @@ class TrialRunner {
       T* strip = strips + s * ss;
       for (std::int64_t r = 0; r < rows; ++r) {
         T* dst = strip + r * kStrip;
+        if (r >= fan_in) {  // the zero rows that round the inputs up
+          std::fill_n(dst, kStrip, T(0));
+          continue;
+        }
         const T* src = w + r * ld + j0;
-        for (std::int64_t j = 0; j < kStrip; ++j) dst[j] = (r < fan_in && j < cols) ? src[j] : T(0);
+        for (std::int64_t j = 0; j < kStrip; ++j) dst[j] = j < cols ? src[j] : T(0);
       }
     }
   }

@@ -98,6 +98,13 @@ std::vector<std::string> read_vlen_strings(hid_t obj, hid_t space, bool attribut
   std::vector<char*> raw(static_cast<std::size_t>(std::max<hssize_t>(n, 0)), nullptr);
   if (raw.empty()) return {};
   Id type = string_type();
+  // The library's strings are freed however this function ends (a failed read, or an allocation
+  // failure while they are copied).
+  struct Reclaim {
+    hid_t type, space;
+    std::vector<char*>& raw;
+    ~Reclaim() { H5Dvlen_reclaim(type, space, H5P_DEFAULT, raw.data()); }
+  } reclaim{type.get(), space, raw};
   if (attribute) {
     check_status(H5Aread(obj, type, raw.data()), "read attribute " + name);
   } else {
@@ -105,7 +112,6 @@ std::vector<std::string> read_vlen_strings(hid_t obj, hid_t space, bool attribut
   }
   std::vector<std::string> out;
   for (char* s : raw) out.emplace_back(s ? s : "");
-  H5Dvlen_reclaim(type, space, H5P_DEFAULT, raw.data());
   return out;
 }
 

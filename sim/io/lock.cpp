@@ -77,8 +77,12 @@ OutputLock::OutputLock(const fs::path& output, const std::string& holder) : path
     if (::fstat(fd, &by_fd) == 0 && ::stat(path_.c_str(), &by_name) == 0 && by_fd.st_dev == by_name.st_dev &&
         by_fd.st_ino == by_name.st_ino) {
       const std::string text = holder + (holder.empty() || holder.back() == '\n' ? "" : "\n");
-      if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) {
-        const int err = errno;
+      ssize_t written = -1;
+      const bool truncated = ::ftruncate(fd, 0) == 0;
+      if (truncated) written = ::pwrite(fd, text.data(), text.size(), 0);
+      if (written != static_cast<ssize_t>(text.size())) {
+        // A short write sets no errno; its usual cause is a full disk.
+        const int err = written >= 0 ? ENOSPC : errno;
         ::unlink(path_.c_str());
         ::close(fd);
         throw WriteError(path_, err, "write the lock file");

@@ -217,6 +217,17 @@ def test_each_point_records_how_its_products_were_computed(run, write_config, tm
         assert not (tmp_path / "bf16x6.h5").exists()
 
 
+def test_summary_names_the_trials_of_a_sweep_over_trials(run, write_config, tmp_path):
+    """Each point's standard errors are over its own trials: a sweep of monte_carlo.trials is not
+    summarised as the first point's count."""
+    cfg = write_config(dict(TINY, activation="selu", sweep={"grid": {"monte_carlo.trials": [2, 5]}}))
+    r = run("run", cfg, "-o", tmp_path / "x.h5")
+    assert r.returncode == 0, r.stderr
+    assert "mean ± standard error over each point's trials (2-5)" in r.stdout
+    r = run("run", write_config(TINY), "-o", tmp_path / "y.h5")
+    assert "mean ± standard error over 3 trials" in r.stdout
+
+
 def test_summary_prints_a_mean_that_rounds_to_zero_without_a_sign(run, write_config, tmp_path):
     """Seed 157 gives tanh's activation mean at layer 8 as -2.6e-5 with standard error 0.0061: at the
     4 decimals the error warrants that is 0.0000, and a "-0.0000" would suggest a sign it lacks."""
