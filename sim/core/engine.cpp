@@ -148,7 +148,7 @@ class BlockCache {
     std::size_t bytes;
     std::size_t align;
   };
-  static constexpr std::size_t kKept = 8;  // one arena per worker in trials mode
+  static constexpr std::size_t kKept = 8;  // one arena per worker in trials mode, up to 8 workers
   std::mutex mutex_;
   std::vector<Block> blocks_;
 };

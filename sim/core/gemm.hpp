@@ -84,7 +84,7 @@ class FunctionRef<R(Args...)> {
   R (*call_)(void*, Args...);
 };
 
-// Called with rows [row0, row0 + rows) of C, complete, at c (leading dimension ldc); rows < m.
+// Called with rows [row0, row0 + rows) of C, complete, at c (leading dimension ldc); rows <= m.
 template <class T>
 using RowsDone = FunctionRef<void(std::int64_t row0, std::int64_t rows, const T* c, std::ptrdiff_t ldc)>;
 

@@ -54,12 +54,13 @@ inline void sincos_quarter(T a, T& c, T& s) {
   c = std::fma(-a2, pc, T(1));
 }
 
-// Box-Muller: from u1 in (0, 1] and u2 in [0, 1), two independent standard normals.
-// The angle is 2 pi u2 up to a constant shift, split into a quadrant and |a| <= pi/4.
+// Box-Muller: from u1 in (0, 1] and u2 in [0, 1], two independent standard normals (u2 = 1 only
+// where float rounds the largest word up; its angle, 2 pi, is the same as u2 = 0's). The angle is
+// 2 pi u2 up to a constant shift, split into a quadrant and |a| <= pi/4.
 template <class T>
 inline void box_muller(T u1, T u2, T& z_cos, T& z_sin) {
   const T r = std::sqrt(T(-2) * vmath::log_positive(u1));
-  const T t = T(4) * u2;  // in [0, 4]
+  const T t = T(4) * u2;  // in [0, 4]; t = 4 is quadrant 4 & 3 = 0, as it should be
   const int qi = static_cast<int>(t);  // floor, t >= 0
   const T a = (t - static_cast<T>(qi) - T(0.5)) * static_cast<T>(kHalfPi);
   const int q = qi & 3;

@@ -58,16 +58,18 @@ constexpr std::uint64_t stream_word(std::uint64_t key, std::uint64_t i) { return
 template <class T>
 void fill_normal(std::uint64_t key, std::uint64_t first, std::size_t count, T* out, T mean, T stddev);
 
-// out[j] = lo + (hi - lo) * u[first + j], u uniform on the open interval (0, 1).
+// out[j] = lo + (hi - lo) * u[first + j], u uniform on (0, 1]: never 0, and 1 only where the
+// largest word rounds up to it (probability 2^-24 in float, 2^-53 in double).
 template <class T>
 void fill_uniform(std::uint64_t key, std::uint64_t first, std::size_t count, T* out, T lo, T hi);
 
-// A uniform double on (0, 1) from one word (53 random bits).
+// A uniform double on (0, 1] from one word (53 random bits); 1 only from the largest word, whose
+// midpoint 1 - 2^-54 rounds up.
 constexpr double uniform_open(std::uint64_t word) {
   return (static_cast<double>(word >> 11) + 0.5) * 0x1.0p-53;
 }
 
-// Element i of stream `key` as a uniform on (0, 1): exactly what fill_uniform(key, i, 1, out, 0, 1)
+// Element i of stream `key` as a uniform on (0, 1]: exactly what fill_uniform(key, i, 1, out, 0, 1)
 // writes (24 random bits in float, 53 in double). Uniforms take one word each, so any element is
 // one mix away, in any order.
 template <class T>

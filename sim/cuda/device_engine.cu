@@ -109,12 +109,12 @@ __device__ __forceinline__ uint4 philox(std::uint64_t key, std::uint64_t counter
                               make_uint2(static_cast<unsigned>(key), static_cast<unsigned>(key >> 32)));
 }
 
-// Uniform on (0, 1) from the top 24 bits of a word.
+// Uniform on (0, 1] from the top 24 bits of a word (1 where the largest rounds up, as on the CPU).
 __device__ __forceinline__ float uniform24(unsigned w) { return (static_cast<float>(w >> 8) + 0.5f) * 0x1p-24f; }
 // Uniform on (0, 1] from a whole word, for the radius of Box-Muller: as small as 2^-33, so that
 // |z| reaches 6.8 as in the CPU's float streams.
 __device__ __forceinline__ float uniform32(unsigned w) { return fmaf(static_cast<float>(w), 0x1p-32f, 0x1p-33f); }
-// Uniform on (0, 1) from 53 bits of two words.
+// Uniform on (0, 1] from 53 bits of two words (1 where the largest rounds up, as on the CPU).
 __device__ __forceinline__ double uniform53(unsigned hi, unsigned lo) {
   const std::uint64_t a = ((static_cast<std::uint64_t>(hi) << 32) | lo) >> 11;
   return (static_cast<double>(a) + 0.5) * 0x1p-53;
