@@ -153,7 +153,7 @@ __device__ __forceinline__ void normals(std::uint64_t key, std::uint64_t g, doub
   z[1] = r * s;
 }
 
-// The uniforms on (0, 1) of group g.
+// The uniforms on (0, 1] of group g.
 __device__ __forceinline__ void uniforms(std::uint64_t key, std::uint64_t g, float* u) {
   const uint4 w = philox(key, g, 0);
   u[0] = uniform24(w.x);
@@ -194,7 +194,7 @@ unsigned grid_for(std::int64_t work) {
   return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, 65536));
 }
 
-// out[e] = offset + scale * v_e, v the standard normals (Normal) or the uniforms on (0, 1) of the
+// out[e] = offset + scale * v_e, v the standard normals (Normal) or the uniforms on (0, 1] of the
 // stream, drawn a group at a time.
 template <class T, bool Normal>
 __global__ void fill_kernel(T* out, std::int64_t count, std::uint64_t key, T offset, T scale) {
