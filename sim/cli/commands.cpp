@@ -234,6 +234,29 @@ bool complete_for(const io::FileHeader& h, const io::Experiment& ex, const std::
 // "with output.per_trial true": how a file or checkpoint of this config differs from the run's.
 std::string per_trial_text(bool per_trial) { return std::string("output.per_trial ") + (per_trial ? "true" : "false"); }
 
+// Points of `records` (a file's or a checkpoint's) whose products, as recorded in point_matmul,
+// differ from those this run's --matmul gives them on this machine: "3 of its points were computed
+// with bf16x6 products". "" if none; on the CPU only (a GPU's device is part of the config hash).
+std::string other_products(const std::vector<io::PointRecord>& records, const io::Experiment& ex,
+                           const RunOptions& options) {
+  if (ex.device.device != io::Device::cpu) return {};
+  std::int64_t count = 0;
+  std::set<std::string> kinds;
+  for (const auto& r : records) {
+    if (r.matmul.empty()) continue;  // files written before point_matmul
+    const std::string here(to_string(resolve_matmul(options.matmul, ex.points[static_cast<std::size_t>(r.index)].spec)));
+    if (r.matmul != here) {
+      ++count;
+      kinds.insert(r.matmul);
+    }
+  }
+  if (count == 0) return {};
+  std::string names;
+  for (const auto& k : kinds) names += (names.empty() ? "" : " and ") + k;
+  return std::to_string(count) + " of its points " + (count == 1 ? "was" : "were") + " computed with " + names +
+         " products";
+}
+
 // What a run of `points` holds in memory at its peak: the largest point's engine buffers and
 // result, plus the records kept for the result file (twice: kept, then laid out for writing).
 struct MemoryNeed {
@@ -395,6 +418,21 @@ int run_command(const RunArgs& args) {
                      "path with -o");
   }
   if (existing && !args.overwrite) {
+    if (complete_for(*existing, ex, shard) && options.matmul != Matmul::automatic) {
+      // An explicit --matmul asks for those products: a file computed with others is not its result.
+      std::vector<io::PointRecord> done;
+      try {
+        done = io::read_records(out);
+      } catch (const std::runtime_error& e) {
+        throw UsageError(e.what());
+      }
+      const std::string other = other_products(done, ex, options);
+      if (!other.empty()) {
+        throw UsageError(out.string() + " is complete for this config, but " + other + ", where --matmul " +
+                         args.matmul + " asks for " + args.matmul + "; pass --overwrite to recompute it (the old "
+                         "file stays intact until the new one is complete) or choose another path with -o");
+      }
+    }
     if (complete_for(*existing, ex, shard)) {
       // A run stopped after it wrote the file, while it removed its checkpoints, leaves some
       // behind: points of this config, all in the file. Another experiment's are left alone.
@@ -438,6 +476,22 @@ int run_command(const RunArgs& args) {
     records = checkpoint.load(ex, shard);
   } catch (const std::runtime_error& e) {
     throw UsageError(e.what());  // another experiment's or a damaged checkpoint: the user's to clear
+  }
+  // Points an earlier run computed with other products: an explicit --matmul refuses them, and auto
+  // (a job requeued onto a machine of another kind) takes them and says so; point_matmul records
+  // each point's either way.
+  if (const std::string other = other_products(records, ex, options); !other.empty()) {
+    if (options.matmul != Matmul::automatic) {
+      throw UsageError("the checkpoint folder " + checkpoint.folder().string() + " holds points of this experiment, "
+                       "but " + other + ", where --matmul " + args.matmul + " asks for " + args.matmul + "; finish "
+                       "the run with the --matmul it was begun with, or remove the folder to start again");
+    }
+    if (!args.quiet) {
+      std::cerr << "note: in the checkpoint folder " << checkpoint.folder().string() << ", " << other
+                << ", and this run computes the rest as --matmul auto gives them here; the file's point_matmul "
+                   "records each point's"
+                << std::endl;
+    }
   }
   std::vector<std::int64_t> todo;
   for (std::int64_t p : mine) {

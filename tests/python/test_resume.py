@@ -24,9 +24,9 @@ def checkpoints(out):
     return sorted(p.name for p in folder.glob("point-*.h5")) if folder.exists() else []
 
 
-def start(cfg, out):
+def start(cfg, out, *args):
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    return subprocess.Popen([str(BIN), "run", str(cfg), "-o", str(out)], stdout=subprocess.PIPE,
+    return subprocess.Popen([str(BIN), "run", str(cfg), "-o", str(out), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -205,9 +205,9 @@ def test_planted_temporaries_are_never_read_as_results(reference, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
 
 
-def killed_after(cfg, out, count):
+def killed_after(cfg, out, count, *args):
     """A run of `cfg` killed once `count` points are saved; its checkpoint folder."""
-    proc = start(cfg, out)
+    proc = start(cfg, out, *args)
     wait_for_checkpoints(proc, out, count)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -284,3 +284,41 @@ def test_checkpoints_left_beside_a_complete_file_are_removed_by_the_next_run(ref
     assert r.returncode == 0, r.stderr
     assert "removed the checkpoints" not in r.stderr
     assert sorted(p.name for p in other.iterdir()) == kept
+
+
+def test_points_computed_with_other_products_are_named_on_resume(reference, tmp_path):
+    """The kind of products is not part of the config (the same config runs on machines with and
+    without the tile units), so a file or checkpoint can hold points of another kind. An explicit
+    --matmul refuses them; auto takes them, says so, and point_matmul records each point's. Both
+    used to be silent: a rerun with --matmul fma kept the bf16x6 file as "already complete"."""
+    cfg, ref = reference
+    with h5py.File(ref, "r") as f:
+        kinds = {m.decode() if isinstance(m, bytes) else m for m in f["point_matmul"][:]}
+    if kinds != {"bf16x6"}:
+        pytest.skip("needs the AMX tile units, where auto computes this config's points as bf16x6")
+    points = len(CONFIG["sweep"]["grid"]["activation.lambda"]) * CONFIG["sweep"]["grid"]["activation.alpha"]["linspace"][2]
+    done = tmp_path / "done.h5"
+    done.write_bytes(ref.read_bytes())
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(done), "--matmul", "fma"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert (f"is complete for this config, but {points} of its points were computed with bf16x6 products, where "
+            "--matmul fma asks for fma; pass --overwrite") in r.stderr
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(done), "--matmul", "bf16x6"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "already complete" in r.stderr
+    # Checkpoints of bf16x6 points, resumed with --matmul fma: refused.
+    out = tmp_path / "run.h5"
+    killed_after(cfg, out, 2)
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--matmul", "fma"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "were computed with bf16x6 products, where --matmul fma asks for fma; finish the run with the --matmul " \
+           "it was begun with" in r.stderr
+    # Checkpoints of fma points, resumed with auto: taken, with a note.
+    mixed = tmp_path / "mixed.h5"
+    killed_after(cfg, mixed, 2, "--matmul", "fma")
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(mixed)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "were computed with fma products, and this run computes the rest as --matmul auto gives them" in r.stderr
+    with h5py.File(mixed, "r") as f:
+        got = [m.decode() if isinstance(m, bytes) else m for m in f["point_matmul"][:]]
+    assert got.count("fma") >= 2 and "bf16x6" in got
