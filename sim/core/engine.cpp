@@ -44,12 +44,15 @@ const std::array<StatInfo, kStatCount>& stat_catalog() {
        "variance across the n_l units of each unit's mean of x_l over the B samples, per trial; "
        "includes the sampling floor activation_var / B"},
       {Stat::grad_activation_msq, "grad_activation_msq", "mean square of dL/dx_l", "1",
-       "mean of the squares of the B*n_l entries of dL/dx_l for the loss sum(x_L * g), g ~ N(0, 1), per trial"},
+       "mean of the squares of the B*n_l entries of dL/dx_l for the loss sum(x_L * g), g ~ N(0, 1), per trial; "
+       "NaN in a trial with an inf/NaN entry of dL/dh_l here or of h or x at any layer (first_nonfinite_layer)"},
       {Stat::grad_preactivation_msq, "grad_preactivation_msq", "mean square of dL/dh_l", "1",
-       "mean of the squares of the B*n_l entries of dL/dh_l = dL/dx_l * f'(h_l), per trial"},
+       "mean of the squares of the B*n_l entries of dL/dh_l = dL/dx_l * f'(h_l), per trial; NaN in a trial with "
+       "an inf/NaN entry of dL/dh_l here or of h or x at any layer (first_nonfinite_layer)"},
       {Stat::grad_weight_msq, "grad_weight_msq", "mean square of dL/dW_l", "1",
        "mean of the squares of the n_{l-1}*n_l entries of dL/dW_l = x_{l-1}^T dL/dh_l (summed over the "
-       "batch), per trial"},
+       "batch), per trial; NaN in a trial with an inf/NaN entry of dL/dh_l here or of h or x at any layer "
+       "(first_nonfinite_layer)"},
   }};
   return catalog;
 }

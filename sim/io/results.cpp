@@ -309,7 +309,8 @@ std::vector<unsigned char> build_image(const fs::path& path, const Experiment& e
       h5::attach_dimension_scale(pt, layer, 2);
     }
   }
-  auto write_counts = [&](const std::string& name, auto member, const std::string& long_name) {
+  auto write_counts = [&](const std::string& name, auto member, const std::string& long_name,
+                          const std::string& note = "") {
     std::vector<std::int64_t> data(P * L, -1);
     for (hsize_t p = 0; p < P; ++p) {
       const auto& v = records[p].*member;
@@ -318,13 +319,15 @@ std::vector<unsigned char> build_image(const fs::path& path, const Experiment& e
     h5::Id ds = h5::write_dataset(file, name, data, {P, L}, std::int64_t{-1});
     h5::write_attribute(ds, "long_name", long_name);
     h5::write_attribute(ds, "units", std::string("1"));
-    h5::write_attribute(ds, "definition", long_name + ", summed over trials; -1 beyond the point's depth");
+    h5::write_attribute(ds, "definition", long_name + ", summed over trials; -1 beyond the point's depth" + note);
     over_points(ds);
     h5::attach_dimension_scale(ds, layer, 1);
   };
   write_counts("nonfinite_count", &PointRecord::nonfinite_count,
                "entries of h_l or x_l that are inf or NaN");
-  write_counts("grad_nonfinite_count", &PointRecord::grad_nonfinite_count, "entries of dL/dh_l that are inf or NaN");
+  write_counts("grad_nonfinite_count", &PointRecord::grad_nonfinite_count, "entries of dL/dh_l that are inf or NaN",
+               "; it can be 0 in a trial whose forward pass blew up (relu' of NaN is 0), whose gradient statistics "
+               "are NaN all the same (first_nonfinite_layer)");
 
   // Mean-field predictions, beside the statistics they predict.
   std::vector<std::string> layer_names, point_names;

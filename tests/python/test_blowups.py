@@ -45,6 +45,9 @@ def test_relu_with_weight_variance_4_overflows_float32_and_the_rest_is_exact(run
             assert np.array_equal(np.isnan(f[name][0]), blown), name
         for name in GRADIENT:
             assert np.all(np.isnan(f[name][0])), name  # the backward pass runs through the blow-up
+            # The file itself says why, for a reader who sees NaN gradients beside zero counts.
+            assert "or of h or x at any layer (first_nonfinite_layer)" in f[name].attrs["definition"], name
+        assert "it can be 0 in a trial whose forward pass blew up" in f["grad_nonfinite_count"].attrs["definition"]
         deep = {name: f[name][:] for name in FORWARD + [n + "_sem" for n in FORWARD] +
                 [n + "_per_trial" for n in FORWARD]}
     note = re.search(r"^note: point 0 blew up: the first inf/NaN activation is at layer (\d+) \((\d+) entries there, "
