@@ -1,12 +1,13 @@
 """scripts/notebooks/explore.ipynb, executed headlessly (nbclient) on a real small run: no cell may fail."""
 import json
+import subprocess
 import sys
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import ROOT, SMALL_DEFAULT
+from conftest import ACTIVATIONS_BY_DEPTH, BIN, ROOT, SMALL_DEFAULT
 
 NOTEBOOK = ROOT / "scripts" / "notebooks" / "explore.ipynb"
 
@@ -87,3 +88,34 @@ def test_a_relative_results_path_is_found_from_where_jupyter_started(results_of,
     with pytest.raises(Exception, match=r"SELFNORM_RESULTS=nowhere/x.h5: not found under"):
         NotebookClient(nb, timeout=120, kernel_name="python3",
                        resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+
+
+def run_notebook(path, monkeypatch):
+    """The notebook executed on `path`; the text its cells printed, and their tables."""
+    monkeypatch.setenv("SELFNORM_RESULTS", str(path))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    tables = [o.data["text/plain"] for o in outputs if o.output_type in ("execute_result", "display_data")
+              and "text/plain" in o.data]
+    return text, tables
+
+
+def test_the_notebook_runs_on_a_shard_and_on_points_of_different_depths(results_of, debian_kernel, monkeypatch,
+                                                                          tmp_path):
+    """A shard file opens too (it used to fail at the grid, which needs every point), and the
+    profile of a point shallower than the file's layer axis shows its own layers, not padding."""
+    whole = results_of(ACTIVATIONS_BY_DEPTH)
+    shard = tmp_path / "shard-1-of-2.h5"
+    r = subprocess.run([str(BIN), "run", str(whole.parent / "config.json"), "--shard", "1/2", "-o", str(shard),
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    text, _ = run_notebook(shard, monkeypatch)
+    assert "this file is shard 1 of 2, 3 of the experiment's 6 points: no grid (merge the shards" in text
+    # Point 0 is selu at depth 3, in a file of 5 layers: its profile ends at layer 3.
+    text, tables = run_notebook(whole, monkeypatch)
+    profile = tables[-1]
+    assert "monte_carlo" in profile and "NaN" not in profile
+    assert [line.split()[0] for line in profile.splitlines()[2:]] == ["1", "2", "3"]
