@@ -162,10 +162,8 @@ void check_output_folder(const fs::path& path) {
 // Takes the lock on `out` for this process. A folder where the lock file cannot be created is a
 // bad output path (exit status 2, nothing written); a lock held by another run is LockedError.
 std::unique_ptr<io::OutputLock> lock_output(const fs::path& out, const std::string& command_line) {
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
-  const std::string holder = "pid: " + std::to_string(::getpid()) + "\nhost: " + host + "\nstarted: " + utc_now() +
-                             "\ncommand: " + command_line + "\n";
+  const std::string holder = "pid: " + std::to_string(::getpid()) + "\nhost: " + host_name() +
+                             "\nstarted: " + utc_now() + "\ncommand: " + command_line + "\n";
   try {
     return std::make_unique<io::OutputLock>(out, holder);
   } catch (const io::WriteError& e) {

@@ -17,12 +17,6 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-std::string format_value(const json& v) {
-  if (v.is_number_float()) return format_number("%.6g", v.get<double>());
-  if (v.is_string()) return v.get<std::string>();
-  return v.dump();
-}
-
 // "0.9979±0.0027": the mean with as many decimals as its standard error warrants (2 significant
 // digits of the error); scientific notation for very small or large values.
 std::string with_error(double mean, double sem) {
@@ -248,7 +242,7 @@ std::string point_label(const io::Experiment& experiment, std::int64_t p) {
       if (!label.empty() && label.size() >= 2) label.resize(label.size() - 2);
       continue;
     } else {
-      label += experiment.varied[k].dataset + "=" + format_value(v);
+      label += experiment.varied[k].dataset + "=" + io::format_value(v);
     }
   }
   return label;

@@ -90,6 +90,12 @@ std::string version_line() {
          cuda + ")";
 }
 
+std::string host_name() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  return host;
+}
+
 std::string utc_now() {
   const std::time_t now = std::time(nullptr);
   std::tm tm{};
@@ -106,9 +112,7 @@ io::Provenance current_provenance(int threads, const std::string& command_line) 
   p.compiler = compiler();
   p.build_type = SELFNORM_BUILD_TYPE;
   p.gemm_backend = std::string(gemm_backend());
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
-  p.host = host;
+  p.host = host_name();
   p.created_utc = utc_now();
   p.command_line = command_line;
   p.threads = threads;

@@ -47,4 +47,7 @@ io::Provenance current_provenance(int threads, const std::string& command_line);
 // The current UTC time as ISO 8601.
 std::string utc_now();
 
+// This machine's host name, "" if it has none.
+std::string host_name();
+
 }  // namespace selfnorm::cli

@@ -12,8 +12,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/errors.hpp"
+#include "cli/units.hpp"
 #include "core/engine.hpp"
 #include "core/theory.hpp"
+#include "io/config.hpp"
 
 namespace selfnorm::cli {
 
@@ -62,14 +64,6 @@ Activation build_activation(const TheoryArgs& args) {
   }
 }
 
-json activation_json(const Activation& a) {
-  json j{{"name", std::string(activation_name(a))}};
-  const ActivationInfo* info = find_activation(activation_name(a));
-  const auto v = activation_values(a);
-  for (std::size_t i = 0; i < v.size(); ++i) j[std::string(info->params[i].name)] = v[i];
-  return j;
-}
-
 json number(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 json eigen_json(const std::array<std::complex<double>, 2>& e) {
@@ -91,11 +85,7 @@ json jacobian_json(const theory::Jacobian& j) {
           {"spectral_radius", j.spectral_radius}};
 }
 
-std::string fmt(double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
-  return buf;
-}
+std::string fmt(double v) { return format_number("%.17g", v); }
 
 std::string complex_text(const std::complex<double>& z) {
   if (z.imag() == 0.0) return fmt(z.real());
@@ -161,7 +151,7 @@ void check_verb_options(const TheoryArgs& a) {
 int theory_command(const TheoryArgs& args) {
   check_verb_options(args);
   const Activation act = build_activation(args);
-  json out{{"activation", activation_json(act)}};
+  json out{{"activation", io::activation_json(act)}};
   std::vector<std::pair<std::string, std::string>> rows = {{"activation", std::string(activation_name(act))}};
   const std::string& verb = args.verb;
 

@@ -74,16 +74,6 @@ std::string check_key(const std::string& key) {
   return msg + " (keys are dotted paths such as activation.alpha, network.depth, init.weight_variance)";
 }
 
-std::string format_value(const json& v) {
-  if (v.is_number_float()) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.6g", v.get<double>());
-    return buf;
-  }
-  if (v.is_string()) return v.get<std::string>();
-  return v.dump();
-}
-
 // Expands one value specification into its list of values; records problems at `path`.
 std::vector<json> expand_values(const json& spec, const std::string& path, std::vector<ConfigIssue>& issues) {
   if (spec.is_array()) {
@@ -165,6 +155,16 @@ struct Axis {
 };
 
 }  // namespace
+
+std::string format_value(const json& v) {
+  if (v.is_number_float()) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.6g", v.get<double>());
+    return buf;
+  }
+  if (v.is_string()) return v.get<std::string>();
+  return v.dump();
+}
 
 void set_dotted(json& j, std::string_view key, const json& value) {
   json* node = &j;
@@ -315,7 +315,6 @@ SweepPlan plan_sweep(const json& root, std::vector<ConfigIssue>& issues) {
     shape += (shape.empty() ? "" : " x ") + std::to_string(axis.size());
     if (total <= static_cast<std::size_t>(kMaxPoints)) total *= axis.size();  // ~5 KiB, 60 us each
     plan.grid_shape.push_back(static_cast<std::int64_t>(axis.size()));
-    plan.axis_names.push_back(axis.keys.front());
     for (const auto& k : axis.keys) {
       plan.swept_keys.push_back(k);
       plan.swept_axes.push_back(static_cast<std::int64_t>(plan.grid_shape.size()) - 1);

@@ -35,13 +35,16 @@ struct SweepPlan {
   std::vector<std::string> swept_keys;    // every key the plan sets, axis by axis
   std::vector<std::int64_t> swept_axes;   // the axis (index into grid_shape) of each swept key
   std::vector<std::int64_t> grid_shape;   // one entry per axis; empty without a sweep
-  std::vector<std::string> axis_names;    // the key naming each axis (the first key of a zip)
   nlohmann::ordered_json resolved_sweep;  // the sweep section with every value list expanded
   bool activation_list = false;
 };
 
 // Reads the sweep section and the activation list of a config. Problems go to `issues`.
 SweepPlan plan_sweep(const nlohmann::ordered_json& root, std::vector<ConfigIssue>& issues);
+
+// A swept value as the points' labels show it: a float to 6 significant digits, a string bare,
+// anything else as JSON.
+std::string format_value(const nlohmann::ordered_json& v);
 
 // Sets j's value at a dotted path, creating objects on the way.
 void set_dotted(nlohmann::ordered_json& j, std::string_view key, const nlohmann::ordered_json& value);
