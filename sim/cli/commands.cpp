@@ -470,8 +470,9 @@ int run_command(const RunArgs& args) {
 
   // Points of this shard; those finished by an earlier, interrupted run are read back.
   std::vector<io::PointRecord> records;
+  std::vector<io::FileHeader> earlier;  // the checkpoints' headers: the programs that computed them
   try {
-    records = checkpoint.load(ex, shard);
+    records = checkpoint.load(ex, shard, &earlier);
   } catch (const std::runtime_error& e) {
     throw UsageError(e.what());  // another experiment's or a damaged checkpoint: the user's to clear
   }
@@ -575,6 +576,7 @@ int run_command(const RunArgs& args) {
   const double seconds = progress.elapsed_seconds();
   std::sort(records.begin(), records.end(),
             [](const io::PointRecord& a, const io::PointRecord& b) { return a.index < b.index; });
+  io::name_earlier(provenance, earlier);  // a resumed run's file names the earlier runs' programs too
   try {
     io::write_results(out, ex, records, provenance, shard);
   } catch (const io::WriteError& e) {

@@ -524,7 +524,34 @@ FileHeader read_header(const fs::path& path) {
   if (h5::has_attribute(file, "gemm_backend")) h.gemm_backend = h5::read_string_attribute(file, "gemm_backend");
   if (h5::has_attribute(file, "threads")) h.threads = h5::read_int_attribute(file, "threads");
   h.per_trial = h5::exists(file, "trial");
+  if (h5::has_attribute(file, "program_version")) h.program_version = h5::read_string_attribute(file, "program_version");
+  if (h5::has_attribute(file, "git_commit")) h.git_commit = h5::read_string_attribute(file, "git_commit");
   return h;
+}
+
+void name_earlier(Provenance& provenance, const std::vector<FileHeader>& earlier) {
+  auto name_also = [](std::string& into, const std::string& values) {
+    // A value may itself be a list (a merged or resumed file's).
+    std::size_t start = 0;
+    while (start <= values.size()) {
+      const std::size_t end = std::min(values.find("; ", start), values.size());
+      const std::string value = values.substr(start, end - start);
+      bool known = value.empty();
+      for (std::size_t at = 0; !known && at <= into.size();) {
+        const std::size_t stop = std::min(into.find("; ", at), into.size());
+        known = into.compare(at, stop - at, value) == 0;
+        at = stop + 2;
+      }
+      if (!known) into += (into.empty() ? "" : "; ") + value;
+      start = end + 2;
+    }
+  };
+  for (const auto& h : earlier) {
+    name_also(provenance.program_version, h.program_version);
+    name_also(provenance.git_commit, h.git_commit);
+    name_also(provenance.gemm_backend, h.gemm_backend);
+    if (h.threads != provenance.threads) provenance.threads = -1;
+  }
 }
 
 namespace {

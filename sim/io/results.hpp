@@ -130,8 +130,16 @@ struct FileHeader {
   std::string gpu_name;        // and "gpu_name", where present
   std::string gemm_backend;    // the provenance attributes "gemm_backend" and "threads"
   std::int64_t threads = -1;
+  std::string program_version;  // and "program_version" and "git_commit"
+  std::string git_commit;
   bool per_trial = false;      // holds <statistic>_per_trial datasets (output.per_trial)
 };
+
+// `provenance` also names the programs, kernels and threads of `earlier`, the files whose points it
+// takes (shards being merged, the checkpoints of a run resumed): each of program_version,
+// git_commit and gemm_backend lists every distinct value, "; "-separated, the provenance's own
+// first, and thread counts that differ give -1.
+void name_earlier(Provenance& provenance, const std::vector<FileHeader>& earlier);
 
 // Reads the header; throws h5::Error or std::runtime_error if `path` is not a selfnorm result.
 FileHeader read_header(const std::filesystem::path& path);

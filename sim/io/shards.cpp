@@ -46,7 +46,8 @@ bool Checkpoint::exists() const {
   return fs::is_directory(folder_, ec);
 }
 
-std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const std::optional<ShardInfo>& shard) const {
+std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const std::optional<ShardInfo>& shard,
+                                          std::vector<FileHeader>* headers) const {
   std::vector<PointRecord> records;
   if (!exists()) return records;
   const auto mine = shard_points(static_cast<std::int64_t>(experiment.points.size()), shard);
@@ -97,6 +98,7 @@ std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const st
       }
       records.push_back(std::move(r));
     }
+    if (headers) headers->push_back(std::move(header));
   }
   std::sort(records.begin(), records.end(), [](const PointRecord& a, const PointRecord& b) { return a.index < b.index; });
   return records;
@@ -204,22 +206,19 @@ void merge_shards(const std::vector<fs::path>& shards, const fs::path& output, c
     for (auto& r : part) records.push_back(std::move(r));
   }
   std::sort(records.begin(), records.end(), [](const PointRecord& a, const PointRecord& b) { return a.index < b.index; });
-  // The merged file says how its statistics were computed: the shards' device, kernels and
-  // threads, not the merge's (host, time and command line stay the merge's). Shards that ran
+  // The merged file says how its statistics were computed: the shards' device, programs, kernels
+  // and threads, not the merge's (host, time and command line stay the merge's). Shards that ran
   // differently are all named, and their thread counts, if they differ, give -1.
   Provenance merged = provenance;
   merged.device = first.device;
   merged.gpu_name = first.gpu_name;
-  std::vector<std::string> backends;
+  merged.program_version = first.program_version;
+  merged.git_commit = first.git_commit;
+  merged.gemm_backend = first.gemm_backend;
   merged.threads = first.threads;
-  for (const auto& f : files) {
-    if (std::find(backends.begin(), backends.end(), f.header.gemm_backend) == backends.end()) {
-      backends.push_back(f.header.gemm_backend);
-    }
-    if (f.header.threads != first.threads) merged.threads = -1;
-  }
-  merged.gemm_backend.clear();
-  for (const auto& b : backends) merged.gemm_backend += (merged.gemm_backend.empty() ? "" : "; ") + b;
+  std::vector<FileHeader> headers;
+  for (const auto& f : files) headers.push_back(f.header);
+  name_earlier(merged, headers);
   write_results(output, experiment, records, merged);
 }
 

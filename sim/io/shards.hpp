@@ -36,7 +36,9 @@ class Checkpoint {
   bool exists() const;
   // The records saved for this experiment and shard. Throws std::runtime_error naming the folder
   // if it holds another experiment's points (a different config hash) or another shard's.
-  std::vector<PointRecord> load(const Experiment& experiment, const std::optional<ShardInfo>& shard) const;
+  // The header of each file read goes to `headers`, if given.
+  std::vector<PointRecord> load(const Experiment& experiment, const std::optional<ShardInfo>& shard,
+                                std::vector<FileHeader>* headers = nullptr) const;
   // Saves one finished point (creating the folder if needed). Throws WriteError if it cannot.
   void save(const Experiment& experiment, const PointRecord& record, const Provenance& provenance,
             const std::optional<ShardInfo>& shard) const;

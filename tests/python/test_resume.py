@@ -322,3 +322,18 @@ def test_points_computed_with_other_products_are_named_on_resume(reference, tmp_
     with h5py.File(mixed, "r") as f:
         got = [m.decode() if isinstance(m, bytes) else m for m in f["point_matmul"][:]]
     assert got.count("fma") >= 2 and "bf16x6" in got
+
+
+def test_a_resumed_file_names_the_thread_counts_of_every_run_that_computed_it(reference, tmp_path):
+    """Provenance after a resume describes every run whose points the file holds: threads that
+    differ between the runs give -1, as in a merged file (it used to name the last run's alone)."""
+    cfg, ref = reference
+    out = tmp_path / "run.h5"
+    killed_after(cfg, out, 2, "--threads", "1")
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--threads", "2", "--quiet"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert same_statistics(out, ref)
+    with h5py.File(out, "r") as f, h5py.File(ref, "r") as g:
+        assert f.attrs["threads"] == -1
+        assert f.attrs["git_commit"] == g.attrs["git_commit"]  # one program: named once

@@ -29,13 +29,13 @@ PointRecord compute(const Experiment& ex, std::int64_t p, bool per_trial = false
 
 // Writes shard k of n of `ex` into `dir`, with per-trial values or without; returns its path.
 fs::path write_shard(const Experiment& ex, const fs::path& dir, std::int64_t k, std::int64_t n,
-                     bool per_trial = false) {
+                     bool per_trial = false, const Provenance& provenance = Provenance{}) {
   std::vector<PointRecord> records;
   for (auto p : shard_points(static_cast<std::int64_t>(ex.points.size()), ShardInfo{k, n})) {
     records.push_back(compute(ex, p, per_trial));
   }
   const fs::path path = shard_path(dir, k, n);
-  write_results(path, ex, records, Provenance{}, ShardInfo{k, n});
+  write_results(path, ex, records, provenance, ShardInfo{k, n});
   return path;
 }
 
@@ -115,4 +115,55 @@ TEST_CASE("checkpoints are read back only for their own experiment and shard", "
   CHECK_THROWS_WITH(checkpoint.load(ex, ShardInfo{0, 2}), Catch::Contains("holds point 1, which is not in this shard"));
   checkpoint.remove();
   CHECK(!checkpoint.exists());
+}
+
+TEST_CASE("a merged file names every program, kernel and thread count its shards were computed with",
+          "[shards]") {
+  TempDir dir;
+  const Experiment ex = parse_experiment(kConfig, "m.json", "m");
+  auto made_by = [](const std::string& version, const std::string& commit, const std::string& backend, int threads) {
+    Provenance p;
+    p.program_version = version;
+    p.git_commit = commit;
+    p.gemm_backend = backend;
+    p.threads = threads;
+    return p;
+  };
+  const std::vector<fs::path> shards = {
+      write_shard(ex, dir.path, 0, 3, false, made_by("0.1.0", "aaa", "avx512", 2)),
+      write_shard(ex, dir.path, 1, 3, false, made_by("0.1.0", "bbb", "avx512, amx-bf16x6 for float32", 2)),
+      write_shard(ex, dir.path, 2, 3, false, made_by("0.1.0", "aaa", "avx512", 4))};
+  Provenance merging = made_by("0.2.0", "ccc", "portable", 1);
+  merging.host = "merger";
+  merge_shards(shards, dir.path / "merged.h5", merging);
+  h5::Id f = h5::open_file(dir.path / "merged.h5");
+  CHECK(h5::read_string_attribute(f, "program_version") == "0.1.0");
+  CHECK(h5::read_string_attribute(f, "git_commit") == "aaa; bbb");  // the merge's own ccc computed nothing
+  CHECK(h5::read_string_attribute(f, "gemm_backend") == "avx512; avx512, amx-bf16x6 for float32");
+  CHECK(h5::read_int_attribute(f, "threads") == -1);
+  CHECK(h5::read_string_attribute(f, "host") == "merger");
+}
+
+TEST_CASE("name_earlier lists each distinct value once, lists included", "[shards]") {
+  Provenance p;
+  p.program_version = "0.2.0";
+  p.git_commit = "ccc";
+  p.gemm_backend = "avx512";
+  p.threads = 2;
+  FileHeader a;
+  a.program_version = "0.2.0";
+  a.git_commit = "aaa; ccc";  // itself a resumed or merged file's
+  a.gemm_backend = "avx512";
+  a.threads = 2;
+  FileHeader old;  // a file written before these attributes: nothing to name
+  old.threads = 2;
+  name_earlier(p, {a, old});
+  CHECK(p.program_version == "0.2.0");
+  CHECK(p.git_commit == "ccc; aaa");
+  CHECK(p.gemm_backend == "avx512");
+  CHECK(p.threads == 2);
+  FileHeader b = a;
+  b.threads = 8;
+  name_earlier(p, {b});
+  CHECK(p.threads == -1);
 }
