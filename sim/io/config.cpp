@@ -537,6 +537,30 @@ struct TooDeep {
 
 // Parses JSON text, rejecting duplicate keys and absurd nesting; issues carry line and column,
 // and the key they belong to where it is known.
+// Where `number` first stands as a number token of `text`, outside its strings; npos if nowhere.
+// The parser stops at the first number it cannot hold, and that is the first such token.
+std::size_t find_number_token(std::string_view text, std::string_view number) {
+  const auto part_of_number = [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)) || ch == '.' ||
+                                                   ch == 'e' || ch == 'E' || ch == '+' || ch == '-'; };
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      if (ch == '\\') {
+        ++i;
+      } else if (ch == '"') {
+        in_string = false;
+      }
+    } else if (ch == '"') {
+      in_string = true;
+    } else if (text.compare(i, number.size(), number) == 0 && (i == 0 || !part_of_number(text[i - 1])) &&
+               (i + number.size() == text.size() || !part_of_number(text[i + number.size()]))) {
+      return i;
+    }
+  }
+  return std::string_view::npos;
+}
+
 std::optional<json> parse_text(std::string_view text, Checker& c) {
   if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
     c.fail("", "the file is empty (a config is a JSON object); write {} to run every default, or see "
@@ -618,7 +642,7 @@ std::optional<json> parse_text(std::string_view text, Checker& c) {
     const auto q1 = q0 == std::string::npos ? q0 : what.find('\'', q0 + 1);
     if (q1 != std::string::npos) {
       const std::string number = what.substr(q0 + 1, q1 - q0 - 1);
-      const auto at = text.find(number);
+      const auto at = find_number_token(text, number);
       c.fail(where(), "the number " + number + (at == std::string_view::npos ? "" : " at " + line_column(text, at)) +
                           " is out of range (beyond the largest double, about 1.8e308); write a finite number "
                           "such as 1.5");
