@@ -172,7 +172,7 @@ TEST_CASE("config errors: malformed JSON, duplicates, types", "[config][errors]"
                                  "largest double, about 1.8e308); write a finite number such as 1.5"});
   // The place is the number's, not that of the same characters earlier in a string.
   CHECK(problems("{\"description\": \"above 1e400\",\n \"init\": {\"weight_mean\": 1e400}}") ==
-        std::vector<std::string>{"init.weight_mean: the number 1e400 at line 2, column 25 is out of range (beyond the "
+        std::vector<std::string>{"init.weight_mean: the number 1e400 at line 2, column 26 is out of range (beyond the "
                                  "largest double, about 1.8e308); write a finite number such as 1.5"});
 }
 
