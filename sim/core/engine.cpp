@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -378,7 +379,10 @@ class Workspace {
   }
 
   // The float32 strips of W_l^T, and the same memory as W_l in panels of kStrip.
-  T* weight_strips(int l) const { return weight_slices[static_cast<std::size_t>(l - 1)].ptr; }
+  T* weight_strips(int l) const {
+    assert(l >= 1 && l <= g_.depth);
+    return weight_slices[static_cast<std::size_t>(l - 1)].ptr;
+  }
   StripView<T> weights_t(int l) const { return {weight_strips(l), g_.strip_stride[static_cast<std::size_t>(l - 1)]}; }
   PanelView<T> weights(int l) const {
     return {weight_strips(l), g_.strip_stride[static_cast<std::size_t>(l - 1)], kStrip};
@@ -397,17 +401,23 @@ class Workspace {
   std::uint16_t* split_x(int l) const { return u16(split_xs[static_cast<std::size_t>(l % 2)]); }
   std::uint16_t* split_dh(int l) const { return u16(split_dhs[static_cast<std::size_t>(l % 2)]); }
   // X_l^T for the whole batch (l = 0 is the input).
-  T* x(int l) const { return (g_.weight_gradients ? xs[static_cast<std::size_t>(l)] : xs[l % 2]).ptr; }
+  T* x(int l) const {
+    assert(l >= 0 && l <= g_.depth);
+    return (g_.weight_gradients ? xs[static_cast<std::size_t>(l)] : xs[l % 2]).ptr;
+  }
   // dL/dH_l^T for the whole batch (ping-pong).
   T* dh(int l) const { return dhs[l % 2].ptr; }
   // f'(h_l) of row block b: n_l rows of R.
   T* deriv(int l, std::int64_t b) const {
+    assert(l >= 1 && l <= g_.depth && b >= 0 && b < g_.blocks);
     return derivs[static_cast<std::size_t>(l - 1)].ptr + b * g_.n[static_cast<std::size_t>(l)] * g_.rows_per_block;
   }
   BlockLayerStats& stat(std::int64_t block, int l) {
+    assert(block >= 0 && block < g_.blocks && l >= 1 && l <= g_.depth);
     return stats[static_cast<std::size_t>(block * g_.depth + l - 1)];
   }
   double* colsum(std::int64_t block, int l) {
+    assert(block >= 0 && block < g_.blocks && l >= 1 && l <= g_.depth);
     return colsums.data() + static_cast<std::size_t>(block) * static_cast<std::size_t>(colsum_offset.back()) +
            static_cast<std::size_t>(colsum_offset[static_cast<std::size_t>(l - 1)]);
   }

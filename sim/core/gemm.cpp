@@ -1,6 +1,7 @@
 #include "core/gemm.hpp"
 
 #include <algorithm>
+#include <cassert>
 #include <stdexcept>
 #include <type_traits>
 
@@ -482,6 +483,7 @@ std::size_t gemm_block_size(std::int64_t panels) {
 template <class T>
 void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, StripView<T> a, PanelView<T> b, T* c_block,
           RowsDone<T> done) {
+  assert(m >= 0 && k >= 0 && panels >= 0);
   check_b(b);
   drive<T>(m, k, panels, b, c_block, done,
            [&](std::int64_t row, std::int64_t p0, std::int64_t kc, const T* bp, T* c, std::ptrdiff_t ldc, bool acc,
@@ -497,6 +499,7 @@ void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, StripView<T> a, P
 template <class T>
 void gemm(std::int64_t m, std::int64_t k, std::int64_t panels, PanelView<T> a, PanelView<T> b, T* c_block,
           RowsDone<T> done) {
+  assert(m >= 0 && k >= 0 && panels >= 0);
   check_b(b);
   auto run = [&]<std::int64_t G>(std::integral_constant<std::int64_t, G>) {
     drive<T>(m, k, panels, b, c_block, done,

@@ -1,6 +1,7 @@
 #include "core/parallel.hpp"
 
 #include <atomic>
+#include <cassert>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -85,6 +86,7 @@ struct TeamState {
 
 void Team::barrier() const {
   if (size_ <= 1) return;
+  assert(state_ != nullptr && state_->size == size_);
   detail::TeamState& s = *state_;
   // The generation cannot move on before this rank arrives, so reading it first is safe. The last
   // to arrive resets the count before it releases the others, so the next barrier counts afresh;
@@ -143,6 +145,7 @@ void run_tasks(int threads, std::int64_t count,
     FlushDenormals ftz;
     const int id = omp_get_thread_num();
     const int size = omp_get_num_threads();
+    assert(id >= 0 && id < size && size <= (threads > 1 ? threads : 1));
     for (std::int64_t i = id; i < count; i += size) {
       try {
         body(i, id, solo);

@@ -284,9 +284,9 @@ Id open_dataset(hid_t loc, const std::string& name) {
 
 std::vector<hsize_t> dataset_shape(hid_t dataset) {
   Id space(check(H5Dget_space(dataset), "dataspace"), H5Sclose);
-  const int rank = H5Sget_simple_extent_ndims(space);
-  std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
-  if (rank > 0) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  const int rank = check(H5Sget_simple_extent_ndims(space), "rank of a dataspace");
+  std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+  if (rank > 0) check(H5Sget_simple_extent_dims(space, dims.data(), nullptr), "shape of a dataspace");
   return dims;
 }
 
