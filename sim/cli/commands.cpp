@@ -255,6 +255,94 @@ std::string other_products(const std::vector<io::PointRecord>& records, const io
          " products";
 }
 
+// Whether `out`, which exists (header `existing`) and is not to be overwritten, is already this
+// run's result: true if so (its leftover checkpoints of this config are removed); UsageError,
+// saying what it holds and what would work, if it is anything else.
+bool already_complete(const fs::path& out, const io::FileHeader& existing, const io::Checkpoint& checkpoint,
+                      const io::Experiment& ex, const std::optional<io::ShardInfo>& shard, const RunOptions& options,
+                      const RunArgs& args) {
+  if (complete_for(existing, ex, shard) && options.matmul != Matmul::automatic) {
+    // An explicit --matmul asks for those products: a file computed with others is not its result.
+    std::vector<io::PointRecord> done;
+    try {
+      done = io::read_records(out);
+    } catch (const std::runtime_error& e) {
+      throw UsageError(e.what());
+    }
+    const std::string other = other_products(done, ex, options);
+    if (!other.empty()) {
+      throw UsageError(out.string() + " is complete for this config, but " + other + ", where --matmul " +
+                       args.matmul + " asks for " + args.matmul + "; pass --overwrite to recompute it (the old "
+                       "file stays intact until the new one is complete) or choose another path with -o");
+    }
+  }
+  if (complete_for(existing, ex, shard)) {
+    // A run stopped after it wrote the file, while it removed its checkpoints, leaves some
+    // behind: points of this config, all in the file. Another experiment's are left alone.
+    bool own_checkpoints = false;
+    if (checkpoint.exists()) {
+      try {
+        checkpoint.load(ex, shard);
+        own_checkpoints = true;
+      } catch (const std::exception&) {
+      }
+    }
+    if (own_checkpoints) checkpoint.remove();
+    if (!args.quiet) {
+      std::cerr << out.string() << " is already complete for this config; nothing to do"
+                << (own_checkpoints ? " (removed the checkpoints " + checkpoint.folder().string() +
+                                          " a stopped run had left behind)"
+                                    : std::string())
+                << std::endl;
+    }
+    return true;
+  }
+  if (existing.config_hash == ex.hash && existing.per_trial != ex.output.per_trial) {
+    throw UsageError(out.string() + " holds this experiment written with " + per_trial_text(existing.per_trial) +
+                     ", and this config has " + per_trial_text(ex.output.per_trial) + "; pass --overwrite to "
+                     "rerun it (the old file stays intact until the new one is complete) or choose another path "
+                     "with -o");
+  }
+  if (existing.config_hash == ex.hash && existing.schema_version < io::kSchemaVersion) {
+    throw UsageError(out.string() + " holds this experiment in an older file layout (schema version " +
+                     std::to_string(existing.schema_version) + "); pass --overwrite to recompute it in "
+                     "version " + std::to_string(io::kSchemaVersion) + " (the old file stays intact until the new "
+                     "one is complete)");
+  }
+  throw UsageError(out.string() + " already exists and holds other results; pass --overwrite to replace it (the "
+                   "old file stays intact until the new one is complete) or choose another path with -o");
+}
+
+// The points an earlier, interrupted run of this output finished, from its checkpoints (their
+// headers go to `earlier`). A checkpoint of another experiment, or a damaged one, is the user's
+// to clear (UsageError). Points computed with other products than this run's: an explicit
+// --matmul refuses them, and auto (a job requeued onto a machine of another kind) takes them and
+// says so; point_matmul records each point's either way.
+std::vector<io::PointRecord> resume_points(const io::Checkpoint& checkpoint, const io::Experiment& ex,
+                                           const std::optional<io::ShardInfo>& shard, const RunOptions& options,
+                                           const RunArgs& args, std::vector<io::FileHeader>& earlier) {
+  std::vector<io::PointRecord> records;
+  try {
+    records = checkpoint.load(ex, shard, &earlier);
+  } catch (const std::runtime_error& e) {
+    throw UsageError(e.what());
+  }
+  if (const std::string other = other_products(records, ex, options); !other.empty()) {
+    if (options.matmul != Matmul::automatic) {
+      throw UsageError("the checkpoint folder " + checkpoint.folder().string() + " holds points of this experiment, "
+                       "but " + other + ", where --matmul " + args.matmul + " asks for " + args.matmul + "; finish "
+                       "the run with the --matmul it was begun with, or remove the folder to start again");
+    }
+    if (!args.quiet) {
+      std::cerr << "note: in the checkpoint folder " << checkpoint.folder().string() << ", " << other
+                << ", and this run computes the rest as --matmul auto gives them here; the file's point_matmul "
+                   "records each point's"
+                << std::endl;
+    }
+  }
+  return records;
+}
+
 // What a run of `points` holds in memory at its peak: the largest point's engine buffers and
 // result, plus the records kept for the result file (twice: kept, then laid out for writing).
 struct MemoryNeed {
@@ -415,83 +503,11 @@ int run_command(const RunArgs& args) {
                      "of an unfinished run of " + out.string() + " there: move the file away or choose another "
                      "path with -o");
   }
-  if (existing && !args.overwrite) {
-    if (complete_for(*existing, ex, shard) && options.matmul != Matmul::automatic) {
-      // An explicit --matmul asks for those products: a file computed with others is not its result.
-      std::vector<io::PointRecord> done;
-      try {
-        done = io::read_records(out);
-      } catch (const std::runtime_error& e) {
-        throw UsageError(e.what());
-      }
-      const std::string other = other_products(done, ex, options);
-      if (!other.empty()) {
-        throw UsageError(out.string() + " is complete for this config, but " + other + ", where --matmul " +
-                         args.matmul + " asks for " + args.matmul + "; pass --overwrite to recompute it (the old "
-                         "file stays intact until the new one is complete) or choose another path with -o");
-      }
-    }
-    if (complete_for(*existing, ex, shard)) {
-      // A run stopped after it wrote the file, while it removed its checkpoints, leaves some
-      // behind: points of this config, all in the file. Another experiment's are left alone.
-      bool own_checkpoints = false;
-      if (checkpoint.exists()) {
-        try {
-          checkpoint.load(ex, shard);
-          own_checkpoints = true;
-        } catch (const std::exception&) {
-        }
-      }
-      if (own_checkpoints) checkpoint.remove();
-      if (!args.quiet) {
-        std::cerr << out.string() << " is already complete for this config; nothing to do"
-                  << (own_checkpoints ? " (removed the checkpoints " + checkpoint.folder().string() +
-                                            " a stopped run had left behind)"
-                                      : std::string())
-                  << std::endl;
-      }
-      return 0;
-    }
-    if (existing->config_hash == ex.hash && existing->per_trial != ex.output.per_trial) {
-      throw UsageError(out.string() + " holds this experiment written with " + per_trial_text(existing->per_trial) +
-                       ", and this config has " + per_trial_text(ex.output.per_trial) + "; pass --overwrite to "
-                       "rerun it (the old file stays intact until the new one is complete) or choose another path "
-                       "with -o");
-    }
-    if (existing->config_hash == ex.hash && existing->schema_version < io::kSchemaVersion) {
-      throw UsageError(out.string() + " holds this experiment in an older file layout (schema version " +
-                       std::to_string(existing->schema_version) + "); pass --overwrite to recompute it in "
-                       "version " + std::to_string(io::kSchemaVersion) + " (the old file stays intact until the new "
-                       "one is complete)");
-    }
-    throw UsageError(out.string() + " already exists and holds other results; pass --overwrite to replace it (the "
-                     "old file stays intact until the new one is complete) or choose another path with -o");
-  }
+  if (existing && !args.overwrite && already_complete(out, *existing, checkpoint, ex, shard, options, args)) return 0;
 
   // Points of this shard; those finished by an earlier, interrupted run are read back.
-  std::vector<io::PointRecord> records;
   std::vector<io::FileHeader> earlier;  // the checkpoints' headers: the programs that computed them
-  try {
-    records = checkpoint.load(ex, shard, &earlier);
-  } catch (const std::runtime_error& e) {
-    throw UsageError(e.what());  // another experiment's or a damaged checkpoint: the user's to clear
-  }
-  // Points an earlier run computed with other products: an explicit --matmul refuses them, and auto
-  // (a job requeued onto a machine of another kind) takes them and says so; point_matmul records
-  // each point's either way.
-  if (const std::string other = other_products(records, ex, options); !other.empty()) {
-    if (options.matmul != Matmul::automatic) {
-      throw UsageError("the checkpoint folder " + checkpoint.folder().string() + " holds points of this experiment, "
-                       "but " + other + ", where --matmul " + args.matmul + " asks for " + args.matmul + "; finish "
-                       "the run with the --matmul it was begun with, or remove the folder to start again");
-    }
-    if (!args.quiet) {
-      std::cerr << "note: in the checkpoint folder " << checkpoint.folder().string() << ", " << other
-                << ", and this run computes the rest as --matmul auto gives them here; the file's point_matmul "
-                   "records each point's"
-                << std::endl;
-    }
-  }
+  std::vector<io::PointRecord> records = resume_points(checkpoint, ex, shard, options, args, earlier);
   std::vector<std::int64_t> todo;
   for (std::int64_t p : mine) {
     const bool done = std::any_of(records.begin(), records.end(), [&](const io::PointRecord& r) { return r.index == p; });
