@@ -3,17 +3,21 @@
 
     scripts/slurm/submit.py configs/selu_alpha_lambda_sweep.json --shards 16 --cpus-per-task 4
 
-Each array task runs `selfnorm run CONFIG --shard slurm/N`, which takes its shard index from
-SLURM_ARRAY_TASK_ID and its thread count from SLURM_CPUS_PER_TASK, and writes
-results/<name>/shard-K-of-N.h5. A merge job, held until every task has succeeded
-(--dependency=afterok with --kill-on-invalid-dep=yes, so a failed task cancels it instead of
-leaving it pending forever), writes results/<name>.h5.
+Each array task runs `selfnorm run CONFIG --shard slurm/N --threads $SLURM_CPUS_PER_TASK`, which
+takes its shard index from SLURM_ARRAY_TASK_ID, and writes results/<name>/shard-K-of-N.h5. CONFIG
+is a copy of the config taken at submission (results/<name>/config-<sha256>.json), so that editing
+the config while the jobs wait changes nothing they compute. A merge job, held until every task
+has succeeded (--dependency=afterok with --kill-on-invalid-dep=yes, so a failed task cancels it
+instead of leaving it pending forever), writes results/<name>.h5. Logs are appended to
+results/<name>/logs/shard-K.out and merge.out.
 
 A task that is killed resumes from its checkpoints when it runs again: resubmit the incomplete
-shards with --only, e.g. --only "$(selfnorm status CONFIG --shards N --missing)".
+shards with --only and the options of the first submission, e.g.
+--only "$(selfnorm status CONFIG --shards N --missing)".
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -38,9 +42,12 @@ def parse_args(argv):
     p.add_argument("--only", help="submit only these shards, in sbatch --array form (e.g. 2,5-7)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results/)")
     p.add_argument("--selfnorm", type=Path, default=ROOT / "build" / "selfnorm", help="selfnorm binary")
-    p.add_argument("--sbatch-arg", action="append", default=[], help="extra sbatch argument (repeatable)")
+    p.add_argument("--sbatch-arg", action="append", default=[],
+                   help="extra sbatch argument for the array and the merge job (repeatable)")
     p.add_argument("--overwrite", action="store_true",
-                   help="let the merge job replace an existing results/<name>.h5 (refused otherwise)")
+                   help="replace earlier results: the tasks recompute shard files already there (of this config or "
+                        "another) and the merge job replaces results/<name>.h5; without it an existing "
+                        "results/<name>.h5 is refused, and a task finds a complete shard of this config done")
     p.add_argument("--dry-run", action="store_true", help="write the job scripts and print the commands only")
     return p.parse_args(argv)
 
@@ -50,10 +57,41 @@ def fail(message):
     sys.exit(2)
 
 
-# What sbatch takes for --mem (a size, suffix K, M, G or T; megabytes without one) and --time
-# (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, or UNLIMITED).
-MEM = re.compile(r"[0-9]+[KMGT]?")
-TIME = re.compile(r"[0-9]+(:[0-9]+){0,2}|[0-9]+-[0-9]+(:[0-9]+){0,2}|UNLIMITED|INFINITE")
+# What sbatch takes for --mem (a size, suffix K, M, G or T, any case, with an optional B;
+# megabytes without one) and --time (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, or
+# UNLIMITED).
+MEM = re.compile(r"[0-9]+([KMGT]B?)?", re.IGNORECASE)
+TIME = re.compile(r"[0-9]+(:[0-9]+){0,2}|[0-9]+-[0-9]+(:[0-9]+){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
+# The merge job's time limit: it reads and writes the shards' statistics, a matter of seconds to
+# minutes; a task time limit shorter than this is used instead (a partition may allow no more).
+MERGE_MINUTES = 30
+
+
+def minutes(limit):
+    """The minutes of an sbatch time limit that TIME matches; None for UNLIMITED. Fails naming a
+    field out of range (25:99:99)."""
+    if limit.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, dash, clock = limit.partition("-")
+    if not dash:
+        days, clock = "0", limit
+    fields = [int(f) for f in clock.split(":")]
+    if dash:  # D-HH, D-HH:MM, D-HH:MM:SS
+        h, m, sec = (fields + [0, 0])[:3]
+        bounded = [(h, 24), (m, 60), (sec, 60)]
+    elif len(fields) == 1:  # minutes
+        h, m, sec = 0, fields[0], 0
+        bounded = []
+    elif len(fields) == 2:  # MM:SS
+        h, (m, sec) = 0, fields
+        bounded = [(sec, 60)]
+    else:  # HH:MM:SS
+        h, m, sec = fields
+        bounded = [(m, 60), (sec, 60)]
+    if any(value >= top for value, top in bounded):
+        fail(f"--time {limit}: a field is out of range (hours below 24 after a day count, minutes and seconds below "
+             "60); e.g. 1-00:30:00")
+    return int(days) * 1440 + h * 60 + m + math.ceil(sec / 60)
 
 
 def array_indices(spec, shards):
@@ -81,8 +119,21 @@ def describe(selfnorm, config, threads):
     r = subprocess.run([str(selfnorm), "validate", str(config), "--json", "--threads", str(threads)],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        fail(r.stderr.strip() or f"selfnorm validate failed with status {r.returncode}")
+        message = r.stderr.strip()
+        fail(message.removeprefix("error: ") or f"selfnorm validate failed with status {r.returncode}")
     return json.loads(r.stdout)
+
+
+def sbatch(command, what):
+    """Runs sbatch; its job id. Fails with sbatch's own message, saying `what` was being submitted."""
+    try:
+        r = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        fail("sbatch is not on PATH: run submit.py where Slurm's commands are (a login node), or use --dry-run to "
+             "write the job scripts only")
+    if r.returncode != 0:
+        fail(f"sbatch ({what}) failed: {r.stderr.strip()}")
+    return r.stdout.strip().split(";")[0]
 
 
 def sbatch_header(args, name, extra_lines):
@@ -115,11 +166,23 @@ def main(argv=None):
     if not TIME.fullmatch(args.time):
         fail(f"--time {args.time} is not a time limit sbatch takes; give minutes, HH:MM:SS or D-HH:MM:SS, e.g. "
              "04:00:00")
+    task_minutes = minutes(args.time)
+    for option, value in (("--partition", args.partition), ("--account", args.account)):
+        if value is not None and (not value.strip() or re.search(r"\s", value)):
+            fail(f"{option} '{value}' is not a Slurm name: it is empty or has spaces")
+    if args.only is not None and args.shards is None:
+        # The default split is one shard per point: --only's indices would name other shards.
+        fail("--only needs --shards N, the split the shards were submitted with (the N of selfnorm status CONFIG "
+             "--shards N --missing)")
     if args.only is not None and not args.only.strip():
-        # `--only "$(selfnorm status ... --missing)"` once every shard is complete.
-        print(f"submit.py: nothing to submit: --only is empty (selfnorm status ... --missing prints nothing once "
-              f"every shard is complete); merge with: {selfnorm} merge -o RESULT.h5 "
-              f"{(Path.cwd() / args.results).resolve() / info['name']}/shard-*-of-{shards}.h5", file=sys.stderr)
+        # `--only "$(selfnorm status ... --missing)"` once every shard is complete (or being written).
+        results = (Path.cwd() / args.results).resolve()
+        merged = results / f"{info['name']}.h5"
+        print(f"submit.py: nothing to submit: --only is empty (selfnorm status ... --missing lists neither complete "
+              f"shards nor those being written); once every shard is complete, merge with: {selfnorm} merge -o "
+              f"{merged} {results / info['name']}/shard-*-of-{shards}.h5"
+              + (f" ({merged} exists: merge replaces it only with --overwrite)" if merged.exists() else ""),
+              file=sys.stderr)
         return 0
     if args.only is not None:
         array_indices(args.only, shards)
@@ -136,8 +199,14 @@ def main(argv=None):
         fail(f"{merged} already exists; the merge job would replace it: pass --overwrite to allow that, or --results "
              "for another results folder")
     logs.mkdir(parents=True, exist_ok=True)
+    # The config as it is now: the tasks read their copy when they start, however long they wait.
+    text = config.read_bytes()
+    snapshot = run_dir / f"config-{hashlib.sha256(text).hexdigest()[:16]}.json"
+    if not snapshot.exists() or snapshot.read_bytes() != text:
+        snapshot.write_bytes(text)
 
-    run_cmd = [str(selfnorm), "run", str(config), "--shard", f"slurm/{shards}", "--quiet"]
+    run_cmd = [str(selfnorm), "run", str(snapshot), "--shard", f"slurm/{shards}", "--quiet",
+               *(["--overwrite"] if args.overwrite else [])]
     array_script = run_dir / "array.sbatch"
     array_script.write_text("\n".join(sbatch_header(args, f"selfnorm-{info['name']}", [
         f"--array={array}",
@@ -146,10 +215,13 @@ def main(argv=None):
         f"--time={args.time}",
         f"--chdir={workdir}",
         f"--output={logs}/shard-%a.out",
+        "--open-mode=append",
     ]) + [
         "set -euo pipefail",
-        "# selfnorm takes its shard from SLURM_ARRAY_TASK_ID and its threads from SLURM_CPUS_PER_TASK.",
-        "exec " + shlex.join(run_cmd) + " -o " + shlex.quote(str(run_dir)) +
+        f"# Submitted from {config}. selfnorm takes its shard from SLURM_ARRAY_TASK_ID; its threads are the",
+        "# task's CPUs, whatever OMP_NUM_THREADS the submitting shell exported.",
+        'echo "== task $SLURM_ARRAY_TASK_ID of job $SLURM_ARRAY_JOB_ID on $(hostname), $(date -u +%FT%TZ)"',
+        "exec " + shlex.join(run_cmd) + ' --threads "$SLURM_CPUS_PER_TASK" -o ' + shlex.quote(str(run_dir)) +
         f'/shard-"$SLURM_ARRAY_TASK_ID"-of-{shards}.h5',
         "",
     ]))
@@ -159,10 +231,12 @@ def main(argv=None):
     merge_script.write_text("\n".join(sbatch_header(args, f"selfnorm-{info['name']}-merge", [
         "--cpus-per-task=1",
         "--mem=1G",
-        "--time=00:30:00",
+        f"--time={MERGE_MINUTES if task_minutes is None else min(MERGE_MINUTES, task_minutes)}",
         f"--chdir={workdir}",
         f"--output={logs}/merge.out",
-    ]) + ["set -euo pipefail", "exec " + shlex.join(merge_cmd), ""]))
+        "--open-mode=append",
+    ]) + ["set -euo pipefail", 'echo "== merge job $SLURM_JOB_ID on $(hostname), $(date -u +%FT%TZ)"',
+          "exec " + shlex.join(merge_cmd), ""]))
 
     sbatch_array = ["sbatch", "--parsable", *args.sbatch_arg, str(array_script)]
     if args.dry_run:
@@ -170,16 +244,15 @@ def main(argv=None):
         print(shlex.join(["sbatch", "--parsable", "--dependency=afterok:<array job id>", "--kill-on-invalid-dep=yes",
                           *args.sbatch_arg, str(merge_script)]))
         return 0
-    r = subprocess.run(sbatch_array, capture_output=True, text=True)
-    if r.returncode != 0:
-        fail(f"sbatch failed: {r.stderr.strip()}")
-    array_id = r.stdout.strip().split(";")[0]
+    array_id = sbatch(sbatch_array, "the array job")
     sbatch_merge = ["sbatch", "--parsable", f"--dependency=afterok:{array_id}", "--kill-on-invalid-dep=yes",
                     *args.sbatch_arg, str(merge_script)]
-    r = subprocess.run(sbatch_merge, capture_output=True, text=True)
-    if r.returncode != 0:
-        fail(f"sbatch (merge job) failed: {r.stderr.strip()}; the array job {array_id} is queued")
-    merge_id = r.stdout.strip().split(";")[0]
+    try:
+        merge_id = sbatch(sbatch_merge, "the merge job")
+    except SystemExit:
+        print(f"submit.py: the array job {array_id} is queued; once the problem is fixed (edit {merge_script}), "
+              f"submit the merge alone with: {shlex.join(sbatch_merge)}", file=sys.stderr)
+        raise
     print(json.dumps({"array_job": array_id, "merge_job": merge_id, "shards": shards, "array": array,
                       "run_dir": str(run_dir), "merged": str(merged)}))
     print(f"submitted array job {array_id} ({array}) and merge job {merge_id}; progress: "

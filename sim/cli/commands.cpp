@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <new>
@@ -584,7 +585,12 @@ int run_command(const RunArgs& args) {
       const int sig = signals.received();
       std::cerr << "stopped by " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << " after finishing a point: "
                 << records.size() << " of " << mine.size() << " points are saved in " << checkpoint.folder().string()
-                << "; run the same command again to resume" << std::endl;
+                << "; run the same command again to resume";
+      if (const char* task = std::getenv("SLURM_ARRAY_TASK_ID"); task && shard) {
+        std::cerr << " (a Slurm array task: resubmit it with scripts/slurm/submit.py CONFIG --shards " << shard->count
+                  << " --only " << shard->index << " and the first submission's options)";
+      }
+      std::cerr << std::endl;
       return 128 + sig;
     }
   }
@@ -696,6 +702,7 @@ int status_command(const std::string& config, const std::string& shards_text, co
                      "give the folder that holds the shard files (by default results/<name>)");
   }
   std::vector<std::int64_t> missing;
+  std::vector<std::int64_t> running;  // of the missing, those being written now (their lock is held)
   std::int64_t complete = 0;
   std::vector<std::string> lines;
   for (std::int64_t k = 0; k < shards; ++k) {
@@ -722,6 +729,7 @@ int status_command(const std::string& config, const std::string& shards_text, co
         }
       }
       if (const auto holder = io::lock_holder(path)) {
+        running.push_back(k);
         state = "running (" + (holder->empty() ? std::string("lock held") : *holder) + ")";
         if (done > 0) state += ", " + std::to_string(done) + " of " + std::to_string(points) + " points done";
       } else if (fs::exists(path, ec)) {
@@ -737,7 +745,15 @@ int status_command(const std::string& config, const std::string& shards_text, co
     lines.push_back("  shard " + std::to_string(k) + "  " + plural(points, "point") + "  " + state);
   }
   if (missing_only) {
-    std::cout << io::array_spec(missing) << std::endl;
+    // For submit.py --only: a shard being written would be submitted twice (and the second task
+    // would find it locked).
+    std::vector<std::int64_t> to_submit;
+    std::set_difference(missing.begin(), missing.end(), running.begin(), running.end(), std::back_inserter(to_submit));
+    std::cout << io::array_spec(to_submit) << std::endl;
+    if (!running.empty()) {
+      std::cerr << "note: left out: " << plural(static_cast<std::int64_t>(running.size()), "shard") << " being written "
+                << "now (" << io::array_spec(running) << "); run status again once they end" << std::endl;
+    }
     return 0;
   }
   std::cout << ex.name << " (config hash " << ex.hash << "): " << ex.points.size() << " points in " << shards
@@ -753,10 +769,17 @@ int status_command(const std::string& config, const std::string& shards_text, co
   }
   if (!missing.empty()) {
     std::cout << "not complete: " << io::array_spec(missing) << "  (sbatch --array=" << io::array_spec(missing)
-              << ")\n";
+              << ")";
+    if (!running.empty()) std::cout << "; being written now: " << io::array_spec(running);
+    std::cout << "\n";
   } else {
-    std::cout << "all shards complete; merge them with: selfnorm merge -o " << (fs::path("results") / (ex.name + ".h5")).string()
-              << " " << (folder / ("shard-*-of-" + std::to_string(shards) + ".h5")).string() << "\n";
+    // Beside the shards' folder, where submit.py's merge job writes it.
+    const fs::path merged = (folder.parent_path().empty() ? fs::path(".") : folder.parent_path()) / (ex.name + ".h5");
+    std::cout << "all shards complete; merge them with: selfnorm merge -o " << merged.string() << " "
+              << (folder / ("shard-*-of-" + std::to_string(shards) + ".h5")).string();
+    std::error_code merged_ec;
+    if (fs::exists(merged, merged_ec)) std::cout << "  (" << merged.string() << " exists: merged already?)";
+    std::cout << "\n";
   }
   return 0;
 }

@@ -124,6 +124,13 @@ def test_status_says_what_it_finds_in_place_of_the_shards(run, write_config, tmp
     folder.mkdir(parents=True)
     for k in range(3):
         assert run("run", cfg, "--shard", f"{k}/3", "--quiet", cwd=tmp_path).returncode == 0
+    merge_line = "all shards complete; merge them with: selfnorm merge -o results/three.h5 " \
+                 "results/three/shard-*-of-3.h5"
+    assert run("status", cfg, "--shards", "3", cwd=tmp_path).stdout.splitlines()[-1] == merge_line
+    (tmp_path / "results" / "three.h5").write_text("merged before\n")
+    assert run("status", cfg, "--shards", "3", cwd=tmp_path).stdout.splitlines()[-1] == \
+        merge_line + "  (results/three.h5 exists: merged already?)"
+    (tmp_path / "results" / "three.h5").unlink()
     assert run("run", cfg, "-o", folder / "shard-0-of-2.h5", "--quiet", cwd=tmp_path).returncode == 0
     (folder / "shard-1-of-2.h5").write_text("not a result\n")
     r = run("status", cfg, "--shards", "2", cwd=tmp_path)

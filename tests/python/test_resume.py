@@ -337,3 +337,29 @@ def test_a_resumed_file_names_the_thread_counts_of_every_run_that_computed_it(re
     with h5py.File(out, "r") as f, h5py.File(ref, "r") as g:
         assert f.attrs["threads"] == -1
         assert f.attrs["git_commit"] == g.attrs["git_commit"]  # one program: named once
+
+
+def test_status_leaves_shards_being_written_out_of_missing(reference, tmp_path):
+    """`submit.py --only "$(selfnorm status ... --missing)"` while a shard still runs used to submit
+    it a second time (the new task found it locked, exit 3, and its merge job was cancelled)."""
+    cfg, _ = reference
+    shard0 = tmp_path / "shard-0-of-2.h5"
+    env = dict(os.environ, OMP_NUM_THREADS="2", SLURM_ARRAY_TASK_ID="0")
+    proc = subprocess.Popen([str(BIN), "run", str(cfg), "--shard", "slurm/2", "-o", str(shard0)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_checkpoints(proc, shard0, 1)
+    status = [str(BIN), "status", str(cfg), "--shards", "2", "--dir", str(tmp_path)]
+    r = subprocess.run(status + ["--missing"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1"
+    assert "note: left out: 1 shard being written now (0); run status again once they end" in r.stderr
+    r = subprocess.run(status, capture_output=True, text=True)
+    assert "not complete: 0-1  (sbatch --array=0-1); being written now: 0" in r.stdout
+    # Stopped by Slurm (scancel sends SIGTERM), the task says how to resubmit it.
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert ("(a Slurm array task: resubmit it with scripts/slurm/submit.py CONFIG --shards 2 --only 0 and the first "
+            "submission's options)") in stderr
+    r = subprocess.run(status + ["--missing"], capture_output=True, text=True)
+    assert r.stdout.strip() == "0-1" and r.stderr == ""

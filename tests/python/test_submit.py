@@ -19,14 +19,22 @@ def submit(selfnorm_bin, cfg, *args, cwd):
 @pytest.mark.parametrize("args, message", [
     (["--shards", "0"], "--shards must be >= 1"),
     (["--shards", "4"], "--shards 4 is more than the 3 points of the experiment; use at most 3"),
-    (["--only", "abc"], "--only abc: 'abc' is not a shard index or a range K-L; give indices as sbatch --array takes "
+    (["--shards", "3", "--only", "abc"], "--only abc: 'abc' is not a shard index or a range K-L; give indices as sbatch --array takes "
                         "them, e.g. 0,3-5 (the output of selfnorm status CONFIG --shards 3 --missing)"),
-    (["--only", "5"], "--only 5: '5' is not within the shards 0-2 of a split into 3"),
-    (["--only", "0,2-1"], "--only 0,2-1: the range '2-1' ends before it starts; write it lowest first"),
-    (["--only", "0-2%x"], "--only 0-2%x: the throttle after % must be a number of tasks, got 'x'"),
+    (["--shards", "3", "--only", "5"], "--only 5: '5' is not within the shards 0-2 of a split into 3"),
+    (["--shards", "3", "--only", "0,2-1"], "--only 0,2-1: the range '2-1' ends before it starts; write it lowest first"),
+    (["--shards", "3", "--only", "0-2%x"], "--only 0-2%x: the throttle after % must be a number of tasks, got 'x'"),
     (["--mem", "lots"], "--mem lots is not a memory size sbatch takes; give a number with K, M, G or T, e.g. 4G"),
     (["--time", "forever"], "--time forever is not a time limit sbatch takes; give minutes, HH:MM:SS or D-HH:MM:SS, "
                             "e.g. 04:00:00"),
+    (["--time", "25:99:99"], "--time 25:99:99: a field is out of range (hours below 24 after a day count, minutes and "
+                             "seconds below 60); e.g. 1-00:30:00"),
+    (["--time", "1-24:00"], "--time 1-24:00: a field is out of range (hours below 24 after a day count, minutes and "
+                            "seconds below 60); e.g. 1-00:30:00"),
+    (["--partition", "test extra"], "--partition 'test extra' is not a Slurm name: it is empty or has spaces"),
+    # The default split is one shard per point: indices from another split would name other shards.
+    (["--only", "1"], "--only needs --shards N, the split the shards were submitted with (the N of selfnorm status "
+                      "CONFIG --shards N --missing)"),
 ])
 def test_bad_options_are_refused_before_anything_is_written(selfnorm_bin, write_config, tmp_path, args, message):
     cfg = write_config(SWEEP)
@@ -42,8 +50,40 @@ def test_good_options_reach_the_job_scripts(selfnorm_bin, write_config, tmp_path
                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     script = (tmp_path / "results" / "sw" / "array.sbatch").read_text()
-    for line in ("#SBATCH --array=0,2%1", "#SBATCH --mem=4G", "#SBATCH --time=1-00:30:00"):
+    for line in ("#SBATCH --array=0,2%1", "#SBATCH --mem=4G", "#SBATCH --time=1-00:30:00",
+                 "#SBATCH --open-mode=append"):
         assert line in script.splitlines()
+    # The threads are the task's CPUs even where the submitting shell exported OMP_NUM_THREADS
+    # (sbatch passes the environment on, and OMP_NUM_THREADS would win over SLURM_CPUS_PER_TASK).
+    assert '--threads "$SLURM_CPUS_PER_TASK"' in script
+    assert "--overwrite" not in script
+    # The tasks run a copy of the config taken now: editing it while they wait changes nothing.
+    copies = sorted((tmp_path / "results" / "sw").glob("config-*.json"))
+    assert len(copies) == 1 and copies[0].read_bytes() == cfg.read_bytes()
+    assert f" run {copies[0]} --shard slurm/3 " in script
+    merge = (tmp_path / "results" / "sw" / "merge.sbatch").read_text()
+    assert "#SBATCH --time=30" in merge.splitlines()  # the merge takes minutes, not the tasks' day
+    # sbatch's other spellings pass, and a task limit below 30 minutes bounds the merge's too.
+    r = submit(selfnorm_bin, cfg, "--mem", "4gb", "--time", "00:05:00", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "#SBATCH --time=5" in (tmp_path / "results" / "sw" / "merge.sbatch").read_text().splitlines()
+    assert submit(selfnorm_bin, cfg, "--time", "unlimited", cwd=tmp_path).returncode == 0
+    # An edited config is a new copy; the first stays for the tasks that were queued with it.
+    cfg.write_text(cfg.read_text().replace('"seed": 7', '"seed": 8'))
+    assert submit(selfnorm_bin, cfg, cwd=tmp_path).returncode == 0
+    assert len(sorted((tmp_path / "results" / "sw").glob("config-*.json"))) == 2
+
+
+def test_messages_without_slurm_and_for_a_bad_config(selfnorm_bin, write_config, tmp_path):
+    cfg = write_config(SWEEP)
+    r = subprocess.run([sys.executable, str(SUBMIT), str(cfg), "--selfnorm", str(selfnorm_bin)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env={"PATH": "/nonexistent"})
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("submit.py: error: sbatch is not on PATH: run submit.py where Slurm's commands are (a "
+                                "login node), or use --dry-run to write the job scripts only")
+    r = submit(selfnorm_bin, tmp_path / "missing.json", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"submit.py: error: {tmp_path}/missing.json: cannot read the config"), r.stderr
 
 
 def test_the_merge_job_replaces_an_earlier_result_only_when_asked(selfnorm_bin, write_config, tmp_path):
@@ -59,6 +99,9 @@ def test_the_merge_job_replaces_an_earlier_result_only_when_asked(selfnorm_bin, 
     r = submit(selfnorm_bin, cfg, "--overwrite", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert " merge --overwrite -o " in (tmp_path / "results" / "sw" / "merge.sbatch").read_text()
+    # The tasks replace shard files of an earlier submission too (a config changed since, or a
+    # program fixed since): without it they would stop at them, or find them done.
+    assert " --overwrite --threads " in (tmp_path / "results" / "sw" / "array.sbatch").read_text()
     # Without an earlier result the merge job is not told to overwrite anything.
     merged.unlink()
     assert submit(selfnorm_bin, cfg, cwd=tmp_path).returncode == 0
