@@ -221,9 +221,9 @@ class Explicit:
         self.weights = [empty(n, n) for _ in range(L)]
         # x_l for every layer when weight gradients need x_{l-1}, else two ping-pong buffers.
         self.xs = [empty(B, n) for _ in range(L + 1 if job["weight_gradients"] else 2)]
-        self.derivs = [empty(B, n) for _ in range(L)]
+        # x_l = f(h_l) of every layer, from which the backward pass takes f'(h_l).
+        self.kept = [empty(B, n) for _ in range(L)]
         self.delta = [empty(B, n), empty(B, n)]
-        self.mask = torch.empty(B, n, dtype=torch.bool)
         self.acc = empty(B, n, dt=torch.float64)          # float64 copy for the statistics
         self.colsum = empty(n, dt=torch.float64)
         self.gw = empty(n, n) if job["weight_gradients"] else None
@@ -267,17 +267,11 @@ class Explicit:
             mean, var = self.moments(h, self.acc)
             rec.put("preactivation_mean", k, l, mean)
             rec.put("preactivation_var", k, l, var)
-            d = self.derivs[l - 1]
             if selu:
                 torch.nn.functional.selu(h, inplace=True)
-                # f'(h) = lambda for h > 0, else lambda alpha exp(h) = x + lambda alpha.
-                torch.gt(h, 0, out=self.mask)
-                torch.add(h, SELU_LAMBDA * SELU_ALPHA, out=d)
-                d.masked_fill_(self.mask, SELU_LAMBDA)
             else:
                 torch.relu_(h)
-                torch.gt(h, 0, out=self.mask)
-                d.copy_(self.mask)
+            self.kept[l - 1].copy_(h)
             self.acc.copy_(h)
             torch.sum(self.acc, dim=0, out=self.colsum)
             mean = self.colsum.sum().item() / entries
@@ -294,7 +288,14 @@ class Explicit:
         for l in range(L, 0, -1):
             delta = self.delta[l % 2]
             rec.put("grad_activation_msq", k, l, self.sum_sq(delta, self.acc) / entries)
-            delta.mul_(self.derivs[l - 1])
+            # dL/dh_l = dL/dx_l f'(h_l), from x_l by the fused kernels autograd itself uses: for
+            # selu f'(h) = lambda for x > 0, else x + lambda alpha; for relu 1 where x > 0. (Built
+            # from gt, add and masked_fill_ instead, f' cost about a fifth of the job's time.)
+            if selu:
+                torch.ops.aten.elu_backward.grad_input(delta, SELU_ALPHA, SELU_LAMBDA, 1.0, True, self.kept[l - 1],
+                                                       grad_input=delta)
+            else:
+                torch.ops.aten.threshold_backward.grad_input(delta, self.kept[l - 1], 0, grad_input=delta)
             rec.put("grad_preactivation_msq", k, l, self.sum_sq(delta, self.acc) / entries)
             if job["weight_gradients"]:
                 torch.matmul(self.x(l - 1).t(), delta, out=self.gw)
