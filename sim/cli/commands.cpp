@@ -315,24 +315,39 @@ bool already_complete(const fs::path& out, const io::FileHeader& existing, const
 }
 
 // The points an earlier, interrupted run of this output finished, from its checkpoints (their
-// headers go to `earlier`). A checkpoint of another experiment, or a damaged one, is the user's
-// to clear (UsageError). Points computed with other products than this run's: an explicit
-// --matmul refuses them, and auto (a job requeued onto a machine of another kind) takes them and
-// says so; point_matmul records each point's either way.
+// headers go to `earlier`). A checkpoint of another run (another experiment, output.per_trial or
+// split) is removed under --overwrite, and otherwise the user's to clear (UsageError), as is a
+// damaged one. Points computed with other products than this run's: an explicit --matmul refuses
+// them (removes them under --overwrite), and auto (a job requeued onto a machine of another kind)
+// takes them and says so; point_matmul records each point's either way.
 std::vector<io::PointRecord> resume_points(const io::Checkpoint& checkpoint, const io::Experiment& ex,
                                            const std::optional<io::ShardInfo>& shard, const RunOptions& options,
                                            const RunArgs& args, std::vector<io::FileHeader>& earlier) {
+  auto start_afresh = [&](const std::string& why) {
+    checkpoint.remove();
+    earlier.clear();
+    if (!args.quiet) {
+      std::cerr << "removed the checkpoint folder " << checkpoint.folder().string() << " (--overwrite): " << why
+                << std::endl;
+    }
+    return std::vector<io::PointRecord>{};
+  };
   std::vector<io::PointRecord> records;
   try {
     records = checkpoint.load(ex, shard, &earlier);
+  } catch (const io::OtherRunCheckpoint& e) {
+    if (!args.overwrite) throw UsageError(e.what());
+    return start_afresh("it held another run's points");
   } catch (const std::runtime_error& e) {
     throw UsageError(e.what());
   }
   if (const std::string other = other_products(records, ex, options); !other.empty()) {
+    if (options.matmul != Matmul::automatic && args.overwrite) return start_afresh(other);
     if (options.matmul != Matmul::automatic) {
       throw UsageError("the checkpoint folder " + checkpoint.folder().string() + " holds points of this experiment, "
                        "but " + other + ", where --matmul " + args.matmul + " asks for " + args.matmul + "; finish "
-                       "the run with the --matmul it was begun with, or remove the folder to start again");
+                       "the run with the --matmul it was begun with, or remove the folder to start again (run --overwrite "
+                       "does)");
     }
     if (!args.quiet) {
       std::cerr << "note: in the checkpoint folder " << checkpoint.folder().string() << ", " << other

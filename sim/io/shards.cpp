@@ -74,16 +74,17 @@ std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const st
                                "); remove it and run again to recompute that point");
     }
     if (header.config_hash != experiment.hash) {
-      throw std::runtime_error("the checkpoint folder " + folder_.string() + " holds points of another experiment "
+      throw OtherRunCheckpoint("the checkpoint folder " + folder_.string() + " holds points of another experiment "
                                "(config hash " + header.config_hash + ", this config " + experiment.hash +
-                               "); remove the folder or choose another output path with -o");
+                               "); remove the folder (run --overwrite does) or choose another output path with -o");
     }
     if (header.per_trial != experiment.output.per_trial) {
       const auto text = [](bool on) { return std::string("output.per_trial ") + (on ? "true" : "false"); };
-      throw std::runtime_error("the checkpoint folder " + folder_.string() + " holds points of this experiment "
+      throw OtherRunCheckpoint("the checkpoint folder " + folder_.string() + " holds points of this experiment "
                                "computed with " + text(header.per_trial) + ", and this config has " +
                                text(experiment.output.per_trial) + "; finish the run with " +
-                               text(header.per_trial) + ", or remove the folder to start again");
+                               text(header.per_trial) + ", or remove the folder to start again (run --overwrite "
+                               "does)");
     }
     if (found.size() != 1 || found.front().index != index) {
       throw std::runtime_error("checkpoint " + entry.path().string() + " does not hold point " + std::to_string(index) +
@@ -92,7 +93,7 @@ std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const st
     }
     for (auto& r : found) {
       if (!std::binary_search(mine.begin(), mine.end(), r.index)) {
-        throw std::runtime_error("the checkpoint folder " + folder_.string() + " holds point " +
+        throw OtherRunCheckpoint("the checkpoint folder " + folder_.string() + " holds point " +
                                  std::to_string(r.index) + ", which is not in this shard; remove the folder or "
                                  "choose another output path with -o");
       }

@@ -26,6 +26,14 @@ std::string array_spec(const std::vector<std::int64_t>& indices);
 // The default result path of shard k of n: results/<name>/shard-<k>-of-<n>.h5.
 std::filesystem::path shard_path(const std::filesystem::path& folder, std::int64_t k, std::int64_t n);
 
+// A checkpoint folder that holds points of another experiment (config hash), another output
+// setting (output.per_trial) or another split into shards: not this run's to resume, and
+// `run --overwrite` may remove it.
+class OtherRunCheckpoint : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 // The finished points of a run that has not completed, kept next to its output as
 // <output>.partial/point-<index>.h5, each a complete result file with one point written
 // atomically. Re-running the same command reads them back and skips those points.
@@ -34,8 +42,9 @@ class Checkpoint {
   explicit Checkpoint(const std::filesystem::path& output);
   const std::filesystem::path& folder() const { return folder_; }
   bool exists() const;
-  // The records saved for this experiment and shard. Throws std::runtime_error naming the folder
-  // if it holds another experiment's points (a different config hash) or another shard's.
+  // The records saved for this experiment and shard. Throws OtherRunCheckpoint naming the folder
+  // if it holds another experiment's points (a different config hash) or another shard's, and
+  // std::runtime_error for a checkpoint that cannot be read.
   // The header of each file read goes to `headers`, if given.
   std::vector<PointRecord> load(const Experiment& experiment, const std::optional<ShardInfo>& shard,
                                 std::vector<FileHeader>* headers = nullptr) const;

@@ -90,17 +90,23 @@ def test_sigterm_and_sigint_stop_at_a_point_boundary(reference, tmp_path, sig):
     assert same_statistics(out, ref)
 
 
-def test_a_checkpoint_of_another_config_is_refused(reference, tmp_path):
-    cfg, _ = reference
+def test_a_checkpoint_of_another_config_is_refused_unless_overwrite_is_given(reference, tmp_path):
+    cfg, ref = reference
     out = tmp_path / "run.h5"
-    proc = start(cfg, out)
+    proc = start(cfg, out, "--seed", "99")
     wait_for_checkpoints(proc, out, 1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--seed", "99"], capture_output=True, text=True)
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 2
     assert "holds points of another experiment" in r.stderr
-    assert "remove the folder or choose another output path with -o" in r.stderr
+    assert "remove the folder (run --overwrite does) or choose another output path with -o" in r.stderr
+    # --overwrite replaces earlier results at this output, unfinished ones too (a config changed
+    # before a Slurm resubmission: each task would otherwise stop here).
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--overwrite"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"removed the checkpoint folder {out}.partial (--overwrite): it held another run's points" in r.stderr
+    assert same_statistics(out, ref)
 
 
 # Kills in the middle of a write. Results and checkpoints are written under a temporary name
