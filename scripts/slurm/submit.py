@@ -5,7 +5,7 @@
 
 Each array task runs `selfnorm run CONFIG --shard slurm/N --threads $SLURM_CPUS_PER_TASK`, which
 takes its shard index from SLURM_ARRAY_TASK_ID, and writes results/<name>/shard-K-of-N.h5. CONFIG
-is a copy of the config taken at submission (results/<name>/config-<sha256>.json), so that editing
+is a copy of the config taken at submission (results/<name>/submitted/<sha256>/<file>), so that editing
 the config while the jobs wait changes nothing they compute. A merge job, held until every task
 has succeeded (--dependency=afterok with --kill-on-invalid-dep=yes, so a failed task cancels it
 instead of leaving it pending forever), writes results/<name>.h5. Logs are appended to
@@ -200,10 +200,13 @@ def main(argv=None):
              "for another results folder")
     logs.mkdir(parents=True, exist_ok=True)
     # The config as it is now: the tasks read their copy when they start, however long they wait.
+    # It keeps the file's name, the experiment's name where the config gives none.
     text = config.read_bytes()
-    snapshot = run_dir / f"config-{hashlib.sha256(text).hexdigest()[:16]}.json"
+    snapshot = run_dir / "submitted" / hashlib.sha256(text).hexdigest()[:16] / config.name
     if not snapshot.exists() or snapshot.read_bytes() != text:
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
         snapshot.write_bytes(text)
+    status_cmd = f"{selfnorm} status {snapshot} --shards {shards} --dir {run_dir}"
 
     run_cmd = [str(selfnorm), "run", str(snapshot), "--shard", f"slurm/{shards}", "--quiet",
                *(["--overwrite"] if args.overwrite else [])]
@@ -243,6 +246,8 @@ def main(argv=None):
         print(shlex.join(sbatch_array))
         print(shlex.join(["sbatch", "--parsable", "--dependency=afterok:<array job id>", "--kill-on-invalid-dep=yes",
                           *args.sbatch_arg, str(merge_script)]))
+        print(f"submit.py: dry run: wrote {array_script}, {merge_script} and the config's copy {snapshot}; progress "
+              f"once submitted: {status_cmd}", file=sys.stderr)
         return 0
     array_id = sbatch(sbatch_array, "the array job")
     sbatch_merge = ["sbatch", "--parsable", f"--dependency=afterok:{array_id}", "--kill-on-invalid-dep=yes",
@@ -255,8 +260,8 @@ def main(argv=None):
         raise
     print(json.dumps({"array_job": array_id, "merge_job": merge_id, "shards": shards, "array": array,
                       "run_dir": str(run_dir), "merged": str(merged)}))
-    print(f"submitted array job {array_id} ({array}) and merge job {merge_id}; progress: "
-          f"{selfnorm} status {config} --shards {shards} --dir {run_dir}", file=sys.stderr)
+    print(f"submitted array job {array_id} ({array}) and merge job {merge_id}; progress (of the config as "
+          f"submitted, whatever happens to {config.name} meanwhile): {status_cmd}", file=sys.stderr)
     return 0
 
 

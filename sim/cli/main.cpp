@@ -145,7 +145,9 @@ int main(int argc, char** argv) {
   status_cmd->add_option("config", config, "experiment config (JSON)")->required();
   status_cmd->add_option("--shards", shard_count, "number of shards N the run was split into")->required();
   status_cmd->add_option("--dir", status_folder, "folder of the shard files (default results/<name>)");
-  status_cmd->add_flag("--missing", missing_only, "print only the incomplete shards, in sbatch --array= form");
+  status_cmd->add_flag("--missing", missing_only,
+                       "print only the incomplete shards that are not being written now, in sbatch --array= form "
+                       "(for submit.py --only)");
   std::optional<std::string> status_device;
   bool status_tf32 = false;
   status_cmd->add_option("--device", status_device, "the --device the shards were run with (cpu or cuda)");

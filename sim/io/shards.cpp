@@ -185,8 +185,8 @@ void merge_shards(const std::vector<fs::path>& shards, const fs::path& output, c
   if (!missing.empty()) {
     throw std::runtime_error("missing " + std::to_string(missing.size()) + " of " + std::to_string(n) +
                              " shards: " + array_spec(missing) + " (run each with 'selfnorm run CONFIG --shard K/" +
-                             std::to_string(n) + "', or on Slurm resubmit them with submit.py --only " +
-                             array_spec(missing) + ")");
+                             std::to_string(n) + "', or on Slurm resubmit them with submit.py CONFIG --shards " +
+                             std::to_string(n) + " --only " + array_spec(missing) + ")");
   }
 
   const Experiment experiment = parse_experiment(first.config, files.front().path.string(), "merged");

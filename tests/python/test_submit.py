@@ -58,8 +58,10 @@ def test_good_options_reach_the_job_scripts(selfnorm_bin, write_config, tmp_path
     assert '--threads "$SLURM_CPUS_PER_TASK"' in script
     assert "--overwrite" not in script
     # The tasks run a copy of the config taken now: editing it while they wait changes nothing.
-    copies = sorted((tmp_path / "results" / "sw").glob("config-*.json"))
+    copies = sorted((tmp_path / "results" / "sw" / "submitted").glob("*/*"))
     assert len(copies) == 1 and copies[0].read_bytes() == cfg.read_bytes()
+    assert copies[0].name == cfg.name  # the experiment's name, where the config gives none
+    assert f"progress once submitted: {selfnorm_bin} status {copies[0]} --shards 3 --dir" in r.stderr
     assert f" run {copies[0]} --shard slurm/3 " in script
     merge = (tmp_path / "results" / "sw" / "merge.sbatch").read_text()
     assert "#SBATCH --time=30" in merge.splitlines()  # the merge takes minutes, not the tasks' day
@@ -71,7 +73,7 @@ def test_good_options_reach_the_job_scripts(selfnorm_bin, write_config, tmp_path
     # An edited config is a new copy; the first stays for the tasks that were queued with it.
     cfg.write_text(cfg.read_text().replace('"seed": 7', '"seed": 8'))
     assert submit(selfnorm_bin, cfg, cwd=tmp_path).returncode == 0
-    assert len(sorted((tmp_path / "results" / "sw").glob("config-*.json"))) == 2
+    assert len(sorted((tmp_path / "results" / "sw" / "submitted").glob("*/*"))) == 2
 
 
 def test_messages_without_slurm_and_for_a_bad_config(selfnorm_bin, write_config, tmp_path):

@@ -73,7 +73,7 @@ TEST_CASE("merge refuses missing, duplicate, foreign and non-shard files", "[sha
   const fs::path out = dir.path / "out.h5";
   CHECK_THROWS_WITH(merge_shards({s0, s2}, out, Provenance{}),
                     "missing 1 of 3 shards: 1 (run each with 'selfnorm run CONFIG --shard K/3', or on Slurm "
-                    "resubmit them with submit.py --only 1)");
+                    "resubmit them with submit.py CONFIG --shards 3 --only 1)");
   CHECK_THROWS_WITH(merge_shards({s0, s1, s1, s2}, out, Provenance{}),
                     "duplicate shard 1: " + s1.string() + " and " + s1.string() + "; give each shard once");
   // The same sweep with another seed is another experiment.
