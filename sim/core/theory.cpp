@@ -516,10 +516,14 @@ SeluSolution solve_selu(double mean, double variance, double omega, double tau) 
   const double e2 = exp_below_zero(2.0, m, v);
   const double P = pos.m1, Qn = e1 - p_neg, B0 = pos.m2, B2 = e2 - 2.0 * e1 + p_neg;
   // selu = lambda elu: lambda (P + alpha Qn) = mean, lambda^2 (B0 + alpha^2 B2 - (P + alpha Qn)^2) = variance.
-  std::vector<double> candidates;
-  if (mean == 0.0) {
-    candidates.push_back(-P / Qn);
-  } else {
+  // Dividing out lambda: (P + alpha Qn) / sqrt(B0 + alpha^2 B2) = rho = mean / sqrt(variance + mean^2),
+  // then lambda^2 = (variance + mean^2) / (B0 + alpha^2 B2). Squared, the first is a quadratic in
+  // alpha whose coefficients lose every digit for |mean| << sqrt(variance) (they cancel to order
+  // variance / mean^2): its roots, and -P/Qn (rho = 0), only start Newton's method on the ratio.
+  const double second = variance + mean * mean;
+  const double rho = mean / std::sqrt(second);
+  std::vector<double> starts{-P / Qn};
+  if (mean != 0.0) {
     const double C = 1.0 + variance / (mean * mean);  // E elu^2 / (E elu)^2
     const double qa = B2 - C * Qn * Qn, qb = -2.0 * C * P * Qn, qc = B0 - C * P * P;
     const double disc = qb * qb - 4.0 * qa * qc;
@@ -527,22 +531,43 @@ SeluSolution solve_selu(double mean, double variance, double omega, double tau) 
       const double sq = std::sqrt(disc);
       // Numerically stable roots of qa x^2 + qb x + qc.
       const double qq = -0.5 * (qb + std::copysign(sq, qb));
-      if (qa != 0.0) candidates.push_back(qq / qa);
-      if (qq != 0.0) candidates.push_back(qc / qq);
+      if (qa != 0.0) starts.push_back(qq / qa);
+      if (qq != 0.0) starts.push_back(qc / qq);
     }
   }
-  double best_distance = kInf;
-  for (double alpha : candidates) {
-    const double a = P + alpha * Qn;
+  auto ratio = [&](double alpha) { return (P + alpha * Qn) / std::sqrt(B0 + alpha * alpha * B2); };
+  auto ratio_slope = [&](double alpha) {
     const double b = B0 + alpha * alpha * B2;
-    if (!(alpha > 0) || !std::isfinite(alpha)) continue;
-    double lambda;
-    if (mean == 0.0) {
-      lambda = std::sqrt(variance / b);
-    } else {
-      lambda = mean / a;
+    return (Qn * b - (P + alpha * Qn) * alpha * B2) / (b * std::sqrt(b));
+  };
+  std::vector<double> roots;
+  for (double alpha : starts) {
+    bool converged = false;
+    for (int it = 0; it < 100 && std::isfinite(alpha); ++it) {
+      const double step = (ratio(alpha) - rho) / ratio_slope(alpha);
+      alpha -= step;
+      if (std::abs(step) <= 1e-15 * std::abs(alpha)) {
+        converged = true;
+        break;
+      }
     }
+    if (!converged || !(alpha > 0) || !std::isfinite(alpha) || std::abs(ratio(alpha) - rho) > 1e-12) continue;
+    if (std::none_of(roots.begin(), roots.end(), [&](double r) { return std::abs(r - alpha) <= 1e-9 * alpha; })) {
+      roots.push_back(alpha);
+    }
+  }
+  // Each solution is checked against the map itself, an independent evaluation.
+  std::string failed;
+  double best_distance = kInf;
+  for (double alpha : roots) {
+    const double lambda = std::sqrt(second / (B0 + alpha * alpha * B2));
     if (!(lambda > 0) || !std::isfinite(lambda)) continue;
+    const MapValue back = snn_map(Selu{alpha, lambda}, mean, omega, variance, tau);
+    if (!(std::abs(back.mu - mean) <= 1e-9 * std::sqrt(second)) || !(std::abs(back.nu - variance) <= 1e-9 * second)) {
+      failed = "alpha = " + std::to_string(alpha) + " maps the target to (" + std::to_string(back.mu) + ", " +
+               std::to_string(back.nu) + ")";
+      continue;
+    }
     const double distance = std::abs(alpha - kSeluAlpha01);
     if (distance < best_distance) {
       if (sol.found) sol.note = "two solutions; this one is nearer alpha01, the other has alpha = " + std::to_string(sol.alpha);
@@ -555,7 +580,8 @@ SeluSolution solve_selu(double mean, double variance, double omega, double tau) 
     }
   }
   if (!sol.found) {
-    sol.note = "no alpha > 0, lambda > 0 gives this fixed point for these (omega, tau)";
+    sol.note = failed.empty() ? "no alpha > 0, lambda > 0 gives this fixed point for these (omega, tau)"
+                              : "no solution reproduces this fixed point to 1e-9 (" + failed + ")";
   } else if (sol.note.empty()) {
     sol.note = "unique solution with alpha > 0, lambda > 0";
   }

@@ -135,6 +135,27 @@ TEST_CASE("solve reproduces alpha01 and lambda01 and other fixed points", "[theo
   CHECK(snn_map(Selu{notebook.alpha, notebook.lambda}, 0.1, 1.0, 0.5, 1.0).nu == Approx(0.5).epsilon(1e-12));
 }
 
+TEST_CASE("solve stays exact for means far below the standard deviation", "[theory]") {
+  // The quadratic in alpha lost every digit there: at mean 1e-10 it returned lambda = 0.0227 (a
+  // variance of 4.7e-4, not 1) as the unique solution, and at 1e-12 it found none.
+  for (const double tau : {1.0, 0.5}) {
+    for (const double omega : {0.0, 1.0}) {
+      double previous = solve_selu(0.0, 1.0, omega, tau).alpha;  // alpha01 at tau = 1
+      for (const double mean : {1e-14, 1e-12, 1e-10, 1e-9, 1e-8, 1e-6, 1e-4}) {
+        const SeluSolution sol = solve_selu(mean, 1.0, omega, tau);
+        INFO("mean " << mean << " omega " << omega << " tau " << tau << ": " << sol.note);
+        REQUIRE(sol.found);
+        const MapValue g = snn_map(Selu{sol.alpha, sol.lambda}, mean, omega, 1.0, tau);
+        CHECK(std::abs(g.mu - mean) <= 1e-12);
+        CHECK(g.nu == Approx(1.0).epsilon(1e-12));
+        // alpha moves continuously away from the mean-0 solution's.
+        CHECK(std::abs(sol.alpha - previous) <= 1e-3 + 100 * mean);
+        previous = sol.alpha;
+      }
+    }
+  }
+}
+
 TEST_CASE("the Jacobian at (0, 1) has eigenvalues 0 and 0.7826 and spectral norm 0.7877", "[theory]") {
   const Jacobian j = snn_jacobian(Selu{}, 0.0, 0.0, 1.0, 1.0);
   // Triangular with a zero first column (omega = 0), as in Klambauer et al. 2017.
