@@ -490,10 +490,23 @@ FixedPoint snn_fixed_point(const Activation& f, double omega, double tau, double
     fp.note = "only the trivial fixed point with variance 0";
     return fp;
   }
-  fp.found = true;
   fp.mu = mu;
   fp.nu = nu;
   fp.jacobian = snn_jacobian(f, mu, omega, nu, tau);
+  // An eigenvalue 1 (within 1e-6) means a curve of fixed points through this one, not an isolated
+  // point: where mu >> sqrt(nu) an activation that is linear for z > 0 (relu, elu) maps (mu, nu)
+  // to itself, so Newton's method stops wherever it starts.
+  for (const auto& ev : fp.jacobian.eigenvalues) {
+    if (std::abs(ev - 1.0) < 1e-6) {  // the eigenvalues' own rounding is ~1e-8 (a square root of 1e-16)
+      char buf[320];
+      std::snprintf(buf, sizeof buf, "no isolated fixed point: the map leaves (%.6g, %.6g) in place, with a Jacobian "
+                    "eigenvalue of 1 (within 1e-6): fixed points form a curve or a region there (an activation "
+                    "linear for z > 0, with mu >> sqrt(nu)); start elsewhere", mu, nu);
+      fp.note = buf;
+      return fp;
+    }
+  }
+  fp.found = true;
   fp.stable = fp.jacobian.spectral_radius < 1.0;
   fp.note = fp.stable ? "stable: the Jacobian's spectral radius is below 1"
                       : "unstable: the Jacobian's spectral radius is at least 1";

@@ -2,6 +2,8 @@
 // contraction, fixed points, alpha dropout, depth scales, and Monte Carlo against the theory.
 #include <catch2/catch.hpp>
 
+#include <tuple>
+
 #include <cmath>
 #include <vector>
 
@@ -154,6 +156,20 @@ TEST_CASE("solve stays exact for means far below the standard deviation", "[theo
       }
     }
   }
+}
+
+TEST_CASE("a fixed point on a curve of fixed points is not reported as found", "[theory]") {
+  // Where mu >> sqrt(nu), relu and elu (omega = tau = 1) map (mu, nu) to itself to rounding:
+  // Newton's method used to stop at its start and call it "found" (and "unstable").
+  for (const auto& [f, mu, nu] : {std::tuple<Activation, double, double>{Elu{1.0}, 5.0, 0.01},
+                                  {Relu{}, 3.0, 0.1}, {LeakyRelu{0.01}, 3.0, 0.1}}) {
+    const FixedPoint fp = snn_fixed_point(f, 1.0, 1.0, mu, nu);
+    INFO(activation_name(f) << " from (" << mu << ", " << nu << "): " << fp.note);
+    CHECK_FALSE(fp.found);
+    CHECK(fp.note.rfind("no isolated fixed point", 0) == 0);
+  }
+  // An isolated one still is: SELU's (0, 1), eigenvalues 0 and 0.78.
+  CHECK(snn_fixed_point(Selu{}, 0.0, 1.0).found);
 }
 
 TEST_CASE("the Jacobian at (0, 1) has eigenvalues 0 and 0.7826 and spectral norm 0.7877", "[theory]") {
