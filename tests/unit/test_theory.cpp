@@ -2,9 +2,8 @@
 // contraction, fixed points, alpha dropout, depth scales, and Monte Carlo against the theory.
 #include <catch2/catch.hpp>
 
-#include <tuple>
-
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "core/engine.hpp"
