@@ -760,9 +760,17 @@ def times_down(ratio):
     return f"{math.floor(100 * ratio + 1e-9) / 100:.2f}x"
 
 
-def goals(report):
+def goals(report, repeat=3):
     """[(goal, this run's figure, met)] for the reference table and scaling rows of a full
-    benchmark's report (the JSON that --json writes); met is None where the figure was not taken."""
+    benchmark's report (the JSON that --json writes); met is None where the figure was not taken,
+    and for every goal where each figure is a median of fewer than 3 runs."""
+    out = _goals(report)
+    if repeat < 3:
+        return [(g, v + f" (median of {repeat})" if m is not None else v, None) for g, v, m in out]
+    return out
+
+
+def _goals(report):
     ref = report["reference"]["figures"]
     sn = ref["selfnorm"]
     rows = {row["case"]: row for row in report.get("scaling") or []}
@@ -775,7 +783,11 @@ def goals(report):
         ratio = torch["median_s"] / sn["median_s"]
         text = f"{times_down(ratio)} ({torch['median_s']:.2f} s against {sn['median_s']:.2f} s"
         if torch.get("compute_s") is not None:
-            text += f"; on PyTorch's own timing {times_down(torch['compute_s'] / sn['median_s'])}"
+            # PyTorch's own timing leaves out starting Python and importing torch, which selfnorm's
+            # wall time has no counterpart of: the goal is judged on the less favourable ratio.
+            compute_ratio = torch["compute_s"] / sn["median_s"]
+            text += f"; on PyTorch's own timing {times_down(compute_ratio)}, which the verdict uses"
+            ratio = min(ratio, compute_ratio)
         out.append((f"at least {GOAL_TORCH_RATIO:g}x faster than PyTorch's best configuration", text + ")",
                     ratio >= GOAL_TORCH_RATIO))
     out.append((f"peak memory under {GOAL_RSS_MIB / 1024:g} GiB", f"{sn['maxrss_mib']:.0f} MiB",
@@ -823,9 +835,13 @@ def compare_statistics(h5_path, torch_json, label, trials):
     t = json.loads(Path(torch_json).read_text())["statistics"]
     result = {}
     rows = []
+    missing = []
     with h5py.File(h5_path, "r") as f:
         for stat in CHECK_STATS:
+            if stat not in f and stat not in t:
+                continue  # neither computed it (grad_weight_msq without weight gradients)
             if stat not in f or stat not in t:
+                missing.append(stat)
                 continue
             a, sa = f[stat][0, :], f[stat + "_sem"][0, :]
             b, sb = t[stat]["mean"], t[stat]["sem"]
@@ -833,7 +849,9 @@ def compare_statistics(h5_path, torch_json, label, trials):
             for x, sx, y, sy in zip(a, sa, b, sb):
                 se = math.hypot(sx, sy)
                 zs.append((x - y) / se if se > 0 else (0.0 if x == y else math.inf))
-            zmax = max(abs(z) for z in zs)
+            # A NaN (a statistic or standard error that is NaN on one side) is a disagreement: max()
+            # would skip it unless it came first.
+            zmax = max((math.inf if math.isnan(z) else abs(z)) for z in zs)
             L = len(zs)
             # A relative difference only means something for a value clearly away from zero.
             rel = abs(a[-1] - b[-1]) / abs(a[-1]) if abs(a[-1]) > 3 * sa[-1] else math.nan
@@ -845,7 +863,10 @@ def compare_statistics(h5_path, torch_json, label, trials):
     print(f"Statistics, selfnorm vs PyTorch: {label}; layer {L} shown, z = difference / combined standard error")
     print(fmt_table(["statistic", "selfnorm", "torch", "rel. diff", "z (last layer)", f"max |z| (layers 1-{L})"],
                     rows))
-    worst = max(v["max_abs_z"] for v in result.values())
+    worst = max(v["max_abs_z"] for v in result.values()) if result else math.inf
+    if missing:
+        print(f"  missing from one program's output: {', '.join(missing)}")
+        worst = math.inf
     # Different random streams: agreement is statistical. With ~9 statistics x L layers, |z| up to
     # about 4 happens by chance; far beyond it means the two compute different things. Standard
     # errors estimated from a handful of trials are themselves too noisy for a verdict.
@@ -1098,7 +1119,7 @@ def main(argv):
                 report["scaling"] = scaling_table(args, base_cfg, sizes, peaks, torch_version, workdir,
                                                   known={ref.key: ref_runs})
             if args.mode == "full" and args.config.resolve() == REFERENCE and args.threads == 2:
-                met = goals(report)
+                met = goals(report, args.repeat)
                 report["goals"] = [{"goal": g, "this_run": v, "met": m} for g, v, m in met]
                 print_goals(met)
             if args.smoke and torch_version:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import BIN, ROOT
@@ -136,7 +137,7 @@ def test_goals_are_judged_on_the_runs_own_figures():
     assert [ok for _, _, ok in judged] == [True, False, True, False, True, True, None]
     figures = [figure for _, figure, _ in judged]
     assert figures[0] == "75.0% (6.00 s)"
-    assert figures[1] == "1.98x (11.90 s against 6.00 s; on PyTorch's own timing 1.66x)"
+    assert figures[1] == "1.98x (11.90 s against 6.00 s; on PyTorch's own timing 1.66x, which the verdict uses)"
     assert figures[2] == "1000 MiB"
     assert figures[3] == "69.9% of the float64 peak (15.00 s)"  # 69.99%: short of 70, rounded down
     assert figures[4] == "50.0% of the float32 peak (0.60 s)"
@@ -149,10 +150,54 @@ def test_goals_are_judged_on_the_runs_own_figures():
     judged = bench.goals(report)
     assert [ok for _, _, ok in judged] == [False, True, False, None, None, None, None]
     assert judged[1][1] == "2.00x (12.00 s against 6.00 s)"
+    # Twice as fast on wall time but not on PyTorch's own timing (which leaves out starting Python
+    # and importing torch): the less favourable ratio decides.
+    report["reference"]["figures"]["torch best"] = {"median_s": 12.6, "compute_s": 11.4}
+    assert bench.goals(report)[1][2] is False
+    report["reference"]["figures"]["torch best"] = {"median_s": 13.0, "compute_s": 12.0}
+    assert bench.goals(report)[1][2] is True
+    # Medians of fewer than 3 runs give figures, no verdicts.
+    judged = bench.goals(report, repeat=2)
+    assert all(ok is None for _, _, ok in judged)
+    assert judged[0][1] == "74.9% (6.00 s) (median of 2)"
     del report["reference"]["figures"]["torch best"]
     judged = bench.goals(report)
     assert judged[1][1:] == ("not measured", None)
     assert all(figure.startswith("not measured") for _, figure, ok in judged if ok is None)
+
+
+def test_the_statistics_check_fails_on_a_nan_or_a_missing_statistic(tmp_path, capsys):
+    """Two programs that agree everywhere but at layers where one gives NaN do not agree (max()
+    used to skip a NaN z-score that was not the first), nor does a statistic one of them lacks."""
+    import h5py
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    layers = 6
+    values = np.linspace(1.0, 1.5, layers)
+    torch_json = tmp_path / "torch.json"
+
+    def write(h5_values, torch_stats):
+        with h5py.File(tmp_path / "selfnorm.h5", "w") as f:
+            for stat in bench.CHECK_STATS:
+                f[stat] = h5_values[None, :]
+                f[stat + "_sem"] = np.full((1, layers), 0.01)
+        torch_json.write_text(json.dumps({"statistics": {stat: {"mean": list(values), "sem": [0.01] * layers}
+                                                         for stat in torch_stats}}))
+        return bench.compare_statistics(tmp_path / "selfnorm.h5", torch_json, "test", trials=8)["_verdict"]
+
+    assert write(values, bench.CHECK_STATS) == "agree"
+    broken = values.copy()
+    broken[3:] = np.nan
+    assert write(broken, bench.CHECK_STATS) == "DISAGREE"
+    assert write(values, bench.CHECK_STATS[1:]) == "DISAGREE"
+    assert f"missing from one program's output: {bench.CHECK_STATS[0]}" in capsys.readouterr().out
+    # A statistic neither program computed (grad_weight_msq without weight gradients) is no failure.
+    with h5py.File(tmp_path / "selfnorm.h5", "a") as f:
+        del f[bench.CHECK_STATS[0]], f[bench.CHECK_STATS[0] + "_sem"]
+    assert bench.compare_statistics(tmp_path / "selfnorm.h5", torch_json, "test", trials=8)["_verdict"] == "agree"
 
 
 PEER = ROOT / "scripts" / "bench" / "blas_peer.py"
