@@ -761,19 +761,20 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
   double c = 1.0;
   if (d.chi > 1.0) {
     // Near c = 0 the map is linear to O(c^2): cmap(c) = cmap(0) + c chi_c(0), with cmap(0) =
-    // (s_w^2 (E f)^2 + s_b^2) / q* and chi_c(0) = s_w^2 (E f')^2. A root below 1e-3 (odd
-    // activations, and selu whose mean is 0) is that line's; otherwise the root of cmap(c) - c,
-    // which is > 0 below c* and < 0 just below 1 (slope chi > 1 there), by Brent's method.
+    // (s_w^2 (E f)^2 + s_b^2) / q* and chi_c(0) = s_w^2 (E f')^2. With cmap(0) = 0 (an odd
+    // activation without a bias) c* = 0; otherwise c* is the root of cmap(c) - c, which is > 0
+    // below c* and < 0 just below 1 (slope chi > 1 there), by Brent's method, bracketed near the
+    // line's root (taking the line's root itself was off by up to 5e-4 relative for small c*).
     const GaussianMoments g = gaussian_moments(f, 0.0, q);
     const double mean_slope = gaussian_expectation(slope, 0.0, q, k);
     const double c0 = (sigma_w2_value * g.mean * g.mean + sigma_b2) / (sigma_w2_value * g.second + sigma_b2);
     const double slope0 = sigma_w2_value * mean_slope * mean_slope;
     const double linear_root = slope0 < 1.0 ? c0 / (1.0 - slope0) : kInf;
-    if (linear_root < 1e-3) {
-      c = linear_root;
+    if (c0 == 0.0) {
+      c = 0.0;
     } else {
       auto excess = [&](double x) { return correlation_map(f, q, x, sigma_w2_value, sigma_b2) - x; };
-      const double lo = 1e-3, hi = 1.0 - 1e-6;
+      const double lo = std::min(1e-3, 0.5 * linear_root), hi = 1.0 - 1e-6;
       // The root is usually within a few percent of the line's: bracket it there when 5% on
       // the far side of the line's root changes the sign (two evaluations instead of the
       // interval's ends and the steps in from them), else search all of [lo, hi].

@@ -280,6 +280,17 @@ TEST_CASE("depth scales and the correlation map", "[theory]") {
                                                                     "without bound, slowly (q = 31"));
   CHECK(depth_scales(Relu{}, 2.0, 0.0).note ==
         "no isolated fixed point q*: the q-map is marginal (every q nearby is a fixed point)");
+  // A small c* (a small bias) is the map's fixed point too, not the root of its linearisation
+  // at 0, which was taken below 1e-3 and was off by 1.8e-4 relative at s_b^2 = 1e-5.
+  for (const double bias : {1e-5, 2.9e-5}) {
+    const DepthScales small = depth_scales(Selu{}, 1.0, bias);
+    REQUIRE(small.found);
+    INFO("bias variance " << bias << ": c* " << small.c_star);
+    REQUIRE(small.c_star > 0.0);
+    REQUIRE(small.c_star < 1e-3);
+    CHECK(std::abs(correlation_map(Selu{}, small.q_star, small.c_star, 1.0, bias) - small.c_star) <=
+          1e-9 * small.c_star);
+  }
   // Chaotic phase with a nonzero mean: c* is the correlation map's fixed point in (0, 1), found
   // by a root search, and stable there.
   for (const Selu f : {Selu{2.0, 1.1}, Selu{1.4, 1.15}, Selu{1.8, 1.2}}) {
