@@ -510,6 +510,30 @@ FixedPoint snn_fixed_point(const Activation& f, double omega, double tau, double
   fp.stable = fp.jacobian.spectral_radius < 1.0;
   fp.note = fp.stable ? "stable: the Jacobian's spectral radius is below 1"
                       : "unstable: the Jacobian's spectral radius is at least 1";
+  if (!fp.stable) {
+    // A network does not stay at an unstable point: say where the map goes from the start.
+    double m = mu_start, n = nu_start;
+    int steps = 0;
+    std::string fate;
+    for (; steps < 1000 && fate.empty(); ++steps) {
+      const MapValue g = snn_map(f, m, omega, n, tau);
+      const bool settled = std::abs(g.mu - m) + std::abs(g.nu - n) < 1e-12 * (1.0 + std::abs(m) + n);
+      m = g.mu;
+      n = g.nu;
+      if (!std::isfinite(n) || n > 1e12 * std::max(1.0, nu_start)) fate = "the variance grows without bound";
+      else if (n < 1e-12 * nu_start) fate = "the variance vanishes";
+      else if (settled) fate = "it settles elsewhere";
+    }
+    char buf[200];
+    if (fate == "it settles elsewhere" || fate.empty()) {
+      std::snprintf(buf, sizeof buf, "; iterating the map from (%.6g, %.6g), it is at (%.6g, %.6g) after %d steps%s",
+                    mu_start, nu_start, m, n, steps, fate.empty() ? "" : ", settled");
+    } else {
+      std::snprintf(buf, sizeof buf, "; iterating the map from (%.6g, %.6g), %s (%d steps)", mu_start, nu_start,
+                    fate.c_str(), steps);
+    }
+    fp.note += buf;
+  }
   return fp;
 }
 

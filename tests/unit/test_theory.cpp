@@ -171,6 +171,18 @@ TEST_CASE("a fixed point on a curve of fixed points is not reported as found", "
   CHECK(snn_fixed_point(Selu{}, 0.0, 1.0).found);
 }
 
+TEST_CASE("an unstable fixed point says where the network goes instead", "[theory]") {
+  // (mu, nu) = (-3.46, 0.69) is a fixed point with spectral radius 1.54; from (0, 1) the
+  // variance grows without bound.
+  const FixedPoint fp = snn_fixed_point(Selu{3.0, 1.5}, 0.5, 0.8);
+  INFO(fp.note);
+  REQUIRE(fp.found);
+  CHECK_FALSE(fp.stable);
+  CHECK(fp.mu == Approx(-3.46).epsilon(1e-2));
+  CHECK_THAT(fp.note, Catch::Contains("unstable") &&
+                          Catch::Contains("iterating the map from (0, 1), the variance grows without bound"));
+}
+
 TEST_CASE("the Jacobian at (0, 1) has eigenvalues 0 and 0.7826 and spectral norm 0.7877", "[theory]") {
   const Jacobian j = snn_jacobian(Selu{}, 0.0, 0.0, 1.0, 1.0);
   // Triangular with a zero first column (omega = 0), as in Klambauer et al. 2017.
