@@ -19,6 +19,12 @@ CONFIG = {
 }
 
 
+def run_quietly(cfg, out):
+    """`selfnorm run cfg -o out --quiet`, which must succeed."""
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def checkpoints(out):
     folder = out.with_name(out.name + ".partial")
     return sorted(p.name for p in folder.glob("point-*.h5")) if folder.exists() else []
@@ -48,8 +54,7 @@ def reference(tmp_path_factory):
     import json
     cfg.write_text(json.dumps(CONFIG))
     out = folder / "reference.h5"
-    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--quiet"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    run_quietly(cfg, out)
     return cfg, out
 
 
@@ -85,8 +90,7 @@ def test_sigterm_and_sigint_stop_at_a_point_boundary(reference, tmp_path, sig):
     assert "run the same command again to resume" in stderr
     assert not out.exists()
     assert len(checkpoints(out)) >= 2
-    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--quiet"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    run_quietly(cfg, out)
     assert same_statistics(out, ref)
 
 
@@ -130,8 +134,7 @@ def large_reference(tmp_path_factory):
     import json
     cfg.write_text(json.dumps(LARGE))
     out = folder / "reference.h5"
-    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--quiet"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    run_quietly(cfg, out)
     return cfg, out
 
 
@@ -244,8 +247,7 @@ def test_per_trial_output_is_part_of_what_a_file_or_checkpoint_is_complete_for(r
     assert "computed with output.per_trial false, and this config has output.per_trial true" in r.stderr
     assert not out.exists()
     # Finished as they were begun, they give the reference.
-    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--quiet"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    run_quietly(cfg, out)
     assert same_statistics(out, ref)
 
 
