@@ -417,6 +417,10 @@ Jacobian snn_jacobian(const Activation& f, double mu, double omega, double nu, d
 
 FixedPoint snn_fixed_point(const Activation& f, double omega, double tau, double mu_start, double nu_start) {
   FixedPoint fp;
+  // "Grows without bound" is judged against the map's own scale: a selu with alpha = 1e6 has its
+  // stable fixed point at nu = 1.2e12, where a fixed cut-off of 1e12 had called it divergent.
+  const MapValue first = snn_map(f, mu_start, omega, nu_start, tau);
+  const double unbounded = 1e12 * std::max({1.0, nu_start, std::isfinite(first.nu) ? first.nu : 1.0});
   auto newton = [&](double mu, double nu, int max_iter, double& mu_out, double& nu_out) {
     for (int it = 0; it < max_iter; ++it) {
       ++fp.iterations;
@@ -440,7 +444,7 @@ FixedPoint snn_fixed_point(const Activation& f, double omega, double tau, double
       }
       mu += dmu;
       nu += dnu;
-      if (!std::isfinite(mu) || !std::isfinite(nu) || nu > 1e12) return false;
+      if (!std::isfinite(mu) || !std::isfinite(nu) || nu > unbounded) return false;
     }
     return false;
   };
@@ -458,7 +462,7 @@ FixedPoint snn_fixed_point(const Activation& f, double omega, double tau, double
       const bool settled = std::abs(g.mu - mu) + std::abs(g.nu - nu) < 1e-12 * (1.0 + std::abs(mu) + nu);
       mu = g.mu;
       nu = g.nu;
-      if (!std::isfinite(nu) || nu > 1e12) {
+      if (!std::isfinite(nu) || nu > unbounded) {
         fp.note = "no fixed point: iterating the map, the variance grows without bound";
         return fp;
       }
@@ -520,7 +524,7 @@ FixedPoint snn_fixed_point(const Activation& f, double omega, double tau, double
       const bool settled = std::abs(g.mu - m) + std::abs(g.nu - n) < 1e-12 * (1.0 + std::abs(m) + n);
       m = g.mu;
       n = g.nu;
-      if (!std::isfinite(n) || n > 1e12 * std::max(1.0, nu_start)) fate = "the variance grows without bound";
+      if (!std::isfinite(n) || n > unbounded) fate = "the variance grows without bound";
       else if (n < 1e-12 * nu_start) fate = "the variance vanishes";
       else if (settled) fate = "it settles elsewhere";
     }
@@ -737,15 +741,20 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     return sigma_w2_value * d_v;
   };
   // Iterate the q-map (it follows the network to a stable fixed point), then polish by Newton.
+  // Growth is judged against the map's own scale (its value at q = 1), and with a bias q never
+  // falls below s_b^2, however small: only without one can it vanish.
   constexpr int kLayers = 300;
+  const double first = qmap(1.0);
+  const double unbounded = 1e12 * std::max(1.0, std::isfinite(first) ? first : 1.0);
+  const bool can_vanish = sigma_b2 == 0.0;
   double q = 1.0;
   for (int it = 0; it < kLayers; ++it) {
     q = qmap(q);
-    if (!std::isfinite(q) || q > 1e12) {
+    if (!std::isfinite(q) || q > unbounded) {
       d.note = "no fixed point q*: the second moment grows without bound";
       return d;
     }
-    if (q < 1e-12) {
+    if (can_vanish && q < 1e-12) {
       d.note = "no fixed point q* > 0: the second moment vanishes";
       return d;
     }
@@ -759,7 +768,7 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
     settled = std::abs(dq) < 1e-13 * q;
     q = std::max(q + dq, 0.5 * q);
   }
-  if (!settled || q < 1e-10) {
+  if (!settled || (can_vanish && q < 1e-10)) {
     // Where the iteration was still going says which way: relu with s_b^2 > 0 at s_w^2 = 2 adds
     // s_b^2 per layer (q = 31 after kLayers), relu at s_w^2 = 2 without a bias keeps any q.
     const double step = qmap(q_iterated) - q_iterated;

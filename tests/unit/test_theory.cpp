@@ -171,6 +171,24 @@ TEST_CASE("a fixed point on a curve of fixed points is not reported as found", "
   CHECK(snn_fixed_point(Selu{}, 0.0, 1.0).found);
 }
 
+TEST_CASE("growth and vanishing are judged on the map's own scale", "[theory]") {
+  // selu with alpha = 1e6: a stable fixed point at nu* = 1.22e12, which a fixed cut-off of 1e12
+  // called "grows without bound".
+  const FixedPoint big = snn_fixed_point(Selu{1e6, kSeluLambda01}, 0.0, 1.0);
+  INFO(big.note);
+  REQUIRE(big.found);
+  CHECK(big.stable);
+  CHECK(big.nu == Approx(1.22e12).epsilon(1e-2));
+  // tanh at s_w^2 = 0.5 with a tiny bias: q* = s_b^2 / (1 - 0.5) to first order, not "vanishes"
+  // (s_b^2 = 1e-13) or "marginal" (1e-11): with a bias q never falls below s_b^2.
+  for (const double bias : {1e-13, 1e-11}) {
+    const DepthScales tiny = depth_scales(Tanh{}, 0.5, bias);
+    INFO("bias variance " << bias << ": " << tiny.note);
+    REQUIRE(tiny.found);
+    CHECK(tiny.q_star == Approx(2.0 * bias).epsilon(1e-6));
+  }
+}
+
 TEST_CASE("an unstable fixed point says where the network goes instead", "[theory]") {
   // (mu, nu) = (-3.46, 0.69) is a fixed point with spectral radius 1.54; from (0, 1) the
   // variance grows without bound.
