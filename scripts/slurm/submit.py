@@ -187,6 +187,10 @@ def main(argv=None):
     if args.only is not None:
         array_indices(args.only, shards)
     mem = args.mem or f"{math.ceil(info.get('memory_bytes', info['buffer_bytes']) / 2**20) + 1024}M"
+    # The merge holds every point's statistics twice (the records, then the file's image): the run's
+    # estimate less the engine's buffers, with half again for the predictions, plus 1 GiB.
+    records = max(0, info.get("memory_bytes", info["buffer_bytes"]) - info["buffer_bytes"])
+    merge_mem = f"{math.ceil(1.5 * records / 2**20) + 1024}M"
     array = args.only if args.only else f"0-{shards - 1}"
 
     workdir = Path.cwd().resolve()
@@ -233,7 +237,7 @@ def main(argv=None):
     merge_script = run_dir / "merge.sbatch"
     merge_script.write_text("\n".join(sbatch_header(args, f"selfnorm-{info['name']}-merge", [
         "--cpus-per-task=1",
-        "--mem=1G",
+        f"--mem={merge_mem}",
         f"--time={MERGE_MINUTES if task_minutes is None else min(MERGE_MINUTES, task_minutes)}",
         f"--chdir={workdir}",
         f"--output={logs}/merge.out",

@@ -120,3 +120,22 @@ def test_an_empty_only_submits_nothing_and_says_so(selfnorm_bin, write_config, t
     assert r.stderr.startswith("submit.py: nothing to submit: --only is empty")
     assert r.stdout == ""
     assert files_under(tmp_path) == ["config.json"]
+
+
+def test_the_merge_job_asks_for_the_memory_of_every_points_statistics(selfnorm_bin, write_config, tmp_path):
+    """The merge holds all the points' statistics (twice, as records and as the file's image): a
+    fixed 1 GiB ran out for large sweeps with per-trial values."""
+    import json
+    import math
+    big = dict(SWEEP, name="big", network={"depth": 100, "width": 4}, monte_carlo={"trials": 100, "batch": 2},
+               output={"per_trial": True}, sweep={"grid": {"init.weight_variance": {"linspace": [0.5, 1.5, 200]}}})
+    cfg = write_config(big)
+    r = submit(selfnorm_bin, cfg, "--shards", "4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(subprocess.run([str(selfnorm_bin), "validate", str(cfg), "--json", "--threads", "2"],
+                                     capture_output=True, text=True).stdout)
+    # 200 points x 100 trials x 100 layers x 9 statistics in float64: 144 MB of per-trial values alone.
+    records = info["memory_bytes"] - info["buffer_bytes"]
+    assert records > 2 * 144e6
+    merge = (tmp_path / "results" / "big" / "merge.sbatch").read_text().splitlines()
+    assert f"#SBATCH --mem={math.ceil(1.5 * records / 2**20) + 1024}M" in merge
