@@ -448,30 +448,50 @@ FixedPoint snn_fixed_point(const Activation& f, double omega, double tau, double
     }
     return false;
   };
+  // Iterating the map follows the network itself: from (mu, nu), for at most `steps` layers, until
+  // the variance passes `unbounded`, falls below `vanished`, or (mu, nu) settles.
+  enum class Fate { grows, vanishes, settles, still_moving };
+  struct Trajectory {
+    double mu, nu;
+    int steps = 0;
+    Fate fate = Fate::still_moving;
+  };
+  auto iterate = [&](double mu, double nu, int steps, double vanished) {
+    Trajectory t{mu, nu};
+    while (t.steps < steps && t.fate == Fate::still_moving) {
+      ++t.steps;
+      ++fp.iterations;
+      const MapValue g = snn_map(f, t.mu, omega, t.nu, tau);
+      const bool settled = std::abs(g.mu - t.mu) + std::abs(g.nu - t.nu) < 1e-12 * (1.0 + std::abs(t.mu) + t.nu);
+      t.mu = g.mu;
+      t.nu = g.nu;
+      if (!std::isfinite(t.nu) || t.nu > unbounded) {
+        t.fate = Fate::grows;
+      } else if (t.nu < vanished) {
+        t.fate = Fate::vanishes;
+      } else if (settled) {
+        t.fate = Fate::settles;
+      }
+    }
+    return t;
+  };
   double mu, nu;
   // Newton's method may also land on the trivial point nu = 0; then the map's own iteration
   // tells whether the variance vanishes or grows.
   bool ok = newton(mu_start, nu_start, 60, mu, nu) && nu > 1e-10;
   if (!ok) {
-    // Iterating the map follows the network itself: to a stable fixed point, to 0 or to infinity.
-    mu = mu_start;
-    nu = nu_start;
-    for (int it = 0; it < 5000; ++it) {
-      ++fp.iterations;
-      const MapValue g = snn_map(f, mu, omega, nu, tau);
-      const bool settled = std::abs(g.mu - mu) + std::abs(g.nu - nu) < 1e-12 * (1.0 + std::abs(mu) + nu);
-      mu = g.mu;
-      nu = g.nu;
-      if (!std::isfinite(nu) || nu > unbounded) {
-        fp.note = "no fixed point: iterating the map, the variance grows without bound";
-        return fp;
-      }
-      if (nu < 1e-12) {
-        fp.note = "no fixed point with variance > 0: iterating the map, the variance vanishes";
-        return fp;
-      }
-      if (settled) break;
+    // To a stable fixed point, to 0 or to infinity.
+    const Trajectory t = iterate(mu_start, nu_start, 5000, 1e-12);
+    if (t.fate == Fate::grows) {
+      fp.note = "no fixed point: iterating the map, the variance grows without bound";
+      return fp;
     }
+    if (t.fate == Fate::vanishes) {
+      fp.note = "no fixed point with variance > 0: iterating the map, the variance vanishes";
+      return fp;
+    }
+    mu = t.mu;
+    nu = t.nu;
     const double nu_iterated = nu;
     ok = newton(mu, nu, 60, mu, nu) && nu > 1e-10;
     if (!ok) {
@@ -516,25 +536,14 @@ FixedPoint snn_fixed_point(const Activation& f, double omega, double tau, double
                       : "unstable: the Jacobian's spectral radius is at least 1";
   if (!fp.stable) {
     // A network does not stay at an unstable point: say where the map goes from the start.
-    double m = mu_start, n = nu_start;
-    int steps = 0;
-    std::string fate;
-    for (; steps < 1000 && fate.empty(); ++steps) {
-      const MapValue g = snn_map(f, m, omega, n, tau);
-      const bool settled = std::abs(g.mu - m) + std::abs(g.nu - n) < 1e-12 * (1.0 + std::abs(m) + n);
-      m = g.mu;
-      n = g.nu;
-      if (!std::isfinite(n) || n > unbounded) fate = "the variance grows without bound";
-      else if (n < 1e-12 * nu_start) fate = "the variance vanishes";
-      else if (settled) fate = "it settles elsewhere";
-    }
+    const Trajectory t = iterate(mu_start, nu_start, 1000, 1e-12 * nu_start);
     char buf[200];
-    if (fate == "it settles elsewhere" || fate.empty()) {
-      std::snprintf(buf, sizeof buf, "; iterating the map from (%.6g, %.6g), it is at (%.6g, %.6g) after %d steps%s",
-                    mu_start, nu_start, m, n, steps, fate.empty() ? "" : ", settled");
+    if (t.fate == Fate::grows || t.fate == Fate::vanishes) {
+      std::snprintf(buf, sizeof buf, "; iterating the map from (%.6g, %.6g), the variance %s (%d steps)", mu_start,
+                    nu_start, t.fate == Fate::grows ? "grows without bound" : "vanishes", t.steps);
     } else {
-      std::snprintf(buf, sizeof buf, "; iterating the map from (%.6g, %.6g), %s (%d steps)", mu_start, nu_start,
-                    fate.c_str(), steps);
+      std::snprintf(buf, sizeof buf, "; iterating the map from (%.6g, %.6g), it is at (%.6g, %.6g) after %d steps%s",
+                    mu_start, nu_start, t.mu, t.nu, t.steps, t.fate == Fate::settles ? ", settled" : "");
     }
     fp.note += buf;
   }
