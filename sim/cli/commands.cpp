@@ -230,9 +230,6 @@ bool complete_for(const io::FileHeader& h, const io::Experiment& ex, const std::
          h.per_trial == ex.output.per_trial;
 }
 
-// "with output.per_trial true": how a file or checkpoint of this config differs from the run's.
-std::string per_trial_text(bool per_trial) { return std::string("output.per_trial ") + (per_trial ? "true" : "false"); }
-
 // Points of `records` (a file's or a checkpoint's) whose products, as recorded in point_matmul,
 // differ from those this run's --matmul gives them on this machine: "3 of its points were computed
 // with bf16x6 products". "" if none; on the CPU only (a GPU's device is part of the config hash).
@@ -262,22 +259,22 @@ std::string other_products(const std::vector<io::PointRecord>& records, const io
 bool already_complete(const fs::path& out, const io::FileHeader& existing, const io::Checkpoint& checkpoint,
                       const io::Experiment& ex, const std::optional<io::ShardInfo>& shard, const RunOptions& options,
                       const RunArgs& args) {
-  if (complete_for(existing, ex, shard) && options.matmul != Matmul::automatic) {
-    // An explicit --matmul asks for those products: a file computed with others is not its result.
-    std::vector<io::PointRecord> done;
-    try {
-      done = io::read_records(out);
-    } catch (const std::runtime_error& e) {
-      throw UsageError(e.what());
-    }
-    const std::string other = other_products(done, ex, options);
-    if (!other.empty()) {
-      throw UsageError(out.string() + " is complete for this config, but " + other + ", where --matmul " +
-                       args.matmul + " asks for " + args.matmul + "; pass --overwrite to recompute it (the old "
-                       "file stays intact until the new one is complete) or choose another path with -o");
-    }
-  }
   if (complete_for(existing, ex, shard)) {
+    if (options.matmul != Matmul::automatic) {
+      // An explicit --matmul asks for those products: a file computed with others is not its result.
+      std::vector<io::PointRecord> done;
+      try {
+        done = io::read_records(out);
+      } catch (const std::runtime_error& e) {
+        throw UsageError(e.what());
+      }
+      const std::string other = other_products(done, ex, options);
+      if (!other.empty()) {
+        throw UsageError(out.string() + " is complete for this config, but " + other + ", where --matmul " +
+                         args.matmul + " asks for " + args.matmul + "; pass --overwrite to recompute it (the old "
+                         "file stays intact until the new one is complete) or choose another path with -o");
+      }
+    }
     // A run stopped after it wrote the file, while it removed its checkpoints, leaves some
     // behind: points of this config, all in the file. Another experiment's are left alone.
     bool own_checkpoints = false;
@@ -299,10 +296,10 @@ bool already_complete(const fs::path& out, const io::FileHeader& existing, const
     return true;
   }
   if (existing.config_hash == ex.hash && existing.per_trial != ex.output.per_trial) {
-    throw UsageError(out.string() + " holds this experiment written with " + per_trial_text(existing.per_trial) +
-                     ", and this config has " + per_trial_text(ex.output.per_trial) + "; pass --overwrite to "
-                     "rerun it (the old file stays intact until the new one is complete) or choose another path "
-                     "with -o");
+    throw UsageError(out.string() + " holds this experiment written with " +
+                     io::per_trial_setting(existing.per_trial) + ", and this config has " +
+                     io::per_trial_setting(ex.output.per_trial) + "; pass --overwrite to rerun it (the old file "
+                     "stays intact until the new one is complete) or choose another path with -o");
   }
   if (existing.config_hash == ex.hash && existing.schema_version < io::kSchemaVersion) {
     throw UsageError(out.string() + " holds this experiment in an older file layout (schema version " +
@@ -676,7 +673,7 @@ std::string describe_other_file(const std::optional<io::FileHeader>& header, con
   if (!h.shard) return "a complete result of this config, not a shard";
   if (h.schema_version < io::kSchemaVersion) return "this shard in an older file layout; rerun it with --overwrite";
   if (h.per_trial != ex.output.per_trial) {
-    return "this shard written with " + per_trial_text(h.per_trial) + "; rerun it with --overwrite";
+    return "this shard written with " + io::per_trial_setting(h.per_trial) + "; rerun it with --overwrite";
   }
   return "shard " + std::to_string(h.shard->index) + " of " + std::to_string(h.shard->count) + " of this config";
 }

@@ -529,6 +529,10 @@ FileHeader read_header(const fs::path& path) {
   return h;
 }
 
+std::string per_trial_setting(bool per_trial) {
+  return std::string("output.per_trial ") + (per_trial ? "true" : "false");
+}
+
 void name_earlier(Provenance& provenance, const std::vector<FileHeader>& earlier) {
   auto name_also = [](std::string& into, const std::string& values) {
     // A value may itself be a list (a merged or resumed file's).

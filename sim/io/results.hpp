@@ -135,6 +135,10 @@ struct FileHeader {
   bool per_trial = false;      // holds <statistic>_per_trial datasets (output.per_trial)
 };
 
+// "output.per_trial true": a file's or a config's setting, for messages about files written with
+// the other one (the setting is not part of the config hash).
+std::string per_trial_setting(bool per_trial);
+
 // `provenance` also names the programs, kernels and threads of `earlier`, the files whose points it
 // takes (shards being merged, the checkpoints of a run resumed): each of program_version,
 // git_commit and gemm_backend lists every distinct value, "; "-separated, the provenance's own

@@ -79,12 +79,11 @@ std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const st
                                "); remove the folder (run --overwrite does) or choose another output path with -o");
     }
     if (header.per_trial != experiment.output.per_trial) {
-      const auto text = [](bool on) { return std::string("output.per_trial ") + (on ? "true" : "false"); };
       throw OtherRunCheckpoint("the checkpoint folder " + folder_.string() + " holds points of this experiment "
-                               "computed with " + text(header.per_trial) + ", and this config has " +
-                               text(experiment.output.per_trial) + "; finish the run with " +
-                               text(header.per_trial) + ", or remove the folder to start again (run --overwrite "
-                               "does)");
+                               "computed with " + per_trial_setting(header.per_trial) + ", and this config has " +
+                               per_trial_setting(experiment.output.per_trial) + "; finish the run with " +
+                               per_trial_setting(header.per_trial) + ", or remove the folder to start again (run "
+                               "--overwrite does)");
     }
     if (found.size() != 1 || found.front().index != index) {
       throw std::runtime_error("checkpoint " + entry.path().string() + " does not hold point " + std::to_string(index) +
