@@ -534,20 +534,22 @@ std::string per_trial_setting(bool per_trial) {
 }
 
 void name_earlier(Provenance& provenance, const std::vector<FileHeader>& earlier) {
-  auto name_also = [](std::string& into, const std::string& values) {
-    // A value may itself be a list (a merged or resumed file's).
-    std::size_t start = 0;
-    while (start <= values.size()) {
-      const std::size_t end = std::min(values.find("; ", start), values.size());
-      const std::string value = values.substr(start, end - start);
-      bool known = value.empty();
-      for (std::size_t at = 0; !known && at <= into.size();) {
-        const std::size_t stop = std::min(into.find("; ", at), into.size());
-        known = into.compare(at, stop - at, value) == 0;
-        at = stop + 2;
-      }
-      if (!known) into += (into.empty() ? "" : "; ") + value;
+  // The values of a "; "-separated list (a merged or resumed file's attribute is one).
+  auto values_of = [](const std::string& list) {
+    std::vector<std::string> out;
+    for (std::size_t start = 0; start <= list.size();) {
+      const std::size_t end = std::min(list.find("; ", start), list.size());
+      if (end > start) out.push_back(list.substr(start, end - start));
       start = end + 2;
+    }
+    return out;
+  };
+  auto name_also = [&](std::string& into, const std::string& list) {
+    std::vector<std::string> known = values_of(into);
+    for (const std::string& value : values_of(list)) {
+      if (std::find(known.begin(), known.end(), value) != known.end()) continue;
+      known.push_back(value);
+      into += (into.empty() ? "" : "; ") + value;
     }
   };
   for (const auto& h : earlier) {
@@ -562,8 +564,9 @@ namespace {
 std::vector<PointRecord> read_records_of(const fs::path& path);
 }  // namespace
 
-std::vector<PointRecord> read_records(const fs::path& path) {
+std::vector<PointRecord> read_records(const fs::path& path, FileHeader* header_out) {
   const FileHeader header = read_header(path);
+  if (header_out) *header_out = header;
   if (header.schema_version < kOldestReadableSchemaVersion || header.schema_version > kSchemaVersion) {
     throw std::runtime_error(path.string() + " has schema version " + std::to_string(header.schema_version) +
                              " (this selfnorm reads versions " + std::to_string(kOldestReadableSchemaVersion) +

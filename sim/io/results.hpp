@@ -149,7 +149,8 @@ void name_earlier(Provenance& provenance, const std::vector<FileHeader>& earlier
 FileHeader read_header(const std::filesystem::path& path);
 
 // Reads every point record of a result file of a schema version from kOldestReadableSchemaVersion
-// to kSchemaVersion; throws std::runtime_error for another version.
-std::vector<PointRecord> read_records(const std::filesystem::path& path);
+// to kSchemaVersion; throws std::runtime_error for another version. The file's header goes to
+// `header`, if given (it is read once either way).
+std::vector<PointRecord> read_records(const std::filesystem::path& path, FileHeader* header = nullptr);
 
 }  // namespace selfnorm::io

@@ -67,8 +67,7 @@ std::vector<PointRecord> Checkpoint::load(const Experiment& experiment, const st
     FileHeader header;
     std::vector<PointRecord> found;
     try {
-      header = read_header(entry.path());
-      found = read_records(entry.path());
+      found = read_records(entry.path(), &header);
     } catch (const std::exception& e) {
       throw std::runtime_error("checkpoint " + entry.path().string() + " cannot be read (" + e.what() +
                                "); remove it and run again to recompute that point");
