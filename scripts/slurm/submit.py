@@ -124,15 +124,16 @@ def describe(selfnorm, config, threads):
     return json.loads(r.stdout)
 
 
-def sbatch(command, what):
-    """Runs sbatch; its job id. Fails with sbatch's own message, saying `what` was being submitted."""
+def sbatch(command, what, then=""):
+    """Runs sbatch; its job id. Fails with sbatch's own message, saying `what` was being submitted
+    and, after it, `then` (what is queued already and how to go on)."""
     try:
         r = subprocess.run(command, capture_output=True, text=True)
     except FileNotFoundError:
         fail("sbatch is not on PATH: run submit.py where Slurm's commands are (a login node), or use --dry-run to "
              "write the job scripts only")
     if r.returncode != 0:
-        fail(f"sbatch ({what}) failed: {r.stderr.strip()}")
+        fail(f"sbatch ({what}) failed: {r.stderr.strip()}{then}")
     return r.stdout.strip().split(";")[0]
 
 
@@ -207,7 +208,7 @@ def main(argv=None):
     # It keeps the file's name, the experiment's name where the config gives none.
     text = config.read_bytes()
     snapshot = run_dir / "submitted" / hashlib.sha256(text).hexdigest()[:16] / config.name
-    if not snapshot.exists() or snapshot.read_bytes() != text:
+    if not snapshot.exists():  # named by its content: one there already is the same
         snapshot.parent.mkdir(parents=True, exist_ok=True)
         snapshot.write_bytes(text)
     status_cmd = f"{selfnorm} status {snapshot} --shards {shards} --dir {run_dir}"
@@ -256,12 +257,9 @@ def main(argv=None):
     array_id = sbatch(sbatch_array, "the array job")
     sbatch_merge = ["sbatch", "--parsable", f"--dependency=afterok:{array_id}", "--kill-on-invalid-dep=yes",
                     *args.sbatch_arg, str(merge_script)]
-    try:
-        merge_id = sbatch(sbatch_merge, "the merge job")
-    except SystemExit:
-        print(f"submit.py: the array job {array_id} is queued; once the problem is fixed (edit {merge_script}), "
-              f"submit the merge alone with: {shlex.join(sbatch_merge)}", file=sys.stderr)
-        raise
+    merge_id = sbatch(sbatch_merge, "the merge job",
+                      f"; the array job {array_id} is queued: once the problem is fixed (edit {merge_script}), "
+                      f"submit the merge alone with: {shlex.join(sbatch_merge)}")
     print(json.dumps({"array_job": array_id, "merge_job": merge_id, "shards": shards, "array": array,
                       "run_dir": str(run_dir), "merged": str(merged)}))
     print(f"submitted array job {array_id} ({array}) and merge job {merge_id}; progress (of the config as "
