@@ -167,14 +167,14 @@ std::vector<double> kink_breaks(const Activation& f, double m, double s) {
   return out;
 }
 
-// d/dm and d/dv of E[h(z)], z ~ N(m, v), by Stein's identities: E[h t] / s and E[h (t^2 - 1)] / (2 v).
-void gaussian_derivatives(const std::function<double(double)>& h, double m, double v, const std::vector<double>& k,
-                          double& d_m, double& d_v) {
-  const double s = std::sqrt(v);
-  std::vector<double> breaks;
-  for (double x : k) breaks.push_back((x - m) / s);
-  d_m = integrate_standard([&](double t) { return h(m + s * t) * t; }, breaks) / s;
-  d_v = integrate_standard([&](double t) { return h(m + s * t) * (t * t - 1.0); }, breaks) / (2.0 * v);
+// d/dm and d/dv of E[h(z)], z = m + s t ~ N(m, s^2), by Stein's identities: E[h t] / s and
+// E[h (t^2 - 1)] / (2 s^2). `h_of_t` is h(m + s t) as a function of t, split at `breaks` (in t
+// units). E[t] = E[t^2 - 1] = 0, so h(m) may be taken out of h first, and the callers do: a
+// constant left in would add its rounding, magnified 1 / s and 1 / s^2, to both derivatives.
+template <class H>
+void gaussian_derivatives(const H& h_of_t, double s, const std::vector<double>& breaks, double& d_m, double& d_v) {
+  d_m = integrate_standard([&](double t) { return h_of_t(t) * t; }, breaks) / s;
+  d_v = integrate_standard([&](double t) { return h_of_t(t) * (t * t - 1.0); }, breaks) / (2.0 * s * s);
 }
 
 // A root of g in [a, b], where g(a) = fa and g(b) = fb have opposite signs, to within xtol:
@@ -330,12 +330,28 @@ GaussianMoments gaussian_moments_quadrature(const Activation& f, double m, doubl
 
 namespace {
 
+// The rate c of the exponential in e^{cz} - 1 on the negative side: 1 for elu and selu, 1 / alpha
+// for celu; 0 where f has none.
+double exponential_rate(const Activation& f) {
+  if (const auto* a = std::get_if<Celu>(&f)) return 1.0 / a->alpha;
+  return std::holds_alternative<Elu>(f) || std::holds_alternative<Selu>(f) ? 1.0 : 0.0;
+}
+
 // Whether the moments of f over N(m, v), f's kinks at k, come from the closed form: where f has one
-// and every kink is within kClosedFormRange standard deviations of m. Beyond, the truncated moments
-// of the closed forms cancel catastrophically; the quadrature stays accurate there.
+// and it keeps its digits. The truncated moments cancel catastrophically for a kink more than
+// kClosedFormRange standard deviations from m, and to about (s / width)^2 for an interval between
+// two kinks narrower than s. E[e^{cz} - 1; z < 0] and E[(e^{cz} - 1)^2; z < 0] cancel to the
+// order of c E|z| and its square over the negative side, E|z| there below s + max(-m, 0). Within
+// kClosedFormSpacing of either, at most four digits go; the quadrature keeps them all.
 bool use_closed_form(const Activation& f, const std::vector<double>& k, double m, double v) {
-  return v > 0 && has_closed_form(f) &&
-         std::none_of(k.begin(), k.end(), [&](double x) { return std::abs(x - m) > kClosedFormRange * std::sqrt(v); });
+  if (!(v > 0) || !has_closed_form(f)) return false;
+  const double s = std::sqrt(v);
+  if (std::any_of(k.begin(), k.end(), [&](double x) { return std::abs(x - m) > kClosedFormRange * s; })) return false;
+  for (std::size_t i = 0; i + 1 < k.size(); ++i) {
+    if (k[i + 1] - k[i] < kClosedFormSpacing * s) return false;
+  }
+  const double c = exponential_rate(f);
+  return c == 0.0 || c * (s + std::max(-m, 0.0)) >= kClosedFormSpacing;
 }
 
 }  // namespace
@@ -375,30 +391,117 @@ GaussianMoments gaussian_moments_closed(const Activation& f, double m, double v)
       f);
 }
 
+namespace {
+
+// tanh(m + d) - tanh(m) = sinh(d) / (cosh(m + d) cosh(m)). Where the coshes would overflow, the same
+// with each factor divided by e^{|x|} or e^{|m|}: d - |x| - |m| <= 0, so no exponential overflows.
+double tanh_step(double m, double d) {
+  const double x = m + d;
+  const double S = std::abs(x) + std::abs(m);
+  if (S < 700.0) return std::sinh(d) / (std::cosh(x) * std::cosh(m));
+  return 2.0 * (std::exp(d - S) - std::exp(-d - S)) /
+         ((1.0 + std::exp(-2.0 * std::abs(x))) * (1.0 + std::exp(-2.0 * std::abs(m))));
+}
+
+// log1p(e^a) - log1p(e^b) = log1p(e^b expm1(a - b) / (1 + e^b)), for b <= 0 (no overflow).
+double log1p_exp_step(double b, double d) { return std::log1p(std::exp(b) * std::expm1(d) / (1.0 + std::exp(b))); }
+
+}  // namespace
+
+double activation_step(const Activation& f, double m, double d) {
+  const double x = m + d;
+  const double direct = activation_value(f, x) - activation_value(f, m);
+  // Each form below is exact algebra; where one of its factors overflows (e^{cm} expm1(cd) at
+  // cm < -709, tanh's cosh beyond 710), the plain difference takes over.
+  const double step = std::visit(
+      [&](const auto& a) -> double {
+        using A = std::decay_t<decltype(a)>;
+        if constexpr (std::is_same_v<A, Identity>) {
+          return d;
+        } else if constexpr (std::is_same_v<A, Relu>) {
+          if (m > 0 && x > 0) return d;
+          return m <= 0 && x <= 0 ? 0.0 : direct;
+        } else if constexpr (std::is_same_v<A, LeakyRelu>) {
+          if (m > 0 && x > 0) return d;
+          return m <= 0 && x <= 0 ? a.negative_slope * d : direct;
+        } else if constexpr (std::is_same_v<A, Relu6>) {
+          if (m > 0 && m < 6 && x > 0 && x < 6) return d;
+          return (m <= 0 && x <= 0) || (m >= 6 && x >= 6) ? 0.0 : direct;
+        } else if constexpr (std::is_same_v<A, Elu> || std::is_same_v<A, Selu> || std::is_same_v<A, Celu>) {
+          // lambda (x for x > 0, amp (e^{cx} - 1) for x <= 0).
+          double lambda = 1.0, amp = a.alpha, c = 1.0;
+          if constexpr (std::is_same_v<A, Selu>) lambda = a.lambda;
+          if constexpr (std::is_same_v<A, Celu>) c = 1.0 / a.alpha;
+          if (m > 0 && x > 0) return lambda * d;
+          return m <= 0 && x <= 0 ? lambda * amp * std::exp(c * m) * std::expm1(c * d) : direct;
+        } else if constexpr (std::is_same_v<A, Tanh>) {
+          return tanh_step(m, d);
+        } else if constexpr (std::is_same_v<A, Sigmoid>) {
+          return 0.5 * tanh_step(0.5 * m, 0.5 * d);  // sigmoid(x) = (1 + tanh(x / 2)) / 2
+        } else if constexpr (std::is_same_v<A, Softplus>) {
+          // (log1p(e^{beta x})) / beta, or x beyond the threshold; for beta x > 0 it is
+          // x + log1p(e^{-beta x}) / beta.
+          const double z = a.beta * m, zx = a.beta * x, t = a.threshold;
+          if (z > t && zx > t) return d;
+          if (z > t || zx > t) return direct;
+          if (z <= 0 && zx <= 0) return log1p_exp_step(z, a.beta * d) / a.beta;
+          if (z > 0 && zx > 0) return d + log1p_exp_step(-z, -a.beta * d) / a.beta;
+          return direct;
+        } else {  // gelu and silu: x - g(x) with g(x) = -f(-x) -> 0 as x -> inf, f -> 0 as x -> -inf
+          if (m > 0 && x > 0) return d + (activation_value(f, -x) - activation_value(f, -m));
+          return direct;
+        }
+      },
+      f);
+  return std::isfinite(step) || !std::isfinite(direct) ? step : direct;
+}
+
+double gaussian_variance(const Activation& f, double m, double v, const GaussianMoments& g) {
+  const double raw = g.second - g.mean * g.mean;
+  // A NaN stays NaN, and an infinite second moment is a blow-up, not a variance to refine.
+  if (!(v > 0) || !std::isfinite(raw) || raw >= 0.1 * g.second) return std::max(raw, 0.0);
+  // The central moment of D = f(z) - f(m) over z = m + s t. Where f is nearly constant over the
+  // bulk, so is D near 0, and E[D^2] - (E D)^2 cancels little.
+  const double s = std::sqrt(v);
+  const auto breaks = kink_breaks(f, m, s);
+  const double e1 = integrate_standard([&](double t) { return activation_step(f, m, s * t); }, breaks);
+  const double e2 = integrate_standard(
+      [&](double t) {
+        const double y = activation_step(f, m, s * t);
+        return y * y;
+      },
+      breaks);
+  return std::max(e2 - e1 * e1, 0.0);
+}
+
 MapValue snn_map(const Activation& f, double mu, double omega, double nu, double tau) {
-  const GaussianMoments g = gaussian_moments(f, mu * omega, nu * tau);
-  // Where f saturates the two terms agree to rounding: a variance is not negative.
-  return {g.mean, std::max(g.second - g.mean * g.mean, 0.0)};  // NaN stays NaN
+  const double m = mu * omega, v = nu * tau;
+  const GaussianMoments g = gaussian_moments(f, m, v);
+  return {g.mean, gaussian_variance(f, m, v, g)};
 }
 
 Jacobian snn_jacobian(const Activation& f, double mu, double omega, double nu, double tau) {
   const double m = mu * omega;
   const double v = nu * tau;
-  const auto k = kinks(f);
-  auto fv = [&](double x) { return activation_value(f, x); };
-  auto fv2 = [&](double x) {
-    const double y = activation_value(f, x);
+  const double s = std::sqrt(v);
+  const auto breaks = kink_breaks(f, m, s);
+  // With D = f(z) - f(m) and f(m) held fixed: E f = f(m) + E D and Var f = E[D^2] - (E D)^2, so
+  // d Var = d E[D^2] - 2 E[D] d E[D]. D is small where f is nearly constant, and then neither the
+  // derivatives nor the variance's cancel the large terms that E f^2 - (E f)^2 does.
+  const auto step = [&](double t) { return activation_step(f, m, s * t); };
+  const auto step_sq = [&](double t) {
+    const double y = activation_step(f, m, s * t);
     return y * y;
   };
-  double dmean_dm, dmean_dv, dsecond_dm, dsecond_dv;
-  gaussian_derivatives(fv, m, v, k, dmean_dm, dmean_dv);
-  gaussian_derivatives(fv2, m, v, k, dsecond_dm, dsecond_dv);
-  const double mean = gaussian_moments(f, m, v).mean;
+  double dmean_dm, dmean_dv, dsq_dm, dsq_dv;
+  gaussian_derivatives(step, s, breaks, dmean_dm, dmean_dv);
+  gaussian_derivatives(step_sq, s, breaks, dsq_dm, dsq_dv);
+  const double mean_step = integrate_standard(step, breaks);
   Jacobian jac;
   jac.j[0][0] = omega * dmean_dm;
   jac.j[0][1] = tau * dmean_dv;
-  jac.j[1][0] = omega * (dsecond_dm - 2.0 * mean * dmean_dm);
-  jac.j[1][1] = tau * (dsecond_dv - 2.0 * mean * dmean_dv);
+  jac.j[1][0] = omega * (dsq_dm - 2.0 * mean_step * dmean_dm);
+  jac.j[1][1] = tau * (dsq_dv - 2.0 * mean_step * dmean_dv);
   const double tr = jac.j[0][0] + jac.j[1][1];
   const double det = jac.j[0][0] * jac.j[1][1] - jac.j[0][1] * jac.j[1][0];
   const std::complex<double> root = std::sqrt(std::complex<double>(0.25 * tr * tr - det, 0.0));
@@ -681,10 +784,13 @@ LayerPrediction predict_layers(const PointSpec& spec) {
     const double m = spec.init.weight_mean * mu + spec.init.bias_mean;
     const double v = sw2[i] * q + spec.init.bias_variance;
     const GaussianMoments g = gaussian_moments(spec.activation, m, v);
+    double var = gaussian_variance(spec.activation, m, v, g);
     mu = g.mean;
     q = g.second;
     dsq[i] = g.deriv_sq;
     if (spec.alpha_dropout.enabled()) {
+      // Var x' = keep Var f + keep (1 - keep) (E f - alpha')^2, from the kept and dropped halves.
+      var = a * a * (keep * var + keep * (1.0 - keep) * (g.mean - alpha_prime) * (g.mean - alpha_prime));
       // x' = a (x if kept, alpha' if dropped) + b.
       const double d_mean = keep * mu + (1.0 - keep) * alpha_prime;
       const double d_second = keep * q + (1.0 - keep) * alpha_prime * alpha_prime;
@@ -696,7 +802,7 @@ LayerPrediction predict_layers(const PointSpec& spec) {
     p.preactivation_var[i] = v;
     p.activation_mean[i] = mu;
     p.activation_msq[i] = q;
-    p.activation_var[i] = std::max(q - mu * mu, 0.0);  // NaN stays NaN: std::max(NaN, 0) is its first argument
+    p.activation_var[i] = var;
   }
   // Backward, under the gradient-independence assumption: E[g^2] = 1 at the output;
   // E[dL/dh_l^2] = E[dL/dx_l^2] E[f'^2]; E[dL/dx_{l-1}^2] = s_w^2 (n_l / n_{l-1}) E[dL/dh_l^2].
@@ -739,14 +845,17 @@ DepthScales depth_scales(const Activation& f, double sigma_w2_value, double sigm
   const auto k = kinks(f);
   const auto slope = [&](double x) { return activation_slope(f, x); };
   auto qmap = [&](double q) { return sigma_w2_value * gaussian_moments(f, 0.0, q).second + sigma_b2; };
+  // d/dq E f(z)^2, z ~ N(0, q), from f(z)^2 - f(0)^2 = D (2 f(0) + D), D = f(z) - f(0).
+  const double f0 = activation_value(f, 0.0);
   auto second_slope = [&](double q) {
+    const double s = std::sqrt(q);
     double d_m, d_v;
     gaussian_derivatives(
-        [&](double x) {
-          const double y = activation_value(f, x);
-          return y * y;
+        [&](double t) {
+          const double y = activation_step(f, 0.0, s * t);
+          return y * (2.0 * f0 + y);
         },
-        0.0, q, k, d_m, d_v);
+        s, kink_breaks(f, 0.0, s), d_m, d_v);
     return sigma_w2_value * d_v;
   };
   // Iterate the q-map (it follows the network to a stable fixed point), then polish by Newton.

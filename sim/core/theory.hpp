@@ -37,17 +37,34 @@ struct GaussianMoments {
   double deriv_sq = 0.0;
 };
 
-// By the closed form where the activation has one and every kink is within kClosedFormRange
-// standard deviations of m, else by quadrature. v >= 0.
+// By the closed form where the activation has one and it keeps its digits, else by quadrature.
+// The closed forms cancel where a kink is more than kClosedFormRange standard deviations from m,
+// where two kinks are closer than kClosedFormSpacing standard deviations (relu6 at v > 3.6e5), and
+// where the exponential of elu, selu or celu is nearly linear over the Gaussian's negative side:
+// its scale (1, or celu's alpha) beyond 1 / kClosedFormSpacing times sqrt v + max(-m, 0). v >= 0.
 GaussianMoments gaussian_moments(const Activation& f, double m, double v);
 // By the closed form (quadrature for activations without one); accurate to ~1e-13 relative within
 // kClosedFormRange standard deviations of the kinks, cancelling beyond.
 GaussianMoments gaussian_moments_closed(const Activation& f, double m, double v);
 inline constexpr double kClosedFormRange = 8.0;
+inline constexpr double kClosedFormSpacing = 1e-2;
 // Always by quadrature (split at the activation's kinks), relative accuracy about 1e-13.
 GaussianMoments gaussian_moments_quadrature(const Activation& f, double m, double v);
 // True if gaussian_moments uses a closed form for this activation.
 bool has_closed_form(const Activation& f);
+
+// Var f(z) for z ~ N(m, v). Where E f^2 and (E f)^2 agree to a digit or more (f nearly constant
+// over the Gaussian's bulk: selu saturated at its floor, tanh at +-1, relu with m >> sqrt v),
+// E f^2 - (E f)^2 would lose those digits; there it is the central moment of f(z) - f(m), with
+// activation_step, by quadrature. `g` is gaussian_moments(f, m, v).
+double gaussian_variance(const Activation& f, double m, double v, const GaussianMoments& g);
+
+// f(m + d) - f(m). Where f is nearly constant or nearly linear, from the step's own terms, to a few
+// ulp of itself however close f's two values are: d on a linear piece, lambda alpha e^m expm1(d)
+// on selu's exponential one, sinh(d) / (cosh(m + d) cosh(m)) for tanh and so sigmoid, log1p forms
+// for softplus, d + f(-m - d) - f(-m) for gelu and silu at m > 0. Elsewhere (gelu and silu below 0,
+// across a kink) it is the plain difference of f's values, a few ulp of f(m).
+double activation_step(const Activation& f, double m, double d);
 
 // E[h(z)] for z ~ N(m, v) by adaptive Gauss-Kronrod quadrature, the real line split at `kinks`
 // (points where h is not smooth).

@@ -73,24 +73,125 @@ TEST_CASE("the exponential-linear closed forms stay finite and exact at huge var
   }
 }
 
-TEST_CASE("a variance from saturated moments is never negative", "[theory]") {
-  // At m = -30, selu is within e^-30 of its floor: E f^2 - (E f)^2 cancels to rounding (it was
-  // -9.6e-16 before the clamp). The centred second moment, by quadrature, has no cancellation: the
-  // two agree to the rounding of E f^2 (about 3, so a few 1e-16).
-  const Activation f = Selu{};
-  for (double m : {-30.0, -20.0, -10.0}) {
-    const MapValue g = snn_map(f, m, 1.0, 4.0, 1.0);
-    const double centred = gaussian_expectation(
-        [&](double x) {
-          const double d = activation_value(f, x) - g.mu;
-          return d * d;
-        },
-        m, 4.0, kinks(f));
-    INFO("m = " << m << ": variance " << g.nu << ", centred quadrature " << centred);
-    CHECK(g.nu >= 0.0);
-    CHECK(std::abs(g.nu - centred) < 8 * 2.2e-16 * gaussian_moments(f, m, 4.0).second);
+TEST_CASE("the map's variance keeps its digits where f is nearly constant or linear", "[theory]") {
+  // E f^2 - (E f)^2 loses the digits the two terms share: at m = -15 selu's variance came out
+  // 1e-3 off and at m = -20 as 0, tanh's at m = 10 1.2% off, relu's at m = 1e4 4e-8 off. Each
+  // reference below is derived independently of the map. The quadrature stops at an error
+  // estimate of 1e-14 of its integrands' scale, and E[D^2] / Var D is below 1.1 in every case:
+  // 1e-12 leaves two orders for the estimate itself.
+  const double la = kSeluLambda01 * kSeluAlpha01;
+  for (double m : {-10.0, -15.0, -20.0, -30.0, -40.0}) {
+    // Below 0 with weight 1 - Q(|m|) (Q(10) = 8e-24): Var = (lambda alpha)^2 Var e^z
+    // = (lambda alpha)^2 e^{2m + v} (e^v - 1).
+    const MapValue g = snn_map(Selu{}, m, 1.0, 1.0, 1.0);
+    INFO("selu at m = " << m);
+    CHECK(g.nu == Approx(la * la * std::exp(2 * m + 1) * std::expm1(1.0)).epsilon(1e-12));
+    CHECK(g.mu == Approx(la * std::expm1(m + 0.5)).epsilon(1e-13));
+  }
+  for (double m : {10.0, 15.0}) {
+    // Var tanh(z) = Var g, g = 1 - tanh z = 2 e^{-2z} / (1 + e^{-2z}): small, with no cancellation
+    // in its moments (E g^2 / Var g = 1 / (1 - e^{-4}) = 1.02).
+    const auto gz = [](double z) { return 2.0 * std::exp(-2.0 * z) / (1.0 + std::exp(-2.0 * z)); };
+    const double e1 = gaussian_expectation(gz, m, 1.0);
+    const double e2 = gaussian_expectation([&](double z) { return gz(z) * gz(z); }, m, 1.0);
+    INFO("tanh at m = " << m);
+    CHECK(snn_map(Tanh{}, m, 1.0, 1.0, 1.0).nu == Approx(e2 - e1 * e1).epsilon(1e-12));
+  }
+  for (double m : {30.0, 1e4, 1e8}) {  // relu is the identity but for a weight Q(30) = 5e-198
+    INFO("relu at m = " << m);
+    CHECK(snn_map(Relu{}, m, 1.0, 1.0, 1.0).nu == Approx(1.0).epsilon(1e-13));
+    CHECK(snn_map(LeakyRelu{0.2}, -m, 1.0, 1.0, 1.0).nu == Approx(0.04).epsilon(1e-13));
   }
   CHECK(std::isnan(snn_map(Selu{}, std::nan(""), 1.0, 4.0, 1.0).nu));  // NaN is not clamped away
+}
+
+TEST_CASE("the closed forms give way to quadrature where they would cancel", "[theory]") {
+  // celu at alpha >> 1 is z + z^2 / (2 alpha) + z^3 / (6 alpha^2) + ... below 0. Over N(0, 1), with
+  // E[z^2; z < 0] = 1/2, E[z^3; z < 0] = -sqrt(2/pi), E[z^4; z < 0] = 3/2:
+  //   E f   = 1 / (4 alpha) - sqrt(2/pi) / (6 alpha^2) + O(alpha^-3),
+  //   E f^2 = 1 - sqrt(2/pi) / alpha + (7/12)(3/2) / alpha^2 + O(alpha^-3),
+  // so Var f = 1 - sqrt(2/pi) / alpha + (7/8 - 1/16) / alpha^2 + O(alpha^-3). The closed form's
+  // e1 - P(z < 0) and e2 - 2 e1 + P(z < 0) cancel to 1 / alpha and its square: at alpha = 1e6 the
+  // mean came out 2e-4 off and the variance 1.2e-4, at 1e8 the variance as 1.61.
+  const double r = std::sqrt(2.0 / M_PI);
+  for (double alpha : {1e3, 1e6, 1e8}) {
+    const MapValue g = snn_map(Celu{alpha}, 0.0, 0.0, 1.0, 1.0);
+    INFO("celu alpha = " << alpha);
+    // The series' next terms: E[z^4; z < 0] / (24 alpha^3) in E f, and 8 phi(0) / (4 alpha^3) in
+    // E f^2 (the z^5 term), both below 1 / alpha^3. Quadrature adds 1e-14 of E|f| = 0.8.
+    const double tol = 4.0 / (alpha * alpha * alpha) + 1e-13;
+    CHECK(std::abs(g.mu - (1.0 / (4 * alpha) - r / (6 * alpha * alpha))) <= tol);
+    CHECK(std::abs(g.nu - (1.0 - r / alpha + 0.8125 / (alpha * alpha))) <= tol);
+  }
+  // relu6 at s = sqrt(v) >> 6: 6 with probability Q(6 / s) = 1/2 - 6 phi(0) / s + O(s^-3), and over
+  // [0, 6] density phi(0) / s (1 + O(s^-2)). So E f = 3 - 18 phi(0) / s + O(s^-3) and
+  // E f^2 = 18 - 144 phi(0) / s + O(s^-3), and Var f = 9 - 36 phi(0) / s - (18 phi(0) / s)^2 + O(s^-3),
+  // the O(s^-3) coefficients below 1e3 (21 and 207 for the two moments). The truncated moments on
+  // [0, 6] cancel to (s / 6)^2: at v = 1e16 the variance came out 8.29, at 1e18 46.3.
+  const double phi0 = 1.0 / std::sqrt(2.0 * M_PI);
+  for (double s : {1e4, 1e6, 1e8, 1e9}) {
+    const MapValue g = snn_map(Relu6{}, 0.0, 0.0, s * s, 1.0);
+    INFO("relu6 s = " << s);
+    const double tol = 1e3 / (s * s * s) + 1e-12;  // and quadrature's 1e-14 of E f^2 = 18
+    CHECK(std::abs(g.mu - (3.0 - 18.0 * phi0 / s)) <= tol);
+    CHECK(std::abs(g.nu - (9.0 - 36.0 * phi0 / s - (18.0 * phi0 / s) * (18.0 * phi0 / s))) <= tol);
+  }
+}
+
+TEST_CASE("activation_step keeps its digits where f is nearly constant or linear", "[theory]") {
+  // For small d, f(m + d) - f(m) = d f'(m + d/2) (1 + r), |r| <= d^2 |f''' / f'| / 24: at
+  // |d| <= 1e-6 and |f''' / f'| <= 4 (tanh's bound here) below 2e-13. f' comes from the
+  // activations' own derivative. The plain difference of f's values fails each of these: at
+  // tanh(15), d f' = 4e-19 against f's ulp of 2e-16.
+  const std::vector<std::pair<Activation, double>> cases = {
+      {Tanh{}, 15.0},     {Tanh{}, -15.0},    {Sigmoid{}, -40.0}, {Sigmoid{}, 40.0},      {Selu{}, -30.0},
+      {Elu{0.7}, -30.0},  {Celu{2.0}, -60.0}, {Softplus{}, -30.0}, {Softplus{}, 15.0},    {Softplus{}, 30.0},
+      {Relu{}, 1e8},      {Relu6{}, 3.0},     {Gelu{}, 8.0},      {LeakyRelu{0.1}, -1e8}, {Silu{}, 30.0},
+      {Identity{}, 1e12}, {Selu{}, 1e10}};
+  for (const auto& [f, m] : cases) {
+    for (double d : {-1e-6, -1e-7, 1e-7, 1e-6}) {
+      INFO(activation_name(f) << " at m = " << m << ", d = " << d);
+      CHECK(activation_step(f, m, d) == Approx(d * activation_slope(f, m + 0.5 * d)).epsilon(1e-11));
+    }
+  }
+  // Large steps, across kinks, and where e^{cm} expm1(cd) or tanh's cosh overflow: there the
+  // plain difference is as good, and the two agree to f's rounding. f's values are within 12 ulp
+  // (gelu's bound in test_activations.cpp), the step's own forms within a few: 32 ulp of the
+  // larger value.
+  for (const Activation& f : {Activation{Selu{}}, Activation{Tanh{}}, Activation{Sigmoid{}}, Activation{Relu6{}},
+                              Activation{Softplus{}}, Activation{Gelu{}}, Activation{Silu{}}, Activation{Celu{0.5}}}) {
+    for (double m : {-800.0, -400.0, -3.0, 0.0, 2.0, 400.0}) {
+      for (double d : {-1200.0, -5.0, 0.5, 6.0, 800.0, 1200.0}) {
+        const double at_x = activation_value(f, m + d), at_m = activation_value(f, m);
+        const double scale = std::max(std::abs(at_x), std::abs(at_m));
+        INFO(activation_name(f) << " at m = " << m << ", d = " << d);
+        CHECK(std::abs(activation_step(f, m, d) - (at_x - at_m)) <= 32 * 2.3e-16 * scale);
+      }
+    }
+  }
+}
+
+TEST_CASE("the Jacobian keeps its digits where f saturates and at small variances", "[theory]") {
+  // selu below 0 (weight 1 - Q(|m| / s)), omega = tau = 1: mu~ = la (e^{m + v/2} - 1) and
+  // nu~ = la^2 e^{2m + v} (e^v - 1), la = lambda alpha, and their derivatives
+  //   d mu~ / dm = la e^{m + v/2},  d mu~ / dv = la e^{m + v/2} / 2,
+  //   d nu~ / dm = 2 nu~,           d nu~ / dv = la^2 e^{2m + v} (2 e^v - 1).
+  // At m = -20, E f^2 - (E f)^2 left nu~'s row without a correct digit; at v = 1e-12 the constant
+  // f(m) in Stein's E[f (t^2 - 1)] / (2 v) put d mu~ / dv 1e-4 off.
+  const double la = kSeluLambda01 * kSeluAlpha01;
+  // At v = 1e-12 the quadrature's stopping rule, 1e-14 of E|D (t^2 - 1)| ~ f' s, allows
+  // 1e-14 f' / (2 s) = 3e-9 in d mu~ / dv, 1e-8 of it: 1e-7 leaves a factor 10. At v = 1 the same
+  // rule gives 1e-14 and 1e-10 leaves margin for the estimate.
+  for (const auto& [m, v, tol] : {std::tuple{-20.0, 1.0, 1e-10}, std::tuple{-1.0, 1e-12, 1e-7}}) {
+    const Jacobian j = snn_jacobian(Selu{}, m, 1.0, v, 1.0);
+    const double e = la * std::exp(m + 0.5 * v);
+    const double nu = la * la * std::exp(2 * m + v) * std::expm1(v);
+    INFO("m = " << m << ", v = " << v);
+    CHECK(j.j[0][0] == Approx(e).epsilon(tol));
+    CHECK(j.j[0][1] == Approx(0.5 * e).epsilon(tol));
+    CHECK(j.j[1][0] == Approx(2 * nu).epsilon(tol));
+    CHECK(j.j[1][1] == Approx(la * la * std::exp(2 * m + v) * (2 * std::exp(v) - 1)).epsilon(tol));
+  }
 }
 
 TEST_CASE("quadrature reproduces known Gaussian integrals", "[theory]") {
