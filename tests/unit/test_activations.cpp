@@ -135,9 +135,9 @@ TEMPLATE_TEST_CASE("gelu and its derivative are accurate to a few ulp", "[activa
     const long double xl = x;
     const long double cdf = std::erfc(-xl / sqrt2) / 2;
     const long double pdf = std::exp(-xl * xl / 2) * inv_sqrt_2pi;
-    worst_y = std::max(worst_y, test::ulp_error<T>(y, xl * cdf));
+    worst_y = test::worse(worst_y, test::ulp_error<T>(y, xl * cdf));
     const long double scale = cdf + std::abs(xl) * pdf;
-    worst_dy = std::max(worst_dy, static_cast<double>(std::abs(dy - (cdf + xl * pdf)) / test::ulp_of<T>(scale)));
+    worst_dy = test::worse(worst_dy, static_cast<double>(std::abs(dy - (cdf + xl * pdf)) / test::ulp_of<T>(scale)));
   }
   CHECK(worst_y <= 12.0);
   CHECK(worst_dy <= 12.0);

@@ -32,10 +32,14 @@ long double ulp_of(long double x) {
 template <class T>
 double ulp_error(T a, long double reference) {
   const T b = static_cast<T>(reference);
-  if (std::isnan(a) && std::isnan(b)) return 0;
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b) ? 0 : std::numeric_limits<double>::infinity();
   if (std::isinf(reference) || std::isinf(a)) return a == b ? 0 : std::numeric_limits<double>::infinity();
   return static_cast<double>(std::abs(static_cast<long double>(a) - reference) / ulp_of<T>(reference));
 }
+
+// The larger of a running worst error and a new one e, a NaN e counting as infinitely bad:
+// std::max(worst, NaN) returns worst, and would let a NaN result pass a sweep's bound.
+inline double worse(double worst, double e) { return std::isnan(e) ? std::numeric_limits<double>::infinity() : std::max(worst, e); }
 
 // Moments of one layer's statistic over the trials of a result.
 inline Moments over_trials(const PointResult& r, Stat s, int layer) {

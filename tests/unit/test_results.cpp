@@ -290,8 +290,13 @@ TEST_CASE("a GPU result names its device, GPU and device time, and the header re
     h5::Id f = h5::open_file(file);
     CHECK(h5::read_string_attribute(f, "device") == "cuda");
     CHECK(h5::read_string_attribute(f, "gpu_name") == p.gpu_name);
-    CHECK(h5::has_attribute(f, "gpu_seconds"));
-    CHECK(h5::has_attribute(f, "gpu_gemm_seconds"));
+    for (const auto& [name, value] : {std::pair{"gpu_seconds", 1.5}, std::pair{"gpu_gemm_seconds", 1.25}}) {
+      double read = 0.0;
+      REQUIRE(h5::has_attribute(f, name));
+      h5::Id attr(H5Aopen(f, name, H5P_DEFAULT), H5Aclose);
+      REQUIRE(H5Aread(attr, H5T_NATIVE_DOUBLE, &read) >= 0);
+      CHECK(read == value);
+    }
   }
   const FileHeader h = read_header(file);
   CHECK(h.device == "cuda");

@@ -242,7 +242,15 @@ TEST_CASE("solve stays exact for means far below the standard deviation", "[theo
   // variance of 4.7e-4, not 1) as the unique solution, and at 1e-12 it found none.
   for (const double tau : {1.0, 0.5}) {
     for (const double omega : {0.0, 1.0}) {
-      double previous = solve_selu(0.0, 1.0, omega, tau).alpha;  // alpha01 at tau = 1
+      const SeluSolution zero = solve_selu(0.0, 1.0, omega, tau);  // alpha01, lambda01 at tau = 1
+      REQUIRE(zero.found);
+      // alpha leaves the mean-0 solution along its tangent. With elu's moments over z ~ N(0, tau),
+      // Qn = E[e^z - 1; z < 0] = e^{tau/2} Phi(-sqrt tau) - 1/2 and E elu'(z) = 1/2 + alpha
+      // e^{tau/2} Phi(-sqrt tau), and sqrt(E elu^2) = 1 / lambda there, the fixed-point condition
+      // E elu / sqrt(E elu^2) = mean / sqrt(1 + mean^2) gives, differentiated at mean 0,
+      // d alpha / d mean = (1 - omega lambda E elu') / (lambda Qn).
+      const double tail = std::exp(0.5 * tau) * 0.5 * std::erfc(std::sqrt(tau / 2.0));
+      const double slope = (1.0 - omega * zero.lambda * (0.5 + zero.alpha * tail)) / (zero.lambda * (tail - 0.5));
       for (const double mean : {1e-14, 1e-12, 1e-10, 1e-9, 1e-8, 1e-6, 1e-4}) {
         const SeluSolution sol = solve_selu(mean, 1.0, omega, tau);
         INFO("mean " << mean << " omega " << omega << " tau " << tau << ": " << sol.note);
@@ -250,9 +258,9 @@ TEST_CASE("solve stays exact for means far below the standard deviation", "[theo
         const MapValue g = snn_map(Selu{sol.alpha, sol.lambda}, mean, omega, 1.0, tau);
         CHECK(std::abs(g.mu - mean) <= 1e-12);
         CHECK(g.nu == Approx(1.0).epsilon(1e-12));
-        // alpha moves continuously away from the mean-0 solution's.
-        CHECK(std::abs(sol.alpha - previous) <= 1e-3 + 100 * mean);
-        previous = sol.alpha;
+        // The second-order term is mean |alpha'' / (2 alpha')| of the first, O(1e-4) at the
+        // largest mean: 1e-2 leaves two orders. 1e-14 is alpha's own rounding.
+        CHECK(std::abs(sol.alpha - zero.alpha - slope * mean) <= 1e-2 * std::abs(slope) * mean + 1e-14);
       }
     }
   }
@@ -274,12 +282,19 @@ TEST_CASE("a fixed point on a curve of fixed points is not reported as found", "
 
 TEST_CASE("growth and vanishing are judged on the map's own scale", "[theory]") {
   // selu with alpha = 1e6: a stable fixed point at nu* = 1.22e12, which a fixed cut-off of 1e12
-  // called "grows without bound".
-  const FixedPoint big = snn_fixed_point(Selu{1e6, kSeluLambda01}, 0.0, 1.0);
+  // called "grows without bound". With nu = alpha^2 s^2 and alpha >> 1, selu(sqrt(nu) t) is
+  // lambda alpha (s t for t > 0, -1 for t < 0) but within 1 / (alpha s) of 0, and its variance
+  // lambda^2 alpha^2 (s^2 (1/2 - 1/(2 pi)) + s / sqrt(2 pi) + 1/4). nu* is its fixed point:
+  // (1 - lambda^2 (1/2 - 1/(2 pi))) s^2 - lambda^2 s / sqrt(2 pi) - lambda^2 / 4 = 0, to O(1e-6).
+  const double alpha = 1e6, l2 = kSeluLambda01 * kSeluLambda01;
+  const double qa = 1.0 - l2 * (0.5 - 0.5 / M_PI), qb = -l2 / std::sqrt(2.0 * M_PI), qc = -0.25 * l2;
+  const double s = (-qb + std::sqrt(qb * qb - 4.0 * qa * qc)) / (2.0 * qa);
+  const FixedPoint big = snn_fixed_point(Selu{alpha, kSeluLambda01}, 0.0, 1.0);
   INFO(big.note);
   REQUIRE(big.found);
   CHECK(big.stable);
-  CHECK(big.nu == Approx(1.22e12).epsilon(1e-2));
+  CHECK(big.nu == Approx(alpha * alpha * s * s).epsilon(1e-5));
+  CHECK(snn_map(Selu{alpha, kSeluLambda01}, big.mu, 0.0, big.nu, 1.0).nu == Approx(big.nu).epsilon(1e-10));
   // tanh at s_w^2 = 0.5 with a tiny bias: q* = s_b^2 / (1 - 0.5) to first order, not "vanishes"
   // (s_b^2 = 1e-13) or "marginal" (1e-11): with a bias q never falls below s_b^2.
   for (const double bias : {1e-13, 1e-11}) {
@@ -297,7 +312,10 @@ TEST_CASE("an unstable fixed point says where the network goes instead", "[theor
   INFO(fp.note);
   REQUIRE(fp.found);
   CHECK_FALSE(fp.stable);
-  CHECK(fp.mu == Approx(-3.46).epsilon(1e-2));
+  CHECK(fp.jacobian.spectral_radius > 1.0);
+  const MapValue back = snn_map(Selu{3.0, 1.5}, fp.mu, 0.5, fp.nu, 0.8);
+  CHECK(back.mu == Approx(fp.mu).epsilon(1e-10));
+  CHECK(back.nu == Approx(fp.nu).epsilon(1e-10));
   CHECK_THAT(fp.note, Catch::Contains("unstable") &&
                           Catch::Contains("iterating the map from (0, 1), the variance grows without bound"));
 }
@@ -332,7 +350,7 @@ TEST_CASE("the map is a contraction over Theorem 1's domain", "[theory]") {
         for (int d = 0; d <= 3; ++d) {
           const double mu = -0.1 + 0.05 * a, omega = -0.1 + 0.05 * b;
           const double nu = 0.8 + 0.1 * c, tau = 0.95 + 0.05 * d;
-          worst = std::max(worst, snn_jacobian(Selu{}, mu, omega, nu, tau).spectral_norm);
+          worst = test::worse(worst, snn_jacobian(Selu{}, mu, omega, nu, tau).spectral_norm);
           ++points;
         }
       }

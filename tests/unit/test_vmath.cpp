@@ -12,6 +12,7 @@
 
 using namespace selfnorm;
 using selfnorm::test::ulp_error;
+using selfnorm::test::worse;
 
 namespace {
 
@@ -22,7 +23,7 @@ double max_ulp(F f, R ref, double lo, double hi, int steps = 200001) {
   double worst = 0;
   auto check = [&](double v) {
     const T x = static_cast<T>(v);
-    worst = std::max(worst, ulp_error<T>(f(x), ref(static_cast<long double>(x))));
+    worst = worse(worst, ulp_error<T>(f(x), ref(static_cast<long double>(x))));
   };
   const bool one_sign = lo > 0 || hi < 0;
   for (int i = 0; i < steps; ++i) {
