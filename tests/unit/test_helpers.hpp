@@ -50,6 +50,19 @@ inline Moments over_trials(const PointResult& r, Stat s, int layer) {
   return m;
 }
 
+// A statistic's infinite-width value from Monte Carlo at widths n and n/2. At fixed depth the
+// expectation of a per-layer statistic is S + b / n + c / n^2 + ... (finite-width corrections,
+// Hanin and Nica 2019), so 2 S_n - S_{n/2} estimates S with the 1/n term removed (Richardson),
+// leaving -2 c / n^2. From two independent runs its standard error is sqrt(4 se_n^2 + se_{n/2}^2).
+struct Extrapolated {
+  double value = 0.0;
+  double standard_error = 0.0;
+};
+inline Extrapolated extrapolate_width(const Moments& at_n, const Moments& at_half) {
+  const double se_n = at_n.standard_error(), se_half = at_half.standard_error();
+  return {2.0 * at_n.mean - at_half.mean, std::sqrt(4.0 * se_n * se_n + se_half * se_half)};
+}
+
 // A uniform-width spec.
 inline PointSpec make_spec(Activation act, int depth, std::int64_t width, std::int64_t trials, std::int64_t batch,
                            Precision precision = Precision::float64) {
@@ -59,6 +72,12 @@ inline PointSpec make_spec(Activation act, int depth, std::int64_t width, std::i
   s.monte_carlo.trials = trials;
   s.monte_carlo.batch = batch;
   s.precision = precision;
+  return s;
+}
+
+// The same spec at another uniform width.
+inline PointSpec with_width(PointSpec s, std::int64_t width) {
+  s.network.widths.assign(s.network.widths.size(), width);
   return s;
 }
 
