@@ -316,7 +316,7 @@ void print_activations(std::ostream& out) {
     }
     out << ": " << info.formula << "\n";
     for (const auto& p : info.params) {
-      out << "    " << pad_right(std::string(p.name), 16) << "default " << pad_right(format_number("%.17g", p.default_value), 22)
+      out << "    " << pad_right(std::string(p.name), 16) << "default " << pad_right(format_shortest(p.default_value), 22)
           << p.meaning << "\n";
     }
   }

@@ -85,7 +85,7 @@ json jacobian_json(const theory::Jacobian& j) {
           {"spectral_radius", j.spectral_radius}};
 }
 
-std::string fmt(double v) { return format_number("%.17g", v); }
+std::string fmt(double v) { return format_shortest(v); }
 
 std::string complex_text(const std::complex<double>& z) {
   if (z.imag() == 0.0) return fmt(z.real());

@@ -1,5 +1,6 @@
 #include "cli/units.hpp"
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -9,6 +10,12 @@ std::string format_number(const char* format, double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, format, v);
   return buf;
+}
+
+std::string format_shortest(double v) {
+  char buf[32];  // the longest shortest form of a double, -2.2250738585072014e-308, has 24
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return ec == std::errc() ? std::string(buf, end) : format_number("%.17g", v);
 }
 
 std::string format_duration(double seconds) {

@@ -45,6 +45,9 @@ def test_readable_tables_and_bad_values(run):
     r = run("theory", "jacobian")
     assert r.returncode == 0
     assert "spectral_norm  0.7876" in r.stdout
+    # Numbers read back exactly in their shortest form: the tau typed is the tau shown.
+    r = run("theory", "map", "--omega", "2", "--tau", "0.3")
+    assert r.returncode == 0 and "omega = 2, nu = 1, tau = 0.3  (" in r.stdout, r.stdout
     r = run("theory", "dropout", "--keep", "1.5")
     assert r.returncode == 2 and "probability of KEEPING" in r.stderr
     r = run("theory", "map", "--activation", "relu", "--alpha", "2")
