@@ -646,6 +646,12 @@ std::vector<PointRecord> read_records_of(const fs::path& path) {
     const int s = static_cast<int>(info.stat);
     const std::string name(info.name);
     if (!h5::exists(file, name)) {
+      // Only grad_weight_msq is left out, and only where no point computed weight gradients.
+      const bool measured = info.stat != Stat::grad_weight_msq ||
+                            std::any_of(records.begin(), records.end(), [](const PointRecord& r) {
+                              return r.has_weight_gradients;
+                            });
+      if (measured) throw std::runtime_error("dataset " + name + " is missing, though its points measured it");
       for (auto& r : records) {
         r.mean[s].assign(static_cast<std::size_t>(r.depth), kNaN);
         r.sem[s].assign(static_cast<std::size_t>(r.depth), kNaN);

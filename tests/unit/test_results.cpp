@@ -274,6 +274,15 @@ TEST_CASE("a file whose datasets disagree with its axes is refused, naming the f
   CHECK_THROWS_WITH(read_records(file), Catch::StartsWith(where + "point_config[0] is not a point's config ("));
   altered("point_depth", [](hid_t) {});
   CHECK_THROWS_WITH(read_records(file), Catch::StartsWith(where) && Catch::Contains("point_depth"));
+  // A statistic's dataset gone: merged, it used to become NaN with exit status 0.
+  altered("activation_var", [](hid_t) {});
+  CHECK_THROWS_WITH(read_records(file),
+                    Catch::StartsWith(where + "dataset activation_var is missing, though its points measured it"));
+  // grad_weight_msq is left out where no point computed weight gradients, and reads back as NaN.
+  fs::remove(file);
+  write_results(file, ex, records, test_provenance());
+  REQUIRE_FALSE(records[0].has_weight_gradients);
+  CHECK(std::isnan(read_records(file)[0].mean[static_cast<int>(Stat::grad_weight_msq)][0]));
 }
 
 TEST_CASE("a GPU result names its device, GPU and device time, and the header reads them back", "[results]") {
