@@ -72,6 +72,16 @@ def _spread_on_log(values) -> bool:
     return bool(np.all(v > 0)) and v.max() / v.min() >= 8
 
 
+class _FiniteLogLocator(ticker.LogLocator):
+    """matplotlib's LogLocator without the ticks that overflow to inf: it reaches a few decades beyond
+    the limits, past double's largest value (1.8e308) for a run that blew up."""
+
+    def tick_values(self, vmin, vmax):
+        with np.errstate(over="ignore"):
+            ticks = super().tick_values(vmin, vmax)
+        return ticks[np.isfinite(ticks)]
+
+
 def _set_limits(ax, arrays: list, log: bool) -> None:
     """y limits from the panel's own lines and bands, never narrower than a decade (log) or 0.2 (linear),
     so that Monte Carlo noise around a constant does not look like a trend. (matplotlib's own
@@ -85,10 +95,16 @@ def _set_limits(ax, arrays: list, log: bool) -> None:
         lo, hi = np.log10(lo), np.log10(hi)
         centre, half = (lo + hi) / 2, max((hi - lo) / 2, 0.5)
         pad = 0.08 * 2 * half
-        ax.set_ylim(10 ** (centre - half - pad), 10 ** (centre + half + pad))
+        # A blown-up run's values reach the ends of double's range (1e-308, 1e308): the limits stop there,
+        # and so do the ticks. (Its margins around such values overflow in matplotlib's pending autoscale,
+        # which these limits replace.)
+        with np.errstate(over="ignore", under="ignore"):
+            bottom, top = np.power(10.0, [centre - half - pad, centre + half + pad])
+            ax.set_ylim(bottom if bottom > 0 else v.min(), top if np.isfinite(top) else np.finfo(float).max)
+        ax.yaxis.set_major_locator(_FiniteLogLocator())
         if half < 1.0:  # under two decades: label 0.5, 1, 2, ... plainly, not just the powers of 10
             plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
-            ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+            ax.yaxis.set_minor_locator(_FiniteLogLocator(subs=(2.0, 5.0)))
             ax.yaxis.set_minor_formatter(plain)
             ax.yaxis.set_major_formatter(plain)
     else:

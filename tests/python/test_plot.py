@@ -114,3 +114,20 @@ def test_a_shard_is_drawn_with_a_note_that_it_is_part_of_the_sweep(write_config,
     assert r.stderr == (f"plot.py: note: {shard} is shard 0 of 2, 3 of the experiment's 6 points: the figures show "
                         "those points only, and no heatmap; merge the shards (selfnorm merge) for the whole sweep\n")
     assert not list((tmp_path / "figs").glob("*heatmap*"))
+
+
+def test_a_run_that_blew_up_near_the_top_of_doubles_range_is_drawn(write_config, run, tmp_path):
+    """ReLU with weight variance 100: the Monte Carlo overflows float32 at layer 46, and the theory
+    reaches 2.2e307 at layer 181 before it overflows double; the axis ends at double's largest value
+    instead of overflowing to inf, and the log axis' ticks stop there too."""
+    cfg = write_config({"name": "relu_wv100", "seed": 1, "activation": "relu", "init": {"weight_variance": 100},
+                        "network": {"depth": 200, "width": 16}, "monte_carlo": {"trials": 2, "batch": 16}})
+    result = tmp_path / "relu_wv100.h5"
+    assert run("run", cfg, "-o", result, "--quiet").returncode == 0
+    with h5py.File(result, "r") as f:
+        assert 1e307 < np.nanmax(f["theory_activation_var"][:]) < np.finfo(float).max
+    r = plot(result, "-o", tmp_path / "figs")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no overflow warnings either
+    assert_figures(tmp_path / "figs", "relu_wv100", ["activation_mean", "activation_var", "grad_activation_msq"],
+                   r.stdout)
