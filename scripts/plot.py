@@ -59,10 +59,15 @@ def main(argv=None) -> int:
         print(f"plot.py: cannot create the output folder {folder} ({e.strerror}); choose another with -o",
               file=sys.stderr)
         return 2
-    with warnings.catch_warnings():
-        # Layers where every trial blew up are NaN; they are left out of the plots on purpose.
-        warnings.filterwarnings("ignore", message="All-NaN slice encountered")
-        paths = write_figures(ds, folder, args.results.stem, dpi=args.dpi)
+    try:
+        with warnings.catch_warnings():
+            # Layers where every trial blew up are NaN; they are left out of the plots on purpose.
+            warnings.filterwarnings("ignore", message="All-NaN slice encountered")
+            paths = write_figures(ds, folder, args.results.stem, dpi=args.dpi)
+    except OSError as e:
+        print(f"plot.py: cannot write figures in {folder} ({e.strerror or e}); choose a folder with -o",
+              file=sys.stderr)
+        return 2
     for path in paths:
         print(path)
     return 0

@@ -19,7 +19,9 @@ spaced selection is shown and the title says so.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -354,12 +356,21 @@ def figures(ds: xr.Dataset) -> dict:
 
 
 def write_figures(ds: xr.Dataset, folder, stem: str, dpi: int = 110) -> list:
-    """Saves figures(ds) as <folder>/<stem>_<figure>.png; returns the paths written."""
+    """Saves figures(ds) as <folder>/<stem>_<figure>.png; returns the paths written. Each is written
+    under a temporary name in the same folder and renamed, so a figure cut short (a full disk, an
+    interrupt) never stands under its final name; OSError says what could not be written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures(ds).items():
         path = folder / f"{stem}_{name}.png"
-        fig.savefig(path, dpi=dpi)
+        part = folder / f".{path.name}.{os.getpid()}.part"
+        try:
+            fig.savefig(part, dpi=dpi, format="png")
+            os.replace(part, path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a read-only folder refuses even removing what is not there
+                part.unlink()
+            raise
         paths.append(path)
     return paths

@@ -1,5 +1,6 @@
 """scripts/plot.py on real result files: the documented PNG files, valid and non-empty."""
 import importlib.util
+import math
 import os
 import shutil
 import struct
@@ -10,7 +11,8 @@ import h5py
 import matplotlib.image
 import numpy as np
 
-from conftest import ALPHA_LAMBDA, ROOT, SMALL_DEFAULT
+from conftest import ALPHA_LAMBDA, ROOT, SMALL_DEFAULT, files_under
+from mounts import mounted_tmpfs
 
 PLOT = ROOT / "scripts" / "plot.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -114,6 +116,39 @@ def test_a_shard_is_drawn_with_a_note_that_it_is_part_of_the_sweep(write_config,
     assert r.stderr == (f"plot.py: note: {shard} is shard 0 of 2, 3 of the experiment's 6 points: the figures show "
                         "those points only, and no heatmap; merge the shards (selfnorm merge) for the whole sweep\n")
     assert not list((tmp_path / "figs").glob("*heatmap*"))
+
+
+def test_a_results_folder_that_cannot_be_written_is_refused_clearly(results_of, tmp_path):
+    """The figures go beside the results by default. A read-only tmpfs stands for a folder the user
+    cannot write (chmod does not stop root)."""
+    with mounted_tmpfs(tmp_path / "ro", "size=1m") as ro:
+        shutil.copy(results_of(SMALL_DEFAULT), ro / "small_default.h5")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        r = plot(ro / "small_default.h5")
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == (f"plot.py: cannot write figures in {ro.resolve()} (Read-only file system); choose a "
+                            "folder with -o\n")
+        assert r.stdout == ""
+        assert files_under(ro) == ["small_default.h5"]
+
+
+def test_a_figure_that_does_not_fit_on_the_disk_leaves_the_earlier_one_whole(results_of, tmp_path):
+    """A tmpfs with room for half of the first figure: the figure cut short is not left under its
+    final name, nor as a temporary file, and the figure drawn before stays as it was."""
+    result = results_of(SMALL_DEFAULT)
+    assert plot(result, "-o", tmp_path / "reference").returncode == 0
+    first = (tmp_path / "reference" / "small_default_activation_mean.png").stat().st_size
+    page = 4096
+    with mounted_tmpfs(tmp_path / "disk", f"size={(1 + math.ceil(first / page) // 2) * page}") as disk:
+        earlier = disk / "small_default_activation_mean.png"
+        earlier.write_bytes(b"an earlier figure")
+        r = plot(result, "-o", disk)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == f"plot.py: cannot write figures in {disk} (No space left on device); choose a folder " \
+                           "with -o\n"
+        assert r.stdout == ""
+        assert files_under(disk) == ["small_default_activation_mean.png"]
+        assert earlier.read_bytes() == b"an earlier figure"
 
 
 def test_a_run_that_blew_up_near_the_top_of_doubles_range_is_drawn(write_config, run, tmp_path):
