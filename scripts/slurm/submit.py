@@ -17,6 +17,7 @@ shards with --only and the options of the first submission, e.g.
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -116,12 +117,42 @@ def array_indices(spec, shards):
 
 
 def describe(selfnorm, config, threads):
-    r = subprocess.run([str(selfnorm), "validate", str(config), "--json", "--threads", str(threads)],
-                       capture_output=True, text=True)
+    """selfnorm validate's answer for the config: its name, points and memory. Fails with selfnorm's
+    message for a bad config, and says so when `selfnorm` is not a selfnorm binary."""
+    def not_selfnorm(why):
+        fail(f"{selfnorm} did not answer `validate --json` as selfnorm does: {why}; pass the selfnorm binary "
+             "with --selfnorm (build/selfnorm)")
+
+    try:
+        r = subprocess.run([str(selfnorm), "validate", str(config), "--json", "--threads", str(threads)],
+                           capture_output=True, text=True)
+    except OSError as e:
+        not_selfnorm(e.strerror or e)
     if r.returncode != 0:
         message = r.stderr.strip()
         fail(message.removeprefix("error: ") or f"selfnorm validate failed with status {r.returncode}")
-    return json.loads(r.stdout)
+    try:
+        info = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        not_selfnorm(f"its output is not JSON: {r.stdout.strip()[:80]!r}")
+    missing = [key for key in ("name", "points", "buffer_bytes") if not isinstance(info, dict) or key not in info]
+    if missing:
+        not_selfnorm(f"its JSON has no {', '.join(missing)}")
+    return info
+
+
+def write_whole(path, data):
+    """Writes `data` to `path` through a temporary file in the same folder, renamed once complete."""
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        part.write_bytes(data)
+        part.replace(path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # a read-only folder refuses even removing what is not there
+            part.unlink()
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror, str(path)) from e  # named by the file it was to be
+        raise
 
 
 def sbatch(command, what, then=""):
@@ -152,6 +183,12 @@ def main(argv=None):
     selfnorm = args.selfnorm.resolve()
     if not selfnorm.exists():
         fail(f"{selfnorm} not found; build selfnorm first (scripts/quickstart.sh) or pass --selfnorm")
+    if not selfnorm.is_file() or not os.access(selfnorm, os.X_OK):
+        fail(f"--selfnorm {selfnorm} is {'a folder' if selfnorm.is_dir() else 'not executable'}; pass the selfnorm "
+             "binary (build/selfnorm)")
+    if args.results.exists() and not args.results.is_dir():
+        fail(f"--results {args.results} is a file; give a folder for the shards, logs and merged result (it is "
+             "created if missing)")
     if args.cpus_per_task < 1:
         fail("--cpus-per-task must be >= 1")
     config = args.config.resolve()
@@ -203,20 +240,16 @@ def main(argv=None):
     if merged.exists() and not args.overwrite:
         fail(f"{merged} already exists; the merge job would replace it: pass --overwrite to allow that, or --results "
              "for another results folder")
-    logs.mkdir(parents=True, exist_ok=True)
     # The config as it is now: the tasks read their copy when they start, however long they wait.
     # It keeps the file's name, the experiment's name where the config gives none.
     text = config.read_bytes()
     snapshot = run_dir / "submitted" / hashlib.sha256(text).hexdigest()[:16] / config.name
-    if not snapshot.exists():  # named by its content: one there already is the same
-        snapshot.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.write_bytes(text)
     status_cmd = f"{selfnorm} status {snapshot} --shards {shards} --dir {run_dir}"
 
     run_cmd = [str(selfnorm), "run", str(snapshot), "--shard", f"slurm/{shards}", "--quiet",
                *(["--overwrite"] if args.overwrite else [])]
     array_script = run_dir / "array.sbatch"
-    array_script.write_text("\n".join(sbatch_header(args, f"selfnorm-{info['name']}", [
+    array_text = "\n".join(sbatch_header(args, f"selfnorm-{info['name']}", [
         f"--array={array}",
         f"--cpus-per-task={args.cpus_per_task}",
         f"--mem={mem}",
@@ -232,11 +265,11 @@ def main(argv=None):
         "exec " + shlex.join(run_cmd) + ' --threads "$SLURM_CPUS_PER_TASK" -o ' + shlex.quote(str(run_dir)) +
         f'/shard-"$SLURM_ARRAY_TASK_ID"-of-{shards}.h5',
         "",
-    ]))
+    ])
     merge_cmd = [str(selfnorm), "merge", *(["--overwrite"] if args.overwrite else []), "-o", str(merged)] + \
         [str(f) for f in shard_files]
     merge_script = run_dir / "merge.sbatch"
-    merge_script.write_text("\n".join(sbatch_header(args, f"selfnorm-{info['name']}-merge", [
+    merge_text = "\n".join(sbatch_header(args, f"selfnorm-{info['name']}-merge", [
         "--cpus-per-task=1",
         f"--mem={merge_mem}",
         f"--time={MERGE_MINUTES if task_minutes is None else min(MERGE_MINUTES, task_minutes)}",
@@ -244,7 +277,16 @@ def main(argv=None):
         f"--output={logs}/merge.out",
         "--open-mode=append",
     ]) + ["set -euo pipefail", 'echo "== merge job $SLURM_JOB_ID on $(hostname), $(date -u +%FT%TZ)"',
-          "exec " + shlex.join(merge_cmd), ""]))
+          "exec " + shlex.join(merge_cmd), ""])
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        if not snapshot.exists():  # named by its content: one there already is the same
+            snapshot.parent.mkdir(parents=True, exist_ok=True)
+            write_whole(snapshot, text)  # a copy cut short would later pass for this config's
+        write_whole(array_script, array_text.encode())
+        write_whole(merge_script, merge_text.encode())
+    except OSError as e:
+        fail(f"cannot write {e.filename} ({e.strerror}); choose another --results")
 
     sbatch_array = ["sbatch", "--parsable", *args.sbatch_arg, str(array_script)]
     if args.dry_run:

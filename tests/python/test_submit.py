@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from conftest import ROOT, TINY, files_under
+from mounts import mounted_tmpfs
 
 SUBMIT = ROOT / "scripts" / "slurm" / "submit.py"
 SWEEP = dict(TINY, name="sw", activation="selu", sweep={"grid": {"network.depth": [2, 3, 4]}})
@@ -139,3 +140,68 @@ def test_the_merge_job_asks_for_the_memory_of_every_points_statistics(selfnorm_b
     assert records > 2 * 144e6
     merge = (tmp_path / "results" / "big" / "merge.sbatch").read_text().splitlines()
     assert f"#SBATCH --mem={math.ceil(1.5 * records / 2**20) + 1024}M" in merge
+
+
+def test_a_selfnorm_that_is_not_one_is_refused_clearly(selfnorm_bin, write_config, tmp_path):
+    cfg = write_config(SWEEP)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a researcher's notes\n")
+    fake = tmp_path / "fake.sh"
+    fake.write_text("#!/bin/sh\necho hello\n")
+    other = tmp_path / "other.sh"
+    other.write_text("#!/bin/sh\necho '{\"points\": 3}'\n")
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x00\x01\x02")
+    for path in (fake, other, garbage):
+        path.chmod(0o755)
+    folder = tmp_path.resolve()
+    for selfnorm, message in [
+        (tmp_path, f"--selfnorm {folder} is a folder; pass the selfnorm binary (build/selfnorm)"),
+        (notes, f"--selfnorm {folder}/notes.txt is not executable; pass the selfnorm binary (build/selfnorm)"),
+        (fake, f"{folder}/fake.sh did not answer `validate --json` as selfnorm does: its output is not JSON: "
+               "'hello'; pass the selfnorm binary with --selfnorm (build/selfnorm)"),
+        (other, f"{folder}/other.sh did not answer `validate --json` as selfnorm does: its JSON has no name, "
+                "buffer_bytes; pass the selfnorm binary with --selfnorm (build/selfnorm)"),
+        (garbage, f"{folder}/garbage did not answer `validate --json` as selfnorm does: Exec format error; pass the "
+                  "selfnorm binary with --selfnorm (build/selfnorm)"),
+    ]:
+        r = submit(selfnorm_bin, cfg, "--selfnorm", selfnorm, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == "submit.py: error: " + message
+    assert files_under(tmp_path) == ["config.json", "fake.sh", "garbage", "notes.txt", "other.sh"]
+
+
+def test_a_results_folder_that_cannot_be_written_is_refused_clearly(selfnorm_bin, write_config, tmp_path):
+    """A file in the way, and a read-only tmpfs for a folder the user cannot write (chmod does not stop
+    root)."""
+    cfg = write_config(SWEEP)
+    r = submit(selfnorm_bin, cfg, "--results", "config.json", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("submit.py: error: --results config.json is a file; give a folder for the shards, "
+                                "logs and merged result (it is created if missing)")
+    assert files_under(tmp_path) == ["config.json"]
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        r = submit(selfnorm_bin, cfg, "--results", ro / "results", cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == (f"submit.py: error: cannot write {ro}/results (Read-only file system); choose "
+                                    "another --results")
+        assert files_under(ro) == []
+
+
+def test_a_copy_of_the_config_cut_short_by_a_full_disk_is_not_left_for_the_tasks(selfnorm_bin, write_config,
+                                                                                   tmp_path):
+    """The copy is named by the config's content and never rewritten: one cut short would be what the
+    tasks of every later submission of the same config run."""
+    cfg = write_config(SWEEP)
+    with mounted_tmpfs(tmp_path / "disk", "size=4k") as disk:
+        (disk / "filler").write_bytes(bytes(4096))  # the disk's one page
+        r = submit(selfnorm_bin, cfg, "--results", disk / "results", cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"submit.py: error: cannot write {disk}/results/sw/submitted/"), r.stderr
+        assert r.stderr.strip().endswith("/config.json (No space left on device); choose another --results")
+        assert not list((disk / "results").rglob("*.json*"))
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+        r = submit(selfnorm_bin, cfg, "--results", disk / "results", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        copies = list((disk / "results" / "sw" / "submitted").glob("*/*"))
+        assert len(copies) == 1 and copies[0].read_bytes() == cfg.read_bytes()
