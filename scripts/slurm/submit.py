@@ -44,7 +44,8 @@ def parse_args(argv):
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results/)")
     p.add_argument("--selfnorm", type=Path, default=ROOT / "build" / "selfnorm", help="selfnorm binary")
     p.add_argument("--sbatch-arg", action="append", default=[],
-                   help="extra sbatch argument for the array and the merge job (repeatable)")
+                   help="extra sbatch argument for the array and the merge job (repeatable; not --array: the "
+                        "shards make the array, --only chooses them)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace earlier results: the tasks recompute shard files already there (of this config or "
                         "another) and the merge job replaces results/<name>.h5; without it an existing "
@@ -113,6 +114,10 @@ def array_indices(spec, shards):
         if last >= shards:
             fail(f"--only {spec}: '{part}' is not within the shards 0-{shards - 1} of a split into {shards}")
         indices.extend(range(first, last + 1))
+    twice = sorted({k for k in indices if indices.count(k) > 1})
+    if twice:
+        fail(f"--only {spec}: {'shard' if len(twice) == 1 else 'shards'} {', '.join(map(str, twice))} "
+             f"{'is' if len(twice) == 1 else 'are'} given more than once; list each shard once")
     return indices
 
 
@@ -208,6 +213,12 @@ def main(argv=None):
     for option, value in (("--partition", args.partition), ("--account", args.account)):
         if value is not None and (not value.strip() or re.search(r"\s", value)):
             fail(f"{option} '{value}' is not a Slurm name: it is empty or has spaces")
+    for extra in args.sbatch_arg:
+        if not extra.strip():
+            fail(f"--sbatch-arg '{extra}' is empty; give an sbatch option, e.g. --sbatch-arg=--qos=normal")
+        if extra == "--array" or extra.startswith(("--array=", "-a")):
+            fail(f"--sbatch-arg {extra}: submit.py makes the job array itself, one task per shard (and a merge job "
+                 "that is no array); choose the shards with --shards N and --only, e.g. --only 0-5 or 0-5%2")
     if args.only is not None and args.shards is None:
         # The default split is one shard per point: --only's indices would name other shards.
         fail("--only needs --shards N, the split the shards were submitted with (the N of selfnorm status CONFIG "

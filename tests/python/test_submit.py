@@ -33,6 +33,17 @@ def submit(selfnorm_bin, cfg, *args, cwd):
     (["--time", "1-24:00"], "--time 1-24:00: a field is out of range (hours below 24 after a day count, minutes and "
                             "seconds below 60); e.g. 1-00:30:00"),
     (["--partition", "test extra"], "--partition 'test extra' is not a Slurm name: it is empty or has spaces"),
+    (["--shards", "3", "--only", "2,2"], "--only 2,2: shard 2 is given more than once; list each shard once"),
+    (["--shards", "3", "--only", "0-2,1-2"], "--only 0-2,1-2: shards 1, 2 are given more than once; list each shard "
+                                             "once"),
+    (["--sbatch-arg", ""], "--sbatch-arg '' is empty; give an sbatch option, e.g. --sbatch-arg=--qos=normal"),
+    # The array is made of the shards; passed on to sbatch, it would also make the merge job an array of merges.
+    (["--sbatch-arg=--array=0-5"], "--sbatch-arg --array=0-5: submit.py makes the job array itself, one task per "
+                                   "shard (and a merge job that is no array); choose the shards with --shards N and "
+                                   "--only, e.g. --only 0-5 or 0-5%2"),
+    (["--sbatch-arg=-a1"], "--sbatch-arg -a1: submit.py makes the job array itself, one task per shard (and a merge "
+                           "job that is no array); choose the shards with --shards N and --only, e.g. --only 0-5 or "
+                           "0-5%2"),
     # The default split is one shard per point: indices from another split would name other shards.
     (["--only", "1"], "--only needs --shards N, the split the shards were submitted with (the N of selfnorm status "
                       "CONFIG --shards N --missing)"),
