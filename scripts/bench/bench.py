@@ -18,6 +18,7 @@ weight gradients L more, 2 B n^2 each, times T). Peak RSS comes from os.wait4 on
 """
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -149,6 +150,18 @@ def parse_args(argv):
         args.repeat = 1 if args.smoke else 3
     if args.repeat < 1 or args.threads < 1:
         p.error("--repeat and --threads must be >= 1")
+    # Checked now, not when the report is written at the end of a run of up to 20 minutes.
+    if args.json is not None:
+        if args.json.is_dir():
+            p.error(f"--json {args.json} is a folder; give a file for the report, e.g. {args.json / 'bench.json'}")
+        try:
+            tempfile.TemporaryFile(dir=args.json.parent).close()
+        except OSError as e:
+            p.error(f"--json {args.json}: cannot write in {args.json.parent} ({e.strerror}); give a file in a "
+                    "folder that exists and can be written")
+    if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
+        p.error(f"--workdir {args.workdir} is a file; give a folder for the configs and outputs (it is created if "
+                "missing)")
     args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     return args
 
@@ -1042,6 +1055,26 @@ def gpu_mode(args, base_cfg, workdir):
 # ---------------------------------------------------------------------------------------------
 
 
+def write_report(path, report):
+    """Writes the JSON report through a temporary file beside `path`, renamed once complete (an earlier
+    report stays whole if this one cannot be written); 0, or 1 after saying why it could not."""
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        try:
+            part.write_text(json.dumps(report, indent=1, default=str))
+            part.replace(path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise
+    except OSError as e:
+        print(f"bench.py: error: cannot write the report {path} ({e.strerror}); the tables above hold its figures",
+              file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv):
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # keep the tables in order with the progress on stderr
@@ -1054,6 +1087,18 @@ def main(argv):
     except (OSError, json.JSONDecodeError) as e:
         print(f"bench.py: error: cannot read {args.config} ({e})", file=sys.stderr)
         return 2
+    tmp = None
+    if args.workdir:
+        workdir = args.workdir
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            print(f"bench.py: error: cannot create --workdir {workdir} ({e.strerror}); choose another folder",
+                  file=sys.stderr)
+            return 2
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="selfnorm-bench-")
+        workdir = Path(tmp.name)
     if args.peak_gflops:
         peaks, peak_source = {"float32": args.peak_gflops, "float64": args.peak_gflops / 2}, "--peak-gflops"
     else:
@@ -1085,20 +1130,10 @@ def main(argv):
         sizes = dict(sizes, reference={"trials": mc.get("trials", 8), "depth": net.get("depth", 64),
                                        "width": net.get("width", 512), "batch": mc.get("batch", 256)})
     report = {"machine": info, "peak_gflops": peaks, "repeat": args.repeat, "mode": args.mode}
-    tmp = None
-    if args.workdir:
-        workdir = args.workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="selfnorm-bench-")
-        workdir = Path(tmp.name)
     try:
         if args.device == "cuda":
             report["gpu"] = gpu_mode(args, base_cfg, workdir)
-            if args.json:
-                args.json.write_text(json.dumps(report, indent=1, default=str))
-                print(f"wrote {args.json}")
-            return 0
+            return write_report(args.json, report) if args.json else 0
         ref = Job("reference", make_config(base_cfg, **sizes["reference"]), args.threads)
         ref.prepare(workdir, 0, args.selfnorm)
         if args.check:
@@ -1134,10 +1169,7 @@ def main(argv):
     finally:
         if tmp is not None:
             tmp.cleanup()
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1, default=str))
-        print(f"wrote {args.json}")
-    return 0
+    return write_report(args.json, report) if args.json else 0
 
 
 if __name__ == "__main__":

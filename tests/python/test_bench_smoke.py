@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, files_under
+from mounts import mounted_tmpfs
 
 BENCH = ROOT / "scripts" / "bench" / "bench.py"
 
@@ -59,6 +60,44 @@ def test_bad_binary_is_reported(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "selfnorm binary not found" in r.stderr
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_anything_is_measured(tmp_path):
+    """The report is written at the end of a run of up to 20 minutes: a --json that cannot be written
+    is refused at the start, not found out then."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a researcher's notes\n")
+    for args, message in [
+        (["--json", tmp_path / "missing" / "bench.json"],
+         f"--json {tmp_path}/missing/bench.json: cannot write in {tmp_path}/missing (No such file or directory); give "
+         "a file in a folder that exists and can be written"),
+        (["--json", tmp_path],
+         f"--json {tmp_path} is a folder; give a file for the report, e.g. {tmp_path}/bench.json"),
+        (["--workdir", notes], f"--workdir {notes} is a file; give a folder for the configs and outputs (it is created "
+                               "if missing)"),
+    ]:
+        r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--no-torch", "--selfnorm", str(BIN),
+                            *map(str, args)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.strip().splitlines()[-1] == "bench.py: error: " + message
+        assert r.stdout == ""  # nothing measured
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert notes.read_text() == "a researcher's notes\n"
+
+
+def test_a_report_that_does_not_fit_on_the_disk_leaves_the_earlier_one_whole(selfnorm_bin, tmp_path):
+    """A tmpfs of one page, taken by an earlier report: the new one is written whole or not at all."""
+    with mounted_tmpfs(tmp_path / "disk", "size=4k") as disk:
+        out = disk / "bench.json"
+        out.write_bytes(b"an earlier report")
+        r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--no-torch", "--no-scaling", "--selfnorm",
+                            str(BIN), "--json", str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert r.stderr.strip().splitlines()[-1] == (f"bench.py: error: cannot write the report {out} (No space left "
+                                                     "on device); the tables above hold its figures")
+        assert "Reference job" in r.stdout
+        assert files_under(disk) == ["bench.json"]
+        assert out.read_bytes() == b"an earlier report"
 
 
 def test_gpu_smoke_runs_on_a_gpu_and_skips_cleanly_without_one(selfnorm_bin, tmp_path):
