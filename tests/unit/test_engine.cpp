@@ -123,14 +123,7 @@ TEST_CASE("selu with LeCun normal weights keeps mean 0 and variance 1 through 32
   const PointResult r = simulate_point(spec, {2017, 0}, {2});
   const PointResult h = simulate_point(with_width(spec, n / 2), {2018, 0}, {2});
   for (int l = 1; l <= 32; ++l) {
-    const Extrapolated mean =
-        extrapolate_width(over_trials(r, Stat::activation_mean, l), over_trials(h, Stat::activation_mean, l));
-    const Extrapolated var =
-        extrapolate_width(over_trials(r, Stat::activation_var, l), over_trials(h, Stat::activation_var, l));
-    INFO("layer " << l << ": mean " << mean.value << " +- " << mean.standard_error << ", var " << var.value << " +- "
-                  << var.standard_error);
-    CHECK(std::abs(mean.value) <= kSigma * mean.standard_error);
-    CHECK(std::abs(var.value - 1.0) <= kSigma * var.standard_error);
+    check_unit_fixed_point(r, h, l);
   }
 }
 

@@ -11,6 +11,8 @@
 #include <string>
 #include <system_error>
 
+#include <catch2/catch.hpp>
+
 #include "core/engine.hpp"
 #include "core/moments.hpp"
 
@@ -61,6 +63,22 @@ struct Extrapolated {
 inline Extrapolated extrapolate_width(const Moments& at_n, const Moments& at_half) {
   const double se_n = at_n.standard_error(), se_half = at_half.standard_error();
   return {2.0 * at_n.mean - at_half.mean, std::sqrt(4.0 * se_n * se_n + se_half * se_half)};
+}
+
+// extrapolate_width of one statistic at one layer, from the results at widths n and n/2.
+inline Extrapolated extrapolated(const PointResult& at_n, const PointResult& at_half, Stat s, int layer) {
+  return extrapolate_width(over_trials(at_n, s, layer), over_trials(at_half, s, layer));
+}
+
+// Checks selu's fixed point, activation mean 0 and variance 1, at one layer: each within kSigma
+// standard errors of its extrapolation from widths n and n/2.
+inline void check_unit_fixed_point(const PointResult& at_n, const PointResult& at_half, int layer) {
+  const Extrapolated mean = extrapolated(at_n, at_half, Stat::activation_mean, layer);
+  const Extrapolated var = extrapolated(at_n, at_half, Stat::activation_var, layer);
+  INFO("layer " << layer << ": mean " << mean.value << " +- " << mean.standard_error << ", var " << var.value
+                << " +- " << var.standard_error);
+  CHECK(std::abs(mean.value) <= kSigma * mean.standard_error);
+  CHECK(std::abs(var.value - 1.0) <= kSigma * var.standard_error);
 }
 
 // A uniform-width spec.

@@ -12,11 +12,11 @@
 
 using namespace selfnorm;
 using namespace selfnorm::theory;
+using selfnorm::test::check_unit_fixed_point;
+using selfnorm::test::Extrapolated;
+using selfnorm::test::extrapolated;
 using selfnorm::test::kSigma;
 using selfnorm::test::make_spec;
-using selfnorm::test::Extrapolated;
-using selfnorm::test::extrapolate_width;
-using selfnorm::test::over_trials;
 using selfnorm::test::with_width;
 
 TEST_CASE("closed forms agree with quadrature to 1e-10 relative", "[theory]") {
@@ -478,7 +478,7 @@ TEST_CASE("Monte Carlo extrapolated to infinite width agrees with the mean-field
     const LayerPrediction p = predict_layers(spec);
     for (int l = 1; l <= L; l += 5) {
       auto check = [&](Stat s, double predicted, const char* what) {
-        const Extrapolated e = extrapolate_width(over_trials(r, s, l), over_trials(h, s, l));
+        const Extrapolated e = extrapolated(r, h, s, l);
         INFO(activation_name(act) << " layer " << l << " " << what << ": MC " << e.value << " +- "
                                   << e.standard_error << ", theory " << predicted);
         CHECK(std::abs(e.value - predicted) <= kSigma * e.standard_error);
@@ -505,8 +505,7 @@ TEST_CASE("tanh at weight variance 1: Monte Carlo follows the slow decay of q", 
   const PointResult h = simulate_point(with_width(spec, n / 2), {8, 0}, {2});
   const LayerPrediction p = predict_layers(spec);
   for (int l : {1, 10, 20, 40}) {
-    const Extrapolated e =
-        extrapolate_width(over_trials(r, Stat::activation_msq, l), over_trials(h, Stat::activation_msq, l));
+    const Extrapolated e = extrapolated(r, h, Stat::activation_msq, l);
     INFO("layer " << l << ": MC " << e.value << " +- " << e.standard_error << ", theory " << p.activation_msq[l - 1]);
     CHECK(std::abs(e.value - p.activation_msq[l - 1]) <= kSigma * e.standard_error);
   }
@@ -524,13 +523,6 @@ TEST_CASE("alpha dropout in the Monte Carlo forward pass keeps the fixed point",
   const PointResult r = simulate_point(spec, {99, 0}, {2});
   const PointResult h = simulate_point(with_width(spec, n / 2), {100, 0}, {2});
   for (int l : {1, 8, 16}) {
-    const Extrapolated mean =
-        extrapolate_width(over_trials(r, Stat::activation_mean, l), over_trials(h, Stat::activation_mean, l));
-    const Extrapolated var =
-        extrapolate_width(over_trials(r, Stat::activation_var, l), over_trials(h, Stat::activation_var, l));
-    INFO("layer " << l << ": mean " << mean.value << " +- " << mean.standard_error << ", var " << var.value << " +- "
-                  << var.standard_error);
-    CHECK(std::abs(mean.value) <= kSigma * mean.standard_error);
-    CHECK(std::abs(var.value - 1.0) <= kSigma * var.standard_error);
+    check_unit_fixed_point(r, h, l);
   }
 }
