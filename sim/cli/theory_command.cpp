@@ -28,10 +28,15 @@ Activation build_activation(const TheoryArgs& args) {
   if (!info) throw UsageError("--activation " + args.activation + " is not an activation; see 'selfnorm activations'");
   std::vector<double> values;
   for (const auto& p : info->params) values.push_back(p.default_value);
-  auto set = [&](const std::string& name, double v) {
+  std::vector<std::string> given(info->params.size());  // the option that set each parameter
+  auto set = [&](const std::string& name, double v, const std::string& option) {
     for (std::size_t i = 0; i < info->params.size(); ++i) {
       if (info->params[i].name == name) {
+        if (!given[i].empty()) {
+          throw UsageError(name + " is given twice, by " + given[i] + " and by " + option + "; give it once");
+        }
         values[i] = v;
+        given[i] = option;
         return;
       }
     }
@@ -40,8 +45,8 @@ Activation build_activation(const TheoryArgs& args) {
     throw UsageError(std::string(info->name) + " has no parameter '" + name + "'" +
                      (known.empty() ? " (it has none)" : " (its parameters: " + known + ")"));
   };
-  if (args.alpha) set("alpha", *args.alpha);
-  if (args.lambda) set("lambda", *args.lambda);
+  if (args.alpha) set("alpha", *args.alpha, "--alpha " + format_shortest(*args.alpha));
+  if (args.lambda) set("lambda", *args.lambda, "--lambda " + format_shortest(*args.lambda));
   for (const auto& p : args.params) {
     const auto eq = p.find('=');
     if (eq == std::string::npos) throw UsageError("--param " + p + " is not NAME=VALUE");
@@ -55,7 +60,7 @@ Activation build_activation(const TheoryArgs& args) {
     if (errno == ERANGE && std::abs(value) > 1.0) {
       throw UsageError("--param " + p + ": " + text + " is out of the range of a double (about 1.8e308)");
     }
-    set(p.substr(0, eq), value);
+    set(p.substr(0, eq), value, "--param " + p);
   }
   try {
     return make_activation(info->name, values);

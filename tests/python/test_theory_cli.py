@@ -54,6 +54,13 @@ def test_readable_tables_and_bad_values(run):
     assert r.returncode == 2 and "relu has no parameter 'alpha'" in r.stderr
     r = run("theory", "map", "--activation", "celu", "--alpha", "0")
     assert r.returncode == 2 and "alpha must be > 0" in r.stderr
+    # A parameter given twice is refused, not settled silently by the order of the options.
+    for args, message in [(("--param", "alpha=1", "--alpha", "2"), "alpha is given twice, by --alpha 2 and by "
+                                                                   "--param alpha=1; give it once"),
+                          (("--param", "alpha=1", "--param", "alpha=3"), "alpha is given twice, by --param alpha=1 "
+                                                                         "and by --param alpha=3; give it once")]:
+        r = run("theory", "map", "--activation", "elu", *args)
+        assert r.returncode == 2 and r.stderr.strip() == "error: " + message, r.stderr
     # --param's value is a whole number: a trailing word and an overflow are named (they used to be
     # taken as 1.5, and end in "error: stod" with exit 1).
     for value, message in [("1.5abc", "'1.5abc' is not a number"),
