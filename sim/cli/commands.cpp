@@ -386,6 +386,10 @@ MemoryNeed memory_need(const io::Experiment& ex, const std::vector<std::int64_t>
   return need;
 }
 
+// JSON for stdout. A string that is not UTF-8 (a file name) gets U+FFFD for its bad bytes; nlohmann
+// would throw.
+std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace); }
+
 // A byte count for JSON: an integer, or the estimate as a number where it passes 2^64 bytes.
 json byte_count(double bytes) {
   if (bytes >= 0.0 && bytes < 18446744073709551616.0) return json(static_cast<std::uint64_t>(std::ceil(bytes)));
@@ -800,7 +804,7 @@ int status_command(const std::string& config, const std::string& shards_text, co
 // read it, before the usual message on stderr (exit status 2).
 io::Experiment load_for_validation(const std::string& config, bool as_json) {
   auto report = [&](const json& problems) {
-    if (as_json) std::cout << json{{"valid", false}, {"config", config}, {"problems", problems}}.dump(2) << std::endl;
+    if (as_json) std::cout << dump(json{{"valid", false}, {"config", config}, {"problems", problems}}) << std::endl;
   };
   try {
     return io::load_experiment(config);
@@ -810,7 +814,7 @@ io::Experiment load_for_validation(const std::string& config, bool as_json) {
     report(problems);
     throw;
   } catch (const io::FileError& e) {
-    report(json::array({{{"path", ""}, {"message", e.what()}}}));
+    report(json::array({{{"path", ""}, {"message", io::printable(e.what())}}}));
     throw;
   }
 }
@@ -856,7 +860,7 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
   if (as_json) {
     json varied = json::array();
     for (const auto& v : ex.varied) varied.push_back(v.key);
-    std::cout << json{{"valid", true},
+    std::cout << dump(json{{"valid", true},
                       {"name", ex.name},
                       {"config_hash", ex.hash},
                       {"seed", ex.seed},
@@ -871,8 +875,7 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
                       {"fits_in_memory", memory_warning.empty()},
                       {"threads", threads.threads},
                       {"device", std::string(io::to_string(ex.device.device))},
-                      {"gpu_memory_bytes", peak_gpu_bytes >= 0 ? byte_count(peak_gpu_bytes) : json(nullptr)}}
-                     .dump(2)
+                      {"gpu_memory_bytes", peak_gpu_bytes >= 0 ? byte_count(peak_gpu_bytes) : json(nullptr)}})
               << std::endl;
     return 0;
   }
@@ -916,7 +919,7 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
 
 int print_config_command(const std::string& config) {
   const io::Experiment ex = io::load_experiment(config);
-  std::cout << ex.resolved.dump(2) << std::endl;
+  std::cout << dump(ex.resolved) << std::endl;
   return 0;
 }
 

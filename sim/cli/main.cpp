@@ -214,6 +214,11 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
+  // Every message is made printable: a file name or config need not be UTF-8.
+  const auto fail = [](const std::exception& e, int status) {
+    std::cerr << "error: " << selfnorm::io::printable(e.what()) << std::endl;
+    return status;
+  };
   try {
     if (*run_cmd) return run_command(run);
     if (*validate_cmd) return validate_command(config, threads, validate_json);
@@ -228,28 +233,22 @@ int main(int argc, char** argv) {
       }
     }
   } catch (const selfnorm::io::ConfigError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 2;
+    return fail(e, 2);
   } catch (const selfnorm::io::FileError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 2;
+    return fail(e, 2);
   } catch (const UsageError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 2;
+    return fail(e, 2);
   } catch (const selfnorm::io::LockedError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 3;
+    return fail(e, 3);
   } catch (const DeviceError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 4;
+    return fail(e, 4);
   } catch (const std::bad_alloc&) {
     std::cerr << "error: out of memory (the operating system refused an allocation); `selfnorm validate CONFIG` "
                  "estimates what a run needs"
               << std::endl;
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 1;
+    return fail(e, 1);
   }
   return 0;
 }

@@ -45,13 +45,34 @@ std::string describe_type(const json& j) {
 }
 
 std::string show(const json& j) {
-  std::string s = j.dump();
+  std::string s = j.dump(-1, ' ', false, json::error_handler_t::replace);
   if (s.size() > 60) s = s.substr(0, 57) + "...";
   return s;
 }
 
 // "a string \"x\"", "an integer 5", "null": what a value is, for "got ..." in messages.
 std::string got(const json& j) { return j.is_null() ? std::string("null") : describe_type(j) + " " + show(j); }
+
+// The length of the well-formed UTF-8 sequence that starts at text[i] (1 to 4), or 0 if none does
+// (RFC 3629: no overlong forms, no surrogates, nothing beyond U+10FFFF).
+std::size_t utf8_length(std::string_view text, std::size_t i) {
+  const auto byte = [&](std::size_t k) -> unsigned {
+    return i + k < text.size() ? static_cast<unsigned char>(text[i + k]) : 0;
+  };
+  const auto follows = [&](std::size_t k, unsigned lo = 0x80, unsigned hi = 0xBF) {
+    return byte(k) >= lo && byte(k) <= hi;
+  };
+  const unsigned lead = byte(0);
+  if (lead < 0x80) return 1;
+  if (lead >= 0xC2 && lead <= 0xDF) return follows(1) ? 2 : 0;
+  if (lead >= 0xE0 && lead <= 0xEF) {
+    return follows(1, lead == 0xE0 ? 0xA0 : 0x80, lead == 0xED ? 0x9F : 0xBF) && follows(2) ? 3 : 0;
+  }
+  if (lead >= 0xF0 && lead <= 0xF4) {
+    return follows(1, lead == 0xF0 ? 0x90 : 0x80, lead == 0xF4 ? 0x8F : 0xBF) && follows(2) && follows(3) ? 4 : 0;
+  }
+  return 0;
+}
 
 std::string format_number(double v) {
   char buf[64];
@@ -506,14 +527,16 @@ PointSpec parse_point(const json& root, const std::string& activation_path, Chec
   return spec;
 }
 
-// "line 3, column 14" of the character at 0-based `index` of `text`.
+// "line 3, column 14" of the character at 0-based `index` of `text` (UTF-8: columns count
+// characters, as editors do, not bytes).
 std::string line_column(std::string_view text, std::size_t index) {
   std::size_t line = 1, col = 1;
   for (std::size_t i = 0; i < index && i < text.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(text[i]);
     if (text[i] == '\n') {
       ++line;
       col = 1;
-    } else {
+    } else if (byte < 0x80 || byte > 0xBF) {  // not a continuation byte
       ++col;
     }
   }
@@ -561,7 +584,34 @@ std::size_t find_number_token(std::string_view text, std::string_view number) {
   return std::string_view::npos;
 }
 
+// Why `text` is not JSON text at all (another encoding, a binary file), or "" if it is UTF-8.
+std::string encoding_problem(std::string_view text) {
+  if (text.substr(0, 8) == std::string_view("\x89HDF\r\n\x1a\n", 8)) {
+    return "this is an HDF5 file (a selfnorm result file?), not a JSON config; give the JSON config instead (a "
+           "result file keeps the config it was run from in its attribute \"config\")";
+  }
+  if (text.substr(0, 2) == "\xff\xfe" || text.substr(0, 2) == "\xfe\xff") {
+    return "the file is UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8";
+  }
+  const std::size_t bad = find_invalid_utf8(text);
+  if (bad != std::string_view::npos) {
+    char byte[8];
+    std::snprintf(byte, sizeof byte, "0x%02X", static_cast<unsigned char>(text[bad]));
+    return std::string("byte ") + byte + " at " + line_column(text, bad) + " is not UTF-8 (the file may be Latin-1 "
+           "or Windows-1252 text); re-save the file as UTF-8";
+  }
+  if (const std::size_t nul = text.find('\0'); nul != std::string_view::npos) {
+    return "a NUL byte at " + line_column(text, nul) + ": the file is not UTF-8 text (UTF-16 without a byte order "
+           "mark, or not a text file at all?); save the config as UTF-8";
+  }
+  return {};
+}
+
 std::optional<json> parse_text(std::string_view text, Checker& c) {
+  if (const std::string problem = encoding_problem(text); !problem.empty()) {
+    c.fail("", problem);
+    return std::nullopt;
+  }
   if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
     c.fail("", "the file is empty (a config is a JSON object); write {} to run every default, or see "
                "configs/README.md");
@@ -658,14 +708,42 @@ std::optional<json> parse_text(std::string_view text, Checker& c) {
 }  // namespace
 
 ConfigError::ConfigError(std::string source, std::vector<ConfigIssue> issues)
-    : std::runtime_error([&] {
-        std::string msg = source + ": " + std::to_string(issues.size()) + " problem" +
-                          (issues.size() == 1 ? "" : "s") + " in the config";
-        for (const auto& i : issues) msg += "\n  " + (i.path.empty() ? std::string() : i.path + ": ") + i.message;
-        return msg;
-      }()),
-      source_(std::move(source)),
-      issues_(std::move(issues)) {}
+    : std::runtime_error("config error"), source_(printable(source)), issues_(std::move(issues)) {
+  message_ = source_ + ": " + std::to_string(issues_.size()) + " problem" + (issues_.size() == 1 ? "" : "s") +
+             " in the config";
+  for (auto& i : issues_) {
+    i.path = printable(i.path);
+    i.message = printable(i.message);
+    message_ += "\n  " + (i.path.empty() ? std::string() : i.path + ": ") + i.message;
+  }
+}
+
+std::size_t find_invalid_utf8(std::string_view text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t n = utf8_length(text, i);
+    if (n == 0) return i;
+    i += n;
+  }
+  return std::string_view::npos;
+}
+
+std::string printable(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t n = utf8_length(text, i);
+    const auto byte = static_cast<unsigned char>(text[i]);
+    if (n == 0 || (n == 1 && (byte < 0x20 || byte == 0x7f) && byte != '\n' && byte != '\t')) {
+      char escaped[5];
+      std::snprintf(escaped, sizeof escaped, "\\x%02X", byte);
+      out += escaped;
+      ++i;
+    } else {
+      out.append(text, i, n);
+      i += n;
+    }
+  }
+  return out;
+}
 
 std::string list_names(const std::vector<std::string>& names) {
   std::string out;
@@ -753,9 +831,16 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
     return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
   });
   if (ex.name.empty() || ex.name.size() > 200 || ex.name.front() == '.' || control ||
-      ex.name.find_first_of("/\\") != std::string::npos) {
-    c.fail("name", "must be a file-name-safe string (1 to 200 characters, no '/', '\\' or control characters, not "
-                   "starting with '.'), since it names results/<name>.h5; got " + show(json(ex.name)));
+      ex.name.find_first_of("/\\") != std::string::npos || find_invalid_utf8(ex.name) != std::string::npos) {
+    const std::string rule = "a file-name-safe string (1 to 200 characters of UTF-8 text, no '/', '\\' or control "
+                             "characters, not starting with '.'), since it names results/<name>.h5";
+    if (root.contains("name")) {
+      c.fail("name", "must be " + rule + "; got " + show(json(ex.name)));
+    } else {
+      // Not written in the config: the file's name stood in for it (a file name need not be UTF-8).
+      c.fail("name", "missing; the name taken from the file name instead, \"" + printable(ex.name) + "\", is not " +
+                         rule + "; add \"name\": \"...\" to the config");
+    }
   }
   const std::string description = c.string(root, "description", "", "");
   ex.seed = static_cast<std::uint64_t>(c.integer(root, "seed", "", 0, 0, std::numeric_limits<std::int64_t>::max()));

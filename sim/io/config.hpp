@@ -29,16 +29,19 @@ struct ConfigIssue {
   std::string message;  // what is wrong and what would work
 };
 
-// A config that cannot be used; what() lists every issue, one per line.
+// A config that cannot be used; what() lists every issue, one per line. The source and the issues
+// are kept printable (see printable()), so a message never carries bytes that are not UTF-8.
 class ConfigError : public std::runtime_error {
  public:
   ConfigError(std::string source, std::vector<ConfigIssue> issues);
+  const char* what() const noexcept override { return message_.c_str(); }
   const std::vector<ConfigIssue>& issues() const { return issues_; }
   const std::string& source() const { return source_; }
 
  private:
   std::string source_;
   std::vector<ConfigIssue> issues_;
+  std::string message_;
 };
 
 // A file that cannot be read.
@@ -106,6 +109,13 @@ Experiment with_seed(const Experiment& experiment, std::uint64_t seed);
 
 // The same experiment on another device (the command line's --device and --tf32).
 Experiment with_device(const Experiment& experiment, const DeviceOptions& device);
+
+// The index of the first byte of `text` that is not part of well-formed UTF-8, or npos if none.
+std::size_t find_invalid_utf8(std::string_view text);
+
+// `text` fit for a message and for JSON: each byte that is not part of well-formed UTF-8, and each
+// control character other than newline and tab, written as \xHH.
+std::string printable(std::string_view text);
 
 // "a, b, c": names for a message.
 std::string list_names(const std::vector<std::string>& names);

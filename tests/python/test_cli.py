@@ -1,5 +1,6 @@
 """The selfnorm command line as a user meets it: exit codes, messages, files."""
 import json
+import os
 import re
 import subprocess
 
@@ -7,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, files_under
 
 
 def test_version_and_help(run):
@@ -130,6 +131,47 @@ def test_validate_prints_the_work_estimate(run, write_config):
     assert report["valid"] is False and report["config"].endswith("config.json")
     assert [p["path"] for p in report["problems"]] == ["network.depth"]
     assert report["problems"][0]["message"] in r.stderr
+
+
+def test_text_that_is_not_utf8_is_a_config_error_reported_as_json_too(run, write_config, tmp_path):
+    """A Latin-1 config, a UTF-16 one and a result file given as the config: exit status 2 with the
+    problem named (not an internal error), and validate --json prints {"valid": false, ...}."""
+    result = tmp_path / "tiny.h5"
+    assert run("run", write_config(TINY), "-o", result, "--quiet").returncode == 0
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"name": "caf\xe9"}')
+    utf16 = tmp_path / "utf16.json"
+    utf16.write_bytes('{"name": "x"}'.encode("utf-16"))
+    for config, message in [
+        (latin1, "byte 0xE9 at line 1, column 14 is not UTF-8 (the file may be Latin-1 or Windows-1252 text); "
+                 "re-save the file as UTF-8"),
+        (utf16, "the file is UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8"),
+        (result, "this is an HDF5 file (a selfnorm result file?), not a JSON config; give the JSON config instead (a "
+                 "result file keeps the config it was run from in its attribute \"config\")"),
+    ]:
+        r = run("validate", config, "--json")
+        assert r.returncode == 2, r.stderr
+        assert json.loads(r.stdout) == {"valid": False, "config": str(config),
+                                        "problems": [{"path": "", "message": message}]}
+        assert r.stderr.splitlines()[1] == "  " + message
+
+
+def test_a_file_name_that_is_not_utf8_is_named_printably_and_never_run(selfnorm_bin, tmp_path):
+    """A config without "name" is named after its file; a Latin-1 file name makes no name (it used to
+    pass validate, then end run with an internal error and an empty checkpoint folder)."""
+    config = tmp_path / os.fsdecode(b"r\xe9s.json")
+    config.write_text(json.dumps({"network": {"depth": 2, "width": 4}, "monte_carlo": {"trials": 1, "batch": 4}}))
+    message = ['error: r\\xE9s.json: 1 problem in the config',
+               '  name: missing; the name taken from the file name instead, "r\\xE9s", is not a file-name-safe '
+               "string (1 to 200 characters of UTF-8 text, no '/', '\\' or control characters, not starting with "
+               "'.'), since it names results/<name>.h5; add \"name\": \"...\" to the config"]
+    for command in (["run"], ["validate"], ["print-config"], ["validate", "--json"]):
+        r = subprocess.run([selfnorm_bin, command[0], config.name, *command[1:]], cwd=tmp_path, capture_output=True)
+        assert r.returncode == 2, (command, r.stderr)
+        assert r.stderr.decode("utf-8").splitlines() == message  # printable: decodes as UTF-8
+    report = json.loads(r.stdout)
+    assert report["valid"] is False and report["config"] == "r\ufffds.json"
+    assert files_under(tmp_path) == [config.name]
 
 
 def test_print_config_fills_in_every_default(run, write_config):

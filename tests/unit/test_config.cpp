@@ -199,6 +199,40 @@ TEST_CASE("config errors: NaN, Infinity and the usual JSON slips are named where
   CHECK(problems("{'seed': 1}")[0].find("double quotes") != std::string::npos);
 }
 
+TEST_CASE("config errors: text that is not UTF-8 is named where it is, and messages stay printable", "[config][errors]") {
+  CHECK(problems("{\"description\": \"caf\xc3\xa9\",\n \"name\": \"caf\xe9\"}") ==
+        std::vector<std::string>{"byte 0xE9 at line 2, column 14 is not UTF-8 (the file may be Latin-1 or "
+                                 "Windows-1252 text); re-save the file as UTF-8"});
+  CHECK(problems(std::string("\xff\xfe{\0}\0", 6)) ==
+        std::vector<std::string>{"the file is UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8"});
+  CHECK(problems(std::string("{\0}\0", 4)) ==
+        std::vector<std::string>{"a NUL byte at line 1, column 2: the file is not UTF-8 text (UTF-16 without a byte "
+                                 "order mark, or not a text file at all?); save the config as UTF-8"});
+  CHECK(problems(std::string("\x89HDF\r\n\x1a\n\0\0", 10))[0].find("this is an HDF5 file") == 0);
+  // A name taken from a file name that is not UTF-8, or that starts with '.': refused, saying where it came from.
+  const std::string rule = "a file-name-safe string (1 to 200 characters of UTF-8 text, no '/', '\\' or control "
+                           "characters, not starting with '.'), since it names results/<name>.h5";
+  CHECK(test::config_problems("{}", "r\xe9s.json", "r\xe9s") ==
+        std::vector<std::string>{"name: missing; the name taken from the file name instead, \"r\\xE9s\", is not " +
+                                 rule + "; add \"name\": \"...\" to the config"});
+  CHECK(test::config_problems("{}", ".hidden.json", ".hidden") ==
+        std::vector<std::string>{"name: missing; the name taken from the file name instead, \".hidden\", is not " +
+                                 rule + "; add \"name\": \"...\" to the config"});
+  CHECK(parse_experiment("{\"name\": \"ok\"}", "r\xe9s.json", "r\xe9s").name == "ok");
+  try {
+    parse_experiment("{\"seed\": -1}", "r\xe9s\x07.json", "x");
+    FAIL("accepted");
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()).rfind("r\\xE9s\\x07.json: 1 problem in the config\n  seed: ", 0) == 0);
+  }
+  CHECK(printable("caf\xc3\xa9 \xe9\t\n\x01\x7f\xf0\x9f\x98\x80\xed\xa0\x80") ==
+        "caf\xc3\xa9 \\xE9\t\n\\x01\\x7F\xf0\x9f\x98\x80\\xED\\xA0\\x80");
+  CHECK(find_invalid_utf8("caf\xc3\xa9") == std::string::npos);
+  CHECK(find_invalid_utf8("ab\xc0\x80") == 2);  // an overlong form
+  CHECK(find_invalid_utf8("ab\xf4\x90\x80\x80") == 2);  // beyond U+10FFFF
+  CHECK(find_invalid_utf8("ab\xe2\x82") == 2);  // cut short
+}
+
 TEST_CASE("config errors: absurd nesting and integers beyond int64 are refused, not crashed on", "[config][errors]") {
   // Deep nesting would overflow the stack of the recursive JSON copy and dump.
   const std::string deep = "{\"description\": " + std::string(100000, '[') + std::string(100000, ']') + "}";
