@@ -71,6 +71,22 @@ std::string command_line_problem(const CLI::App& top, const CLI::Error& e) {
   return e.what();
 }
 
+// Refuses an empty value, which CLI11 would read as 0 for a number and as "not given" for an
+// optional one.
+CLI::Validator non_empty(const std::string& what) {
+  return CLI::Validator(
+      [what](std::string& value) { return value.empty() ? "empty value; give " + what : std::string(); }, "");
+}
+
+// Gives every option of `app` and its subcommands that takes a number the non_empty check.
+void refuse_empty_numbers(CLI::App& app) {
+  for (CLI::Option* option : app.get_options()) {
+    const std::string type = option->get_type_name();
+    if (type == "INT" || type == "UINT" || type == "FLOAT") option->check(non_empty("a number"));
+  }
+  for (CLI::App* sub : app.get_subcommands({})) refuse_empty_numbers(*sub);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -110,7 +126,8 @@ int main(int argc, char** argv) {
                       "fma), fma (vector FMA) or "
                       "bf16x6 (matrix units, six bfloat16 products per float32 product; as accurate as fma)");
   run_cmd->add_option("--shard", run.shard,
-                      "run shard K of N only (K/N, 0-based), or slurm/N to take K from SLURM_ARRAY_TASK_ID");
+                      "run shard K of N only (K/N, 0-based), or slurm/N to take K from SLURM_ARRAY_TASK_ID")
+      ->check(non_empty("K/N or slurm/N"));
   run_cmd->add_flag("--quiet", run.quiet, "no progress and no summary");
   run_cmd->add_flag("--overwrite", run.overwrite, "replace an existing result file");
   run_cmd->add_flag("--allow-large-memory", run.allow_large_memory,
@@ -206,6 +223,7 @@ int main(int argc, char** argv) {
   t_depth->add_option("--weight-variance", theory.weight_variance, "sigma_w^2: weights ~ N(0, sigma_w^2/n)");
   t_depth->add_option("--bias-variance", theory.bias_variance, "sigma_b^2 (default 0)");
   theory_verbs = {t_map, t_jac, t_fp, t_solve, t_drop, t_depth};
+  refuse_empty_numbers(app);
 
   try {
     app.parse(argc, argv);

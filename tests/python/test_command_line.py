@@ -21,6 +21,9 @@ from mounts import mounted_tmpfs
     (["--threads", "0"], "error: --threads 0 is not valid; give a thread count from 1 to 4096"),
     (["--threads", "99999"], "error: --threads 99999 is not valid; give a thread count from 1 to 4096"),
     (["--threads", "two"], "error: --threads 'two' is not a number"),
+    (["--threads", ""], "error: --threads: empty value; give a number"),  # it ran with every processor
+    (["--shard", ""], "error: --shard: empty value; give K/N or slurm/N"),  # it ran every point
+    (["--seed", ""], "error: --seed '' is not valid; give an integer from 0 to 9223372036854775807"),
     (["--seed", "-1"], "error: --seed '-1' is not valid; give an integer from 0 to 9223372036854775807"),
     (["--seed", "1.5"], "error: --seed '1.5' is not valid; give an integer from 0 to 9223372036854775807"),
     (["--seed", "99999999999999999999"],

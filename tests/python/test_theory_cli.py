@@ -86,6 +86,17 @@ def test_readable_tables_and_bad_values(run):
         assert r.stdout == ""
 
 
+def test_an_empty_number_is_refused_not_taken_as_zero_or_the_default(run):
+    """CLI11 reads "" as 0 (--bias-variance "" ran with 0) or as "not given" (--alpha "" ran with
+    the default); every numeric option refuses it, naming the option."""
+    for args in [("map", "--alpha", ""), ("map", "--nu", ""), ("depth-scales", "--bias-variance", ""),
+                 ("solve", "--mean", ""), ("dropout", "--keep", ""), ("fixed-point", "--lambda", "")]:
+        r = run("theory", *args)
+        assert r.returncode == 2, (args, r.stdout)
+        assert r.stderr.splitlines()[0] == f"error: {args[1]}: empty value; give a number"
+        assert r.stdout == ""
+
+
 def test_runs_write_theory_beside_the_statistics(run, write_config, tmp_path):
     out = tmp_path / "t.h5"
     assert run("run", write_config(TINY), "-o", out, "--quiet").returncode == 0
