@@ -371,6 +371,25 @@ Activation parse_activation(const json& j, const std::string& path, Checker& c) 
   }
   if (!obj.contains("name")) {
     c.fail(join_path(path, "name"), "missing; choose one of " + list_names(activation_names()));
+    // The name may be there all the same: misspelt, or as a key holding the parameters.
+    std::vector<std::string> keys = {"name"};
+    for (const auto& info : activation_catalog()) {
+      for (const auto& p : info.params) {
+        if (std::find(keys.begin(), keys.end(), p.name) == keys.end()) keys.emplace_back(p.name);
+      }
+    }
+    for (const auto& [key, value] : obj.items()) {
+      if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
+      if (find_activation(key)) {
+        json written{{"name", key}};
+        if (value.is_object()) written.update(value);
+        c.fail(join_path(path, key), "unknown key; the activation's name goes in \"name\": write " + show(written));
+        continue;
+      }
+      const std::string near = nearest_key(key, keys);
+      c.fail(join_path(path, key), "unknown key" + (near.empty() ? std::string() : "; did you mean '" + near + "'?") +
+                                       " (an activation object holds \"name\" and the activation's parameters)");
+    }
     return Selu{};
   }
   const std::string name = c.choice(obj, "name", path, "", activation_names());
