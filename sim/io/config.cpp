@@ -572,6 +572,18 @@ std::pair<std::string, std::size_t> word_at(std::string_view text, std::size_t i
   return {std::string(text.substr(b, e - b)), b};
 }
 
+// Where the token that ends at `index` starts: a string's opening quote, a word's first character.
+std::size_t token_start(std::string_view text, std::size_t index) {
+  if (text[index] != '"') return word_at(text, index).second;
+  for (std::size_t i = index; i-- > 0;) {
+    if (text[i] != '"') continue;
+    std::size_t backslashes = 0;
+    while (backslashes < i && text[i - 1 - backslashes] == '\\') ++backslashes;
+    if (backslashes % 2 == 0) return i;
+  }
+  return index;
+}
+
 // Thrown from the parser callback to stop at absurd nesting.
 struct TooDeep {
   std::string path;
@@ -701,6 +713,20 @@ std::optional<json> parse_text(std::string_view text, Checker& c) {
       hint = "; JSON has no comments: remove it, or put the note in \"description\"";
     } else if (index < text.size() && text[index] == '\'') {
       hint = "; JSON strings and keys take double quotes \"...\", not single quotes";
+    } else if (what.find("invalid literal") != std::string::npos &&
+               (lowered == "true" || lowered == "false" || lowered == "none" || lowered == "null")) {
+      hint = std::string("; JSON writes true, false and null in lower case") + (lowered == "none" ? " (None is null)" : "");
+    } else if (what.find("; expected '}'") != std::string::npos || what.find("; expected ']'") != std::string::npos) {
+      // A value where the object or list should go on or end: the comma after the one before is missing.
+      const std::size_t start = token_start(text, std::min(index, text.size() - 1));
+      const std::size_t end = start == 0 ? std::string_view::npos : text.find_last_not_of(" \t\r\n", start - 1);
+      if (std::string_view("\"-0123456789tfn{[").find(text[start]) != std::string_view::npos &&
+          end != std::string_view::npos && std::string_view(",:[{").find(text[end]) == std::string_view::npos) {
+        const auto line = std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(end), '\n') + 1;
+        hint = text.substr(end, start - end).find('\n') == std::string_view::npos
+                   ? "; is a comma missing before it?"
+                   : "; is a comma missing at the end of line " + std::to_string(line) + "?";
+      }
     }
     c.fail("", "malformed JSON at " + line_column(text, index) + ": " + what + hint);
     return std::nullopt;

@@ -197,6 +197,14 @@ TEST_CASE("config errors: NaN, Infinity and the usual JSON slips are named where
                                  "remove it"});
   CHECK(problems("{\"seed\": 1 // the usual\n}")[0].find("JSON has no comments") != std::string::npos);
   CHECK(problems("{'seed': 1}")[0].find("double quotes") != std::string::npos);
+  // A missing comma: the parser stops at the next value; the hint names where the comma belongs.
+  CHECK(problems("{\"seed\": 1,\n \"network\": {\"depth\": 2}\n \"name\": \"x\"}")[0].find(
+            "; is a comma missing at the end of line 2?") != std::string::npos);
+  CHECK(problems("{\"network\": {\"widths\": [4, 4 4]}}")[0].find("; is a comma missing before it?") !=
+        std::string::npos);
+  CHECK(problems("{\"network\": {\"widths\": [4, 4}}")[0].find("comma") == std::string::npos);  // a bracket
+  CHECK(problems("{\"monte_carlo\": {\"weight_gradients\": False}}")[0].find(
+            "; JSON writes true, false and null in lower case") != std::string::npos);
 }
 
 TEST_CASE("config errors: text that is not UTF-8 is named where it is, and messages stay printable", "[config][errors]") {
