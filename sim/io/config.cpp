@@ -750,6 +750,18 @@ std::optional<json> parse_text(std::string_view text, Checker& c) {
   }
 }
 
+// The top-level sections that the keys of the config's sweep section name ("activation" for
+// activation.alfa), whether the keys are valid or not.
+std::set<std::string> swept_sections(const json& root) {
+  std::set<std::string> sections;
+  if (!root.contains("sweep") || !root.at("sweep").is_object()) return sections;
+  for (const auto& [form, keys] : root.at("sweep").items()) {
+    if (!keys.is_object()) continue;
+    for (const auto& [key, values] : keys.items()) sections.insert(key.substr(0, key.find('.')));
+  }
+  return sections;
+}
+
 }  // namespace
 
 ConfigError::ConfigError(std::string source, std::vector<ConfigIssue> issues)
@@ -898,8 +910,19 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
   // A sweep of activation.alpha with no activation given sweeps the default activation.
   if (!base.contains("activation")) base["activation"] = "selu";
   const std::size_t before_sweep = c.issues.size();
-  const SweepPlan plan = plan_sweep(root, c.issues);
-  if (c.issues.size() != before_sweep || plan.points.empty()) throw ConfigError(source, c.issues);
+  SweepPlan plan = plan_sweep(root, c.issues);
+  // A sweep with problems of its own: the base config is checked all the same, without the sweep,
+  // and its problems are reported too, except in the sections the sweep names (it may set there what
+  // the base lacks).
+  std::set<std::string> unchecked;
+  if (c.issues.size() != before_sweep || plan.points.empty()) {
+    json unswept = root;
+    unswept.erase("sweep");
+    std::vector<ConfigIssue> ignored;  // the activation list's, already reported
+    plan = plan_sweep(unswept, ignored);
+    if (plan.points.empty()) throw ConfigError(source, c.issues);
+    unchecked = swept_sections(root);
+  }
 
   // Each point is validated as a whole config. A problem found at every point belongs to the base
   // config and is reported once, plainly; one found at some points names the first of them.
@@ -930,6 +953,7 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
       throw ConfigError(source, c.issues);
     }
     for (const auto& issue : pc.issues) {
+      if (unchecked.count(issue.path.substr(0, issue.path.find_first_of(".[")))) continue;
       auto it = std::find_if(found.begin(), found.end(), [&](const Found& f) {
         return f.issue.path == issue.path && f.issue.message == issue.message;
       });
