@@ -750,6 +750,12 @@ std::optional<json> parse_text(std::string_view text, Checker& c) {
   }
 }
 
+// "sweep.grid.<key>" or "sweep.zip.<key>": where the config's (valid) sweep section sets `key`.
+std::string sweep_path(const json& root, const std::string& key) {
+  const json& sweep = root.at("sweep");
+  return std::string("sweep.") + (sweep.contains("grid") && sweep.at("grid").contains(key) ? "grid." : "zip.") + key;
+}
+
 // The top-level sections that the keys of the config's sweep section name ("activation" for
 // activation.alfa), whether the keys are valid or not.
 std::set<std::string> swept_sections(const json& root) {
@@ -968,21 +974,33 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
     resolved_points.push_back(cp.resolved);
     ex.points.push_back(std::move(cp));
   }
+  const std::size_t list_size = plan.activation_list ? root.at("activation").size() : 1;
   for (const auto& f : found) {
     ConfigIssue issue = f.issue;
+    // An issue of a list entry (activation[1].alpha) can be found only at the points of that entry;
+    // as a sweep key, its path is activation.alpha.
     const bool from_list = plan.activation_list && issue.path.rfind("activation[", 0) == 0;
-    if (f.count < plan.points.size() && !from_list) {
+    const std::size_t close = issue.path.find(']');
+    const std::string key_path = from_list ? "activation" + issue.path.substr(close + 1) : issue.path;
+    if (f.count < plan.points.size() / (from_list ? list_size : 1)) {
       issue.message += " [at sweep point " + std::to_string(f.first_point) + ": " + plan.points[f.first_point].label;
       if (f.count > 1) issue.message += ", and " + std::to_string(f.count - 1) + " more";
       issue.message += "]";
-    } else if (!from_list) {
+    } else {
       // Found at every point, but made by the sweep: it sets the key, or one the message names.
       for (const auto& key : plan.swept_keys) {
+        if (from_list && key == "activation") continue;  // the list itself
         const std::string last = key.substr(key.rfind('.') + 1);
-        if (issue.path == key || issue.message.find("'" + last + "'") != std::string::npos) {
+        if (key_path != key && issue.message.find("'" + last + "'") == std::string::npos) continue;
+        if (from_list) {
+          const json& entry = root.at("activation").at(std::stoul(issue.path.substr(11, close - 11)));
+          issue.message += " [" + sweep_path(root, key) + " sets it for every activation of the list, " +
+                           format_value(entry.is_object() ? entry.value("name", json("?")) : entry) + " (" +
+                           issue.path.substr(0, close + 1) + ") among them]";
+        } else {
           issue.message += " [every sweep point sets " + key + "]";
-          break;
         }
+        break;
       }
     }
     c.issues.push_back(issue);
