@@ -253,6 +253,27 @@ std::string other_products(const std::vector<io::PointRecord>& records, const io
          " products";
 }
 
+// "shard 2 of 4", or "the whole experiment" for a file that is not a shard.
+std::string split_name(const std::optional<io::ShardInfo>& shard) {
+  return shard ? "shard " + std::to_string(shard->index) + " of " + std::to_string(shard->count)
+               : std::string("the whole experiment");
+}
+
+// What sets the result with header `h` apart from this run of `ex` and `shard`, for a message: the
+// config keys that differ ("seed 0 in the file, 5 here"), or the split.
+std::string how_it_differs(const io::FileHeader& h, const io::Experiment& ex, const std::optional<io::ShardInfo>& shard) {
+  if (h.config_hash != ex.hash) {
+    std::string keys;
+    try {
+      keys = io::config_differences(json::parse(h.config), ex.resolved);
+    } catch (const json::exception&) {
+      // a config attribute that is not JSON: the hashes alone tell the difference
+    }
+    return keys.empty() ? "config hash " + h.config_hash + " in the file, " + ex.hash + " here" : keys;
+  }
+  return split_name(h.shard) + " in the file, " + split_name(shard) + " here";
+}
+
 // Whether `out`, which exists (header `existing`) and is not to be overwritten, is already this
 // run's result: true if so (its leftover checkpoints of this config are removed); UsageError,
 // saying what it holds and what would work, if it is anything else.
@@ -307,8 +328,9 @@ bool already_complete(const fs::path& out, const io::FileHeader& existing, const
                      "version " + std::to_string(io::kSchemaVersion) + " (the old file stays intact until the new "
                      "one is complete)");
   }
-  throw UsageError(out.string() + " already exists and holds other results; pass --overwrite to replace it (the "
-                   "old file stays intact until the new one is complete) or choose another path with -o");
+  throw UsageError(out.string() + " already exists and holds other results (" + how_it_differs(existing, ex, shard) +
+                   "); pass --overwrite to replace it (the old file stays intact until the new one is complete) or "
+                   "choose another path with -o");
 }
 
 // The points an earlier, interrupted run of this output finished, from its checkpoints (their
@@ -673,7 +695,7 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
 std::string describe_other_file(const std::optional<io::FileHeader>& header, const io::Experiment& ex) {
   if (!header) return "a file that is not a selfnorm result";
   const io::FileHeader& h = *header;
-  if (h.config_hash != ex.hash) return "a result of another config (hash " + h.config_hash + ")";
+  if (h.config_hash != ex.hash) return "a result of another config (" + how_it_differs(h, ex, h.shard) + ")";
   if (!h.shard) return "a complete result of this config, not a shard";
   if (h.schema_version < io::kSchemaVersion) return "this shard in an older file layout; rerun it with --overwrite";
   if (h.per_trial != ex.output.per_trial) {

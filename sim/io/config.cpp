@@ -864,6 +864,36 @@ json to_json(const PointSpec& spec) {
   return j;
 }
 
+std::string config_differences(const json& there, const json& here, std::size_t most) {
+  std::vector<std::string> found;
+  // Objects and lists of the same length are compared entry by entry, anything else as a whole.
+  std::function<void(const json&, const json&, const std::string&)> compare = [&](const json& a, const json& b,
+                                                                                   const std::string& path) {
+    if (a == b) return;
+    if (a.is_object() && b.is_object()) {
+      for (const auto& [key, value] : b.items()) {
+        if (path.empty() && (key == "name" || key == "description" || key == "output")) continue;
+        compare(a.contains(key) ? a.at(key) : json(), value, join_path(path, key));
+      }
+      for (const auto& [key, value] : a.items()) {
+        if (!b.contains(key) && !(path.empty() && (key == "name" || key == "description" || key == "output"))) {
+          compare(value, json(), join_path(path, key));
+        }
+      }
+    } else if (a.is_array() && b.is_array() && a.size() == b.size()) {
+      for (std::size_t i = 0; i < a.size(); ++i) compare(a[i], b[i], index_path(path, i));
+    } else {
+      found.push_back(path + " " + (a.is_null() ? "absent" : show(a)) + " in the file, " +
+                      (b.is_null() ? "absent" : show(b)) + " here");
+    }
+  };
+  compare(there, here, "");
+  std::string out;
+  for (std::size_t i = 0; i < found.size() && i < most; ++i) out += (i ? "; " : "") + found[i];
+  if (found.size() > most) out += "; and " + std::to_string(found.size() - most) + " more";
+  return out;
+}
+
 std::string hash_hex(std::string_view text) {
   std::uint64_t h = 0xcbf29ce484222325ULL;
   for (unsigned char ch : text) {

@@ -129,6 +129,12 @@ nlohmann::ordered_json activation_json(const Activation& activation);
 // The JSON of one point's spec, with every default filled in (the inverse of parsing).
 nlohmann::ordered_json to_json(const PointSpec& spec);
 
+// How the resolved config `here` differs from `there` (a result file's), key by key, for a message:
+// "seed 0 in the file, 5 here; network.depth 4 in the file, 8 here". The keys that change nothing
+// computed (name, description, output) are left out; at most `most` keys are named.
+std::string config_differences(const nlohmann::ordered_json& there, const nlohmann::ordered_json& here,
+                               std::size_t most = 3);
+
 // A 64-bit FNV-1a hash of `text` as 16 hex digits.
 std::string hash_hex(std::string_view text);
 

@@ -71,7 +71,14 @@ def test_run_never_replaces_other_results_without_the_flag(run, write_config, tm
     # Another experiment aimed at the same file is refused.
     r = run("run", write_config(TINY), "-o", out, "--seed", "99")
     assert r.returncode == 2
-    assert "already exists and holds other results; pass --overwrite" in r.stderr
+    assert "already exists and holds other results (seed 7 in the file, 99 here); pass --overwrite" in r.stderr
+    # What differs is named: the config's keys, or the split.
+    r = run("run", write_config(dict(TINY, network={"depth": 5, "width": 16})), "-o", out)
+    assert r.returncode == 2
+    assert "holds other results (network.depth 4 in the file, 5 here); pass --overwrite" in r.stderr
+    r = run("run", write_config(TINY), "-o", out, "--shard", "1/2")
+    assert r.returncode == 2
+    assert "holds other results (the whole experiment in the file, shard 1 of 2 here); pass --overwrite" in r.stderr
     assert out.read_bytes() == before
     assert run("run", write_config(TINY), "-o", out, "--seed", "99", "--overwrite", "--quiet").returncode == 0
     assert out.read_bytes() != before

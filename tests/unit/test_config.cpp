@@ -274,6 +274,22 @@ TEST_CASE("alpha dropout needs a saturating activation", "[config][errors]") {
                                  "unit, the paper's q), got 0"});
 }
 
+TEST_CASE("config_differences names the keys two configs differ in", "[config]") {
+  const Experiment a = parse(R"({"name": "a", "seed": 1, "network": {"depth": 2, "width": 8}})");
+  const Experiment b = parse(R"({"name": "b", "seed": 2, "network": {"depth": 3, "width": 8},
+                                 "output": {"per_trial": true}})");
+  CHECK(config_differences(a.resolved, a.resolved).empty());
+  CHECK(config_differences(a.resolved, b.resolved) == "network.depth 2 in the file, 3 here; seed 1 in the file, 2 here");
+  CHECK(config_differences(a.resolved, b.resolved, 1) == "network.depth 2 in the file, 3 here; and 1 more");
+  const Experiment list = parse(R"({"activation": ["selu", "relu"], "network": {"depth": 2, "width": 8}})");
+  const Experiment other = parse(R"({"activation": ["selu", "elu"], "network": {"depth": 2, "width": 8}})");
+  CHECK(config_differences(list.resolved, other.resolved) ==
+        "activation[1].name \"relu\" in the file, \"elu\" here; activation[1].alpha absent in the file, 1.0 here");
+  // A value of another kind is shown whole (cut at 60 characters).
+  CHECK(config_differences(parse(R"({"activation": "relu", "network": {"depth": 2, "width": 8}})").resolved, list.resolved).rfind(
+            "activation {\"name\":\"relu\"} in the file, [{\"name\":\"selu\",", 0) == 0);
+}
+
 TEST_CASE("nearest_key suggests only plausible keys", "[config]") {
   const std::vector<std::string> keys = {"depth", "width", "widths"};
   CHECK(nearest_key("widht", keys) == "width");
