@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
@@ -39,18 +40,49 @@ namespace {
 
 // The signal that asked the run to stop (SIGINT or SIGTERM), 0 if none.
 std::atomic<int> g_stop_signal{0};
+// For the handler's messages, set before it is installed: the checkpoint folder, and whether stderr
+// is a terminal (where the progress line has no newline yet).
+std::array<char, 4096> g_stop_folder{};
+bool g_stop_newline = false;
+
+// Writes `text` to stderr; async-signal-safe.
+void say(const char* text, std::size_t size) { [[maybe_unused]] const auto n = ::write(STDERR_FILENO, text, size); }
+void say(const char* text) { say(text, std::strlen(text)); }
 
 extern "C" void on_stop_signal(int sig) {
-  g_stop_signal.store(sig);
-  // A second signal ends the process at once (the finished points are already on disk).
-  std::signal(sig, SIG_DFL);
+  const int saved_errno = errno;
+  int none = 0;
+  const bool first = g_stop_signal.compare_exchange_strong(none, sig);
+  if (g_stop_newline) say("\n");
+  if (first) {
+    say(sig == SIGINT ? "SIGINT: stopping after the point in progress; Ctrl-C again stops at once; finished points "
+                        "are kept in "
+                      : "SIGTERM: stopping after the point in progress; a second SIGTERM or Ctrl-C stops at once; "
+                        "finished points are kept in ");
+  } else {
+    say("stopping at once: the point in progress is lost; finished points are kept in ");
+  }
+  say(g_stop_folder.data());
+  say(first ? "\n" : "; run the same command again to resume\n");
+  if (!first) {
+    // Ends the process by the signal, as the default action would have.
+    std::signal(sig, SIG_DFL);
+    ::raise(sig);
+  }
+  errno = saved_errno;
 }
 
-// Catches SIGINT and SIGTERM for the lifetime of a run, so that it stops at a point boundary.
+// Catches SIGINT and SIGTERM for the lifetime of a run, so that it stops at a point boundary, and
+// says so; a second signal ends the process at once. `folder` keeps the finished points.
 class StopSignals {
  public:
-  StopSignals() {
+  explicit StopSignals(const fs::path& folder) {
     g_stop_signal.store(0);
+    const std::string text = folder.string();
+    const std::size_t size = std::min(text.size(), g_stop_folder.size() - 1);
+    std::copy_n(text.data(), size, g_stop_folder.data());
+    g_stop_folder[size] = '\0';
+    g_stop_newline = isatty(STDERR_FILENO) != 0;
     previous_int_ = std::signal(SIGINT, on_stop_signal);
     previous_term_ = std::signal(SIGTERM, on_stop_signal);
   }
@@ -573,7 +605,7 @@ int run_command(const RunArgs& args) {
 
   io::Provenance provenance = current_provenance(threads.threads, args.command_line);
   runner->describe(provenance);
-  StopSignals signals;
+  StopSignals signals(checkpoint.folder());
   ProgressDisplay progress(!args.quiet, static_cast<std::int64_t>(todo.size()), total_flop);
   std::int64_t ordinal = 0;
   for (std::int64_t p : todo) {

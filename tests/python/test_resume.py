@@ -86,12 +86,48 @@ def test_sigterm_and_sigint_stop_at_a_point_boundary(reference, tmp_path, sig):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, stderr
     name = "SIGTERM" if sig == signal.SIGTERM else "SIGINT"
+    # The signal is acknowledged when it comes, not only once the point in progress is done.
+    again = "Ctrl-C again" if sig == signal.SIGINT else "a second SIGTERM or Ctrl-C"
+    assert (f"{name}: stopping after the point in progress; {again} stops at once; finished points are kept in "
+            f"{out}.partial\n") in stderr
     assert f"stopped by {name} after finishing a point" in stderr
     assert "run the same command again to resume" in stderr
     assert not out.exists()
     assert len(checkpoints(out)) >= 2
     run_quietly(cfg, out)
     assert same_statistics(out, ref)
+
+
+def test_a_second_sigint_stops_at_once_and_says_so(tmp_path):
+    """The first Ctrl-C is acknowledged at once; a second one ends the run without waiting for the
+    point in progress (killed by SIGINT, as the shell expects), saying what is kept. Points of about
+    a second each leave time to send it."""
+    import json
+    cfg = tmp_path / "slow.json"
+    cfg.write_text(json.dumps({"name": "slow", "network": {"depth": 8, "width": 1024},
+                               "monte_carlo": {"trials": 8, "batch": 1024},
+                               "sweep": {"grid": {"init.weight_variance": [1.0, 1.01, 1.02]}}}))
+    out = tmp_path / "slow.h5"
+    proc = start(cfg, out)
+    wait_for_checkpoints(proc, out, 1)
+    proc.send_signal(signal.SIGINT)
+    ack = f"SIGINT: stopping after the point in progress; Ctrl-C again stops at once; finished points are kept in " \
+          f"{out}.partial\n"
+    seen = []
+    while ack not in seen:
+        line = proc.stderr.readline()
+        assert line, f"no acknowledgement of the first SIGINT:\n{''.join(seen)}"
+        seen.append(line)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGINT, "".join(seen) + stderr
+    assert stderr.endswith(f"stopping at once: the point in progress is lost; finished points are kept in "
+                           f"{out}.partial; run the same command again to resume\n"), stderr
+    assert not out.exists()
+    assert "point-0.h5" in checkpoints(out)
+    r = subprocess.run([str(BIN), "run", str(cfg), "-o", str(out), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and checkpoints(out) == []
 
 
 def test_a_checkpoint_of_another_config_is_refused_unless_overwrite_is_given(reference, tmp_path):
