@@ -183,8 +183,14 @@ void check_output_folder(const fs::path& path) {
   }
   if (fs::is_directory(path, ec)) throw UsageError(path.string() + " is a folder; -o needs a file name ending in .h5");
   if (path.extension() != ".h5") {
-    throw UsageError("-o " + path.string() + ": the result file's name must end in .h5 (selfnorm writes HDF5 files); "
-                     "for example -o " + (path.parent_path() / (path.stem().string() + ".h5")).string());
+    // "x.h5.partial" (a checkpoint folder's name) -> x.h5; ".h5" (no name before the suffix) -> result.h5
+    const std::string stem = path.stem().string();
+    const bool nameless = stem == ".h5";
+    const std::string name = nameless ? "result.h5" : stem.size() > 3 && stem.ends_with(".h5") ? stem : stem + ".h5";
+    throw UsageError("-o " + path.string() + ": " +
+                     (nameless ? "the result file needs a name before .h5"
+                               : "the result file's name must end in .h5 (selfnorm writes HDF5 files)") +
+                     "; for example -o " + (path.parent_path() / name).string());
   }
   if (::access(folder.c_str(), W_OK) != 0) {
     throw UsageError("output folder " + folder.string() + " is not writable (" + std::strerror(errno) +

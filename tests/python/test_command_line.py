@@ -218,6 +218,11 @@ def test_files_that_are_not_results_are_never_written_over(run, write_config, tm
                               "or choose another path with -o"),
         (cfg, f"error: -o {cfg}: the result file's name must end in .h5 (selfnorm writes HDF5 files); for example "
               f"-o {tmp_path}/config.h5"),
+        # The example is a name that would do: not x.h5.partial.h5, nor .h5.h5.
+        (tmp_path / "x.h5.partial", f"error: -o {tmp_path}/x.h5.partial: the result file's name must end in .h5 "
+                                    f"(selfnorm writes HDF5 files); for example -o {tmp_path}/x.h5"),
+        (tmp_path / ".h5", f"error: -o {tmp_path}/.h5: the result file needs a name before .h5; for example -o "
+                           f"{tmp_path}/result.h5"),
         ("", "error: --output: an empty path; give a file name ending in .h5"),
     ]:
         for overwrite in ([], ["--overwrite"]):
