@@ -135,12 +135,16 @@ class Checker {
     return false;
   }
 
-  // Records every key of obj not in `allowed`, with the nearest valid key.
-  void known_keys(const json& obj, const std::string& path, const std::vector<std::string>& allowed) {
+  // Records every key of obj not in `allowed`, with where it belongs (`place`, "" if it cannot
+  // tell) or else the nearest valid key.
+  void known_keys(const json& obj, const std::string& path, const std::vector<std::string>& allowed,
+                  const std::function<std::string(const std::string&, const json&)>& place = {}) {
     for (const auto& [key, value] : obj.items()) {
       if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
       std::string msg = "unknown key";
-      const std::string near = suggest_keys(key, allowed);
+      const std::string there = place ? place(key, value) : std::string();
+      const std::string near = there.empty() ? suggest_keys(key, allowed) : std::string();
+      if (!there.empty()) msg += "; " + there;
       if (!near.empty()) msg += "; did you mean " + near + "?";
       msg += allowed.empty() ? " (this section takes no keys)" : " (valid keys: " + list_names(allowed) + ")";
       fail(join_path(path, key), msg);
@@ -309,6 +313,38 @@ const std::vector<std::pair<std::string, std::string>> kInitSynonyms = {
 constexpr int kMaxNesting = 32;
 // Most layers (summed over the points) one experiment may have: its specs stay in memory.
 constexpr std::size_t kMaxTotalLayers = 20'000'000;
+
+// For a key of a section written at the top level, plainly ("depth") or dotted ("network.depth"):
+// where it belongs, and how to write it there; "" for any other key.
+std::string section_of_top_key(const std::string& key, const json& value) {
+  const std::vector<std::pair<std::string, const std::vector<std::string>*>> sections = {
+      {"network", &kNetworkKeys}, {"init", &kInitKeys},    {"input", &kInputKeys}, {"alpha_dropout", &kDropoutKeys},
+      {"monte_carlo", &kMonteCarloKeys}, {"output", &kOutputKeys}, {"cuda", &kCudaKeys}};
+  auto write = [&](const std::string& section, const std::string& field) {
+    return "write {\"" + section + "\": {\"" + field + "\": " + show(value) + "}}";
+  };
+  const std::size_t dot = key.find('.');
+  if (dot != std::string::npos && key.find('.', dot + 1) == std::string::npos &&
+      std::find(kTopKeys.begin(), kTopKeys.end(), key.substr(0, dot)) != kTopKeys.end()) {
+    return "a config nests its sections (dotted keys are for \"sweep\"): " +
+           write(key.substr(0, dot), key.substr(dot + 1));
+  }
+  for (const auto& [section, keys] : sections) {
+    if (std::find(keys->begin(), keys->end(), key) != keys->end()) {
+      return "'" + key + "' belongs in \"" + section + "\": " + write(section, key);
+    }
+  }
+  // An activation's parameter: shown with the default activation where it has one (alpha, lambda).
+  const ActivationInfo* owner = nullptr;
+  for (const auto& info : activation_catalog()) {
+    const bool has =
+        std::any_of(info.params.begin(), info.params.end(), [&](const ParamInfo& p) { return p.name == key; });
+    if (has && (!owner || info.name == "selu")) owner = &info;
+  }
+  if (!owner) return {};
+  return "'" + key + "' is a parameter of the activation: write {\"activation\": {\"name\": \"" +
+         std::string(owner->name) + "\", \"" + key + "\": " + show(value) + "}}";
+}
 
 std::vector<std::string> activation_names() {
   std::vector<std::string> names;
@@ -715,7 +751,8 @@ std::optional<json> parse_text(std::string_view text, Checker& c) {
       hint = "; JSON strings and keys take double quotes \"...\", not single quotes";
     } else if (what.find("invalid literal") != std::string::npos &&
                (lowered == "true" || lowered == "false" || lowered == "none" || lowered == "null")) {
-      hint = std::string("; JSON writes true, false and null in lower case") + (lowered == "none" ? " (None is null)" : "");
+      hint = std::string("; JSON writes true, false and null in lower case") +
+             (lowered == "none" ? " (None is null)" : "");
     } else if (what.find("; expected '}'") != std::string::npos || what.find("; expected ']'") != std::string::npos) {
       // A value where the object or list should go on or end: the comma after the one before is missing.
       const std::size_t start = token_start(text, std::min(index, text.size() - 1));
@@ -915,7 +952,7 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
                "\"activation\", got " + got(root) + "; write {} to run every default");
     throw ConfigError(source, c.issues);
   }
-  c.known_keys(root, "", kTopKeys);
+  c.known_keys(root, "", kTopKeys, section_of_top_key);
 
   Experiment ex;
   ex.name = c.string(root, "name", "", default_name);
