@@ -299,7 +299,8 @@ std::string split_name(const std::optional<io::ShardInfo>& shard) {
 
 // What sets the result with header `h` apart from this run of `ex` and `shard`, for a message: the
 // config keys that differ ("seed 0 in the file, 5 here"), or the split.
-std::string how_it_differs(const io::FileHeader& h, const io::Experiment& ex, const std::optional<io::ShardInfo>& shard) {
+std::string how_it_differs(const io::FileHeader& h, const io::Experiment& ex,
+                           const std::optional<io::ShardInfo>& shard) {
   if (h.config_hash != ex.hash) {
     std::string keys;
     try {
