@@ -729,11 +729,9 @@ int merge_command(const std::vector<std::string>& shards, const std::string& out
   return 0;
 }
 
-// What a file in a shard's place holds, for status: another config's result, this config's
-// result of another split, or (no header) not a result at all.
-std::string describe_other_file(const std::optional<io::FileHeader>& header, const io::Experiment& ex) {
-  if (!header) return "a file that is not a selfnorm result";
-  const io::FileHeader& h = *header;
+// What a result in a shard's place holds, for status: another config's result, or this config's
+// result of another split.
+std::string describe_other_file(const io::FileHeader& h, const io::Experiment& ex) {
   if (h.config_hash != ex.hash) return "a result of another config (" + how_it_differs(h, ex, h.shard) + ")";
   if (!h.shard) return "a complete result of this config, not a shard";
   if (h.schema_version < io::kSchemaVersion) return "this shard in an older file layout; rerun it with --overwrite";
@@ -741,6 +739,14 @@ std::string describe_other_file(const std::optional<io::FileHeader>& header, con
     return "this shard written with " + io::per_trial_setting(h.per_trial) + "; rerun it with --overwrite";
   }
   return "shard " + std::to_string(h.shard->index) + " of " + std::to_string(h.shard->count) + " of this config";
+}
+
+// True if the file at `path` starts with the HDF5 signature: a result file, if perhaps a damaged one.
+bool looks_like_hdf5(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  char head[8] = {};
+  in.read(head, sizeof head);
+  return in.gcount() == 8 && std::memcmp(head, "\x89HDF\r\n\x1a\n", 8) == 0;
 }
 
 // "3 or 4": the shard counts N of the shard-K-of-N.h5 files in `folder` other than `shards`.
@@ -780,6 +786,7 @@ int status_command(const std::string& config, const std::string& shards_text, co
   }
   std::vector<std::int64_t> missing;
   std::vector<std::int64_t> running;  // of the missing, those being written now (their lock is held)
+  std::vector<std::int64_t> blocked;  // of the missing, those whose place holds a file that is not a result
   std::int64_t complete = 0;
   std::vector<std::string> lines;
   for (std::int64_t k = 0; k < shards; ++k) {
@@ -809,8 +816,14 @@ int status_command(const std::string& config, const std::string& shards_text, co
         running.push_back(k);
         state = "running (" + (holder->empty() ? std::string("lock held") : *holder) + ")";
         if (done > 0) state += ", " + std::to_string(done) + " of " + std::to_string(points) + " points done";
+      } else if (fs::exists(path, ec) && !header) {
+        // A run never writes over it, even with --overwrite: a resubmitted task would fail at once.
+        blocked.push_back(k);
+        state = (looks_like_hdf5(path) ? std::string("damaged or cut short (an HDF5 file that is not a readable result)")
+                                       : std::string("taken by a file that is not a selfnorm result")) +
+                ": move it away before resubmitting";
       } else if (fs::exists(path, ec)) {
-        state = "taken by " + describe_other_file(header, ex);
+        state = "taken by " + describe_other_file(*header, ex);
       } else if (!unusable.empty()) {
         state = "checkpoint not resumable: " + unusable;
       } else if (done > 0) {
@@ -823,13 +836,23 @@ int status_command(const std::string& config, const std::string& shards_text, co
   }
   if (missing_only) {
     // For submit.py --only: a shard being written would be submitted twice (and the second task
-    // would find it locked).
+    // would find it locked), and one whose place holds a file that is not a result would fail.
     std::vector<std::int64_t> to_submit;
-    std::set_difference(missing.begin(), missing.end(), running.begin(), running.end(), std::back_inserter(to_submit));
+    for (std::int64_t k : missing) {
+      if (std::find(running.begin(), running.end(), k) == running.end() &&
+          std::find(blocked.begin(), blocked.end(), k) == blocked.end()) {
+        to_submit.push_back(k);
+      }
+    }
     std::cout << io::array_spec(to_submit) << std::endl;
     if (!running.empty()) {
       std::cerr << "note: left out: " << plural(static_cast<std::int64_t>(running.size()), "shard") << " being written "
                 << "now (" << io::array_spec(running) << "); run status again once they end" << std::endl;
+    }
+    if (!blocked.empty()) {
+      std::cerr << "note: left out: " << plural(static_cast<std::int64_t>(blocked.size()), "shard") << " whose file "
+                << "is damaged, cut short or not a selfnorm result (" << io::array_spec(blocked) << "), which a run "
+                << "never writes over; move the files away, then run status again" << std::endl;
     }
     return 0;
   }
@@ -848,6 +871,7 @@ int status_command(const std::string& config, const std::string& shards_text, co
     std::cout << "not complete: " << io::array_spec(missing) << "  (sbatch --array=" << io::array_spec(missing)
               << ")";
     if (!running.empty()) std::cout << "; being written now: " << io::array_spec(running);
+    if (!blocked.empty()) std::cout << "; move the files away before resubmitting: " << io::array_spec(blocked);
     std::cout << "\n";
   } else {
     // Beside the shards' folder, where submit.py's merge job writes it.

@@ -140,11 +140,23 @@ def test_status_says_what_it_finds_in_place_of_the_shards(run, write_config, tmp
     assert r.returncode == 0
     assert r.stdout.splitlines()[1:] == [
         "  shard 0  2 points  taken by a complete result of this config, not a shard",
-        "  shard 1  1 point  taken by a file that is not a selfnorm result",
+        "  shard 1  1 point  taken by a file that is not a selfnorm result: move it away before resubmitting",
         "0 of 2 shards complete",
         "the folder holds shard files of other splits (--shards 3); is --shards 2 the split the run used?",
-        "not complete: 0-1  (sbatch --array=0-1)",
+        "not complete: 0-1  (sbatch --array=0-1); move the files away before resubmitting: 1",
     ]
+    # A shard cut short (a full disk, a copy that stopped) is not resubmitted: its task would fail at
+    # once, since a run never writes over a file that is not a readable result.
+    shard1 = folder / "shard-1-of-3.h5"
+    shard1.write_bytes(shard1.read_bytes()[:2000])
+    r = run("status", cfg, "--shards", "3", cwd=tmp_path)
+    assert r.stdout.splitlines()[2] == ("  shard 1  1 point  damaged or cut short (an HDF5 file that is not a readable "
+                                        "result): move it away before resubmitting")
+    r = run("status", cfg, "--shards", "3", "--missing", cwd=tmp_path)
+    assert r.returncode == 0
+    assert r.stdout.strip() == ""
+    assert r.stderr.strip() == ("note: left out: 1 shard whose file is damaged, cut short or not a selfnorm result "
+                                "(1), which a run never writes over; move the files away, then run status again")
     # A checkpoint that cannot be resumed says why (it used to read "checkpoint of another config"
     # whatever the reason).
     (folder / "shard-2-of-3.h5").unlink()
