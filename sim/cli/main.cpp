@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
   // A flag is given or not: `--overwrite=2` or `--quiet=false` is refused, not read as a value.
   app.option_defaults()->disable_flag_override();
   app.failure_message([](const CLI::App* top, const CLI::Error& e) {
-    return "error: " + command_line_problem(*top, e) +
+    return "error: " + selfnorm::io::printable(command_line_problem(*top, e)) +
            "\nRun `selfnorm --help` or `selfnorm COMMAND --help` for the options.\n";
   });
   app.set_version_flag("--version", version_line());

@@ -1,5 +1,7 @@
 """Bad command-line values and bad output paths: exit status 2, a message that names the value and
 what would work, and nothing written anywhere."""
+import os
+
 import h5py
 import pytest
 
@@ -32,6 +34,7 @@ from mounts import mounted_tmpfs
     (["--frobnicate"], "error: unknown option --frobnicate for selfnorm run"),
     (["--thread", "2"], "error: unknown option --thread for selfnorm run; did you mean --threads?"),
     (["extra"], "error: unexpected argument 'extra' for selfnorm run"),
+    ([os.fsdecode(b"x\xe9")], "error: unexpected argument 'x\\xE9' for selfnorm run"),  # printable, not Latin-1
     (["--quiet=false"], "error: --quiet is a flag and takes no value: give --quiet alone, or leave it out"),
 ])
 def test_bad_run_options_exit_2_and_write_nothing(run, write_config, tmp_path, args, message):
