@@ -946,21 +946,21 @@ int validate_command(const std::string& config, std::optional<int> requested_thr
     json varied = json::array();
     for (const auto& v : ex.varied) varied.push_back(v.key);
     std::cout << dump(json{{"valid", true},
-                      {"name", ex.name},
-                      {"config_hash", ex.hash},
-                      {"seed", ex.seed},
-                      {"points", ex.points.size()},
-                      {"grid_shape", ex.grid_shape},
-                      {"varied", varied},
-                      {"gemm_gflop", total_flop * 1e-9},
-                      {"max_point_gflop", max_point_flop * 1e-9},
-                      {"buffer_bytes", peak_bytes},
-                      {"memory_bytes", byte_count(memory_bytes)},
-                      {"memory_available_bytes", machine ? json(machine->usable()) : json(nullptr)},
-                      {"fits_in_memory", memory_warning.empty()},
-                      {"threads", threads.threads},
-                      {"device", std::string(io::to_string(ex.device.device))},
-                      {"gpu_memory_bytes", peak_gpu_bytes >= 0 ? byte_count(peak_gpu_bytes) : json(nullptr)}})
+                           {"name", ex.name},
+                           {"config_hash", ex.hash},
+                           {"seed", ex.seed},
+                           {"points", ex.points.size()},
+                           {"grid_shape", ex.grid_shape},
+                           {"varied", varied},
+                           {"gemm_gflop", total_flop * 1e-9},
+                           {"max_point_gflop", max_point_flop * 1e-9},
+                           {"buffer_bytes", peak_bytes},
+                           {"memory_bytes", byte_count(memory_bytes)},
+                           {"memory_available_bytes", machine ? json(machine->usable()) : json(nullptr)},
+                           {"fits_in_memory", memory_warning.empty()},
+                           {"threads", threads.threads},
+                           {"device", std::string(io::to_string(ex.device.device))},
+                           {"gpu_memory_bytes", peak_gpu_bytes >= 0 ? byte_count(peak_gpu_bytes) : json(nullptr)}})
               << std::endl;
     return 0;
   }
