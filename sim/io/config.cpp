@@ -318,8 +318,9 @@ constexpr std::size_t kMaxTotalLayers = 20'000'000;
 // where it belongs, and how to write it there; "" for any other key.
 std::string section_of_top_key(const std::string& key, const json& value) {
   const std::vector<std::pair<std::string, const std::vector<std::string>*>> sections = {
-      {"network", &kNetworkKeys}, {"init", &kInitKeys},    {"input", &kInputKeys}, {"alpha_dropout", &kDropoutKeys},
-      {"monte_carlo", &kMonteCarloKeys}, {"output", &kOutputKeys}, {"cuda", &kCudaKeys}};
+      {"network", &kNetworkKeys},         {"init", &kInitKeys},     {"input", &kInputKeys},
+      {"alpha_dropout", &kDropoutKeys},   {"monte_carlo", &kMonteCarloKeys},
+      {"output", &kOutputKeys},           {"cuda", &kCudaKeys}};
   auto write = [&](const std::string& section, const std::string& field) {
     return "write {\"" + section + "\": {\"" + field + "\": " + show(value) + "}}";
   };
