@@ -2,7 +2,7 @@
 // clang with AddressSanitizer and UndefinedBehaviorSanitizer.
 //
 // Whatever the input, the parser must either accept it, or refuse it with a ConfigError that holds
-// at least one issue, each with a non-empty message. Any other exception, a crash, a sanitizer
+// at least one issue, each with a non-empty message, all of it UTF-8. Any other exception, a crash, a sanitizer
 // report, a leak or an abort here is a finding. An accepted config must also hold what the rest of
 // the program relies on: at least one point, a resolved config that parses back to the same
 // experiment (result files and merges depend on it), and a memory estimate that can be made.
@@ -46,6 +46,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   } catch (const io::ConfigError& e) {
     require(!e.issues().empty());
     for (const auto& issue : e.issues()) require(!issue.message.empty());
+    // Messages are printable whatever bytes the input holds: validate --json writes them as JSON.
+    require(io::find_invalid_utf8(e.what()) == std::string_view::npos);
   }
   return 0;
 }
