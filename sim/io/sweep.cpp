@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <optional>
 #include <set>
 
 namespace selfnorm::io {
@@ -151,8 +153,35 @@ struct Axis {
   std::vector<std::string> keys;
   std::vector<std::vector<json>> values;  // values[k][i]: key k at index i
   std::string path;                       // "activation[{}]" for an activation list
+  std::string where;                      // where the config gives it: "activation", "sweep.grid.KEY", "sweep.zip"
   std::size_t size() const { return values.empty() ? 0 : values.front().size(); }
 };
+
+// A problem for the first entry of `axis` that repeats an earlier one, or "": it would make the
+// same points twice, and give a grid coordinate two places (xarray's sel would return both).
+// Numbers compare by value (1 and 1.0 are one value).
+std::optional<ConfigIssue> repeated_entry(const Axis& axis) {
+  std::map<std::string, std::size_t> first;
+  for (std::size_t i = 0; i < axis.size(); ++i) {
+    json entry = json::array();
+    for (const auto& values : axis.values) {
+      entry.push_back(values[i].is_number() ? json(values[i].get<double>()) : values[i]);
+    }
+    const auto [it, inserted] = first.emplace(entry.dump(), i);
+    if (inserted) continue;
+    std::string what;
+    for (std::size_t k = 0; k < axis.keys.size(); ++k) {
+      const json& v = axis.values[k][i];
+      const json shown = axis.path.empty() || !v.is_object() ? v : v.value("name", json("?"));
+      what += (k ? ", " : "") + (axis.keys.size() > 1 ? axis.keys[k] + "=" : std::string()) + format_value(shown);
+    }
+    return ConfigIssue{axis.where, what + " is listed twice (at " + std::to_string(it->second) + " and " +
+                                       std::to_string(i) + "), which would make the same points twice; list each " +
+                                       (!axis.path.empty() ? "activation" : axis.keys.size() > 1 ? "combination" : "value") +
+                                       " once (monte_carlo.trials repeats a point's measurement)"};
+  }
+  return std::nullopt;
+}
 
 }  // namespace
 
@@ -223,6 +252,7 @@ SweepPlan plan_sweep(const json& root, std::vector<ConfigIssue>& issues) {
     axis.keys = {"activation"};
     axis.values = {std::vector<json>(list.begin(), list.end())};
     axis.path = "activation";
+    axis.where = "activation";
     axes.push_back(axis);
     plan.activation_list = true;
   }
@@ -281,7 +311,7 @@ SweepPlan plan_sweep(const json& root, std::vector<ConfigIssue>& issues) {
           if (values.empty()) continue;
           resolved[key] = values;
           if (std::string(form) == "grid") {
-            axes.push_back(Axis{{key}, {values}, ""});
+            axes.push_back(Axis{{key}, {values}, "", kpath});
           } else {
             zip.keys.push_back(key);
             zip.values.push_back(values);
@@ -299,12 +329,16 @@ SweepPlan plan_sweep(const json& root, std::vector<ConfigIssue>& issues) {
                                          "); zip varies its keys together, so every list needs the same length "
                                          "(use \"grid\" for all combinations)"});
           } else {
+            zip.where = spath;
             axes.push_back(zip);
           }
         }
         plan.resolved_sweep[form] = resolved;
       }
     }
+  }
+  for (const auto& axis : axes) {
+    if (auto issue = repeated_entry(axis)) issues.push_back(*issue);
   }
   if (issues.size() != issues_before) return plan;
 
