@@ -196,6 +196,17 @@ void check_output_folder(const fs::path& path) {
     throw UsageError("output folder " + folder.string() + " is not writable (" + std::strerror(errno) +
                      "); choose another path with -o");
   }
+  // The longest name selfnorm gives a file beside the result: the result written under a temporary
+  // name, ".<name>.tmp-<pid>-<n>", 20 bytes more than <name> (pids below 10^7, n below 10^6). Beyond
+  // the file system's limit the run would fail at its end, with every point computed.
+  const long name_max = ::pathconf(folder.c_str(), _PC_NAME_MAX);
+  const std::size_t length = path.filename().string().size();
+  if (name_max > 0 && length + 20 > static_cast<std::size_t>(name_max)) {
+    throw UsageError("-o " + path.string() + ": the file name has " + std::to_string(length) + " bytes, and selfnorm "
+                     "writes files named after it with up to 20 more (.<name>.tmp-<pid>-<n> while writing), over this "
+                     "file system's limit of " + std::to_string(name_max) + "; choose a name of at most " +
+                     std::to_string(name_max - 20) + " bytes");
+  }
 }
 
 // Takes the lock on `out` for this process. A folder where the lock file cannot be created is a

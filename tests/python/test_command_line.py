@@ -239,6 +239,12 @@ def test_files_that_are_not_results_are_never_written_over(run, write_config, tm
         (tmp_path / ".h5", f"error: -o {tmp_path}/.h5: the result file needs a name before .h5; for example -o "
                            f"{tmp_path}/result.h5"),
         ("", "error: --output: an empty path; give a file name ending in .h5"),
+        # 241 bytes fit a file system's 255, but not the temporary name written beside it: the run
+        # used to fail at its end, every point computed.
+        (tmp_path / ("b" * 238 + ".h5"), f"error: -o {tmp_path}/{'b' * 238}.h5: the file name has 241 bytes, and "
+                                         "selfnorm writes files named after it with up to 20 more (.<name>.tmp-<pid>-"
+                                         "<n> while writing), over this file system's limit of 255; choose a name of "
+                                         "at most 235 bytes"),
     ]:
         for overwrite in ([], ["--overwrite"]):
             r = run("run", cfg, "-o", out, *overwrite, cwd=tmp_path)
