@@ -161,7 +161,8 @@ int main(int argc, char** argv) {
   auto* status_cmd = app.add_subcommand("status", "List the complete, partial and missing shards of a sharded run");
   status_cmd->add_option("config", config, "experiment config (JSON)")->required();
   status_cmd->add_option("--shards", shard_count, "number of shards N the run was split into")->required();
-  status_cmd->add_option("--dir", status_folder, "folder of the shard files (default results/<name>)");
+  status_cmd->add_option("--dir", status_folder, "folder of the shard files (default results/<name>)")
+      ->check(non_empty("a folder"));
   status_cmd->add_flag("--missing", missing_only,
                        "print only the incomplete shards that are not being written now, in sbatch --array= form "
                        "(for submit.py --only)");

@@ -60,7 +60,10 @@ def test_a_missing_command_or_argument_exits_2(run, tmp_path):
                           (("theory", "map", "--mu", "abc"), "error: --mu 'abc' is not a number"),
                           (("run",), "error: config is required"),
                           (("merge", "-o", "x.h5"), "error: shards is required"),
-                          (("status", "x.json"), "error: --shards is required")]:
+                          (("status", "x.json"), "error: --shards is required"),
+                          # It used to list the default folder's shards, without a word.
+                          (("status", "x.json", "--shards", "2", "--dir", ""), "error: --dir: empty value; give a "
+                                                                                 "folder")]:
         r = run(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.splitlines()[0] == message
