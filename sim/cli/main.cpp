@@ -59,6 +59,13 @@ std::string command_line_problem(const CLI::App& top, const CLI::Error& e) {
     const std::string flag = "--" + what.substr(0, what.find(' '));
     return flag + " is a flag and takes no value: give " + flag + " alone, or leave it out";
   }
+  if (const std::string what = e.what(); dynamic_cast<const CLI::ArgumentMismatch*>(&e) &&
+                                          what.ends_with(" missing") && what.find(": 1 required ") != std::string::npos) {
+    // "--nu: 1 required FLOAT missing", for `--nu=` or a last `--nu`
+    const std::string option = what.substr(0, what.find(": 1 required "));
+    const std::string type = what.substr(option.size() + 13, what.size() - option.size() - 13 - 8);
+    return option + " needs a value" + (type == "INT" || type == "UINT" || type == "FLOAT" ? "; give a number" : "");
+  }
   if (dynamic_cast<const CLI::ConversionError*>(&e)) {
     // "Could not convert: --threads = two"
     const std::string what = e.what();

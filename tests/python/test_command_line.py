@@ -58,6 +58,9 @@ def test_a_missing_command_or_argument_exits_2(run, tmp_path):
                           (("theory", "solve", "--meen", "0"), "error: unknown option --meen for selfnorm theory "
                                                                "solve; did you mean --mean?"),
                           (("theory", "map", "--mu", "abc"), "error: --mu 'abc' is not a number"),
+                          (("theory", "map", "--mu="), "error: --mu needs a value; give a number"),
+                          (("theory", "map", "--mu"), "error: --mu needs a value; give a number"),
+                          (("run", "x.json", "-o"), "error: --output needs a value"),
                           (("run",), "error: config is required"),
                           (("merge", "-o", "x.h5"), "error: shards is required"),
                           (("status", "x.json"), "error: --shards is required"),
