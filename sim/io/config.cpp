@@ -1073,6 +1073,20 @@ Experiment parse_experiment(std::string_view text, const std::string& source, co
     }
     c.issues.push_back(issue);
   }
+  // Two points that resolve to the same config: an activation under two names ("silu" and
+  // "swish", "elu" and {"name": "elu"}), which plan_sweep's check of what each axis lists misses.
+  if (c.issues.empty()) {
+    std::map<std::string, std::size_t> first;  // by hash_hex of the resolved config
+    for (std::size_t p = 0; p < resolved_points.size(); ++p) {
+      const auto [it, inserted] = first.emplace(hash_hex(resolved_points[p].dump()), p);
+      if (inserted || resolved_points[it->second] != resolved_points[p]) continue;
+      c.fail(plan.activation_list ? "activation" : "sweep",
+             "sweep points " + std::to_string(it->second) + " (" + plan.points[it->second].label + ") and " +
+                 std::to_string(p) + " (" + plan.points[p].label + ") are the same point, written two ways; list "
+                 "each once (monte_carlo.trials repeats a point's measurement)");
+      break;
+    }
+  }
   if (!c.issues.empty()) throw ConfigError(source, c.issues);
 
   // Keys whose resolved value differs between points become result datasets.
