@@ -17,6 +17,7 @@ shards with --only and the options of the first submission, e.g.
 """
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import json
@@ -114,9 +115,10 @@ def array_indices(spec, shards):
         if last >= shards:
             fail(f"--only {spec}: '{part}' is not within the shards 0-{shards - 1} of a split into {shards}")
         indices.extend(range(first, last + 1))
-    twice = sorted({k for k in indices if indices.count(k) > 1})
+    twice = sorted(k for k, n in collections.Counter(indices).items() if n > 1)
     if twice:
-        fail(f"--only {spec}: {'shard' if len(twice) == 1 else 'shards'} {', '.join(map(str, twice))} "
+        shown = ", ".join(map(str, twice[:10])) + (f" and {len(twice) - 10} more" if len(twice) > 10 else "")
+        fail(f"--only {spec}: {'shard' if len(twice) == 1 else 'shards'} {shown} "
              f"{'is' if len(twice) == 1 else 'are'} given more than once; list each shard once")
     return indices
 
