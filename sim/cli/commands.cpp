@@ -309,7 +309,7 @@ std::string split_name(const std::optional<io::ShardInfo>& shard) {
 }
 
 // What sets the result with header `h` apart from this run of `ex` and `shard`, for a message: the
-// config keys that differ ("seed 0 in the file, 5 here"), or the split.
+// config keys that differ ("seed 0 in the file, 5 here"), the split, or else the file layout.
 std::string how_it_differs(const io::FileHeader& h, const io::Experiment& ex,
                            const std::optional<io::ShardInfo>& shard) {
   if (h.config_hash != ex.hash) {
@@ -321,7 +321,10 @@ std::string how_it_differs(const io::FileHeader& h, const io::Experiment& ex,
     }
     return keys.empty() ? "config hash " + h.config_hash + " in the file, " + ex.hash + " here" : keys;
   }
-  return split_name(h.shard) + " in the file, " + split_name(shard) + " here";
+  const std::string there = split_name(h.shard), here = split_name(shard);
+  if (there != here) return there + " in the file, " + here + " here";
+  return "schema version " + std::to_string(h.schema_version) + " in the file, " + std::to_string(io::kSchemaVersion) +
+         " here";
 }
 
 // Whether `out`, which exists (header `existing`) and is not to be overwritten, is already this

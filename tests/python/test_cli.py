@@ -80,6 +80,15 @@ def test_run_never_replaces_other_results_without_the_flag(run, write_config, tm
     assert r.returncode == 2
     assert "holds other results (the whole experiment in the file, shard 1 of 2 here); pass --overwrite" in r.stderr
     assert out.read_bytes() == before
+    # The same experiment from a later file layout: the layout is what differs.
+    newer = tmp_path / "newer.h5"
+    newer.write_bytes(before)
+    with h5py.File(newer, "r+") as f:
+        version = int(f.attrs["schema_version"])
+        f.attrs["schema_version"] = version + 1
+    r = run("run", write_config(TINY), "-o", newer)
+    assert r.returncode == 2
+    assert f"holds other results (schema version {version + 1} in the file, {version} here)" in r.stderr, r.stderr
     assert run("run", write_config(TINY), "-o", out, "--seed", "99", "--overwrite", "--quiet").returncode == 0
     assert out.read_bytes() != before
 
