@@ -325,6 +325,8 @@ std::string section_of_top_key(const std::string& key, const json& value) {
     return "write {\"" + section + "\": {\"" + field + "\": " + show(value) + "}}";
   };
   const std::size_t dot = key.find('.');
+  // "activation.alpha": the activation's parameter, written with the name it needs (below).
+  if (dot != std::string::npos && key.substr(0, dot) == "activation") return section_of_top_key(key.substr(dot + 1), value);
   if (dot != std::string::npos && key.find('.', dot + 1) == std::string::npos &&
       std::find(kTopKeys.begin(), kTopKeys.end(), key.substr(0, dot)) != kTopKeys.end()) {
     return "a config nests its sections (dotted keys are for \"sweep\"): " +
