@@ -1,5 +1,6 @@
 """selfnorm theory: readable tables and JSON with the documented keys; predictions in result files."""
 import json
+import math
 
 import h5py
 import numpy as np
@@ -8,6 +9,14 @@ from conftest import TINY
 
 ALPHA01 = 1.6732632423543772848170429916717
 LAMBDA01 = 1.0507009873554804934193349852946
+
+
+def Phi(x):
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def phi(x):
+    return math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
 
 
 def theory(run, *args):
@@ -108,10 +117,13 @@ def test_runs_write_theory_beside_the_statistics(run, write_config, tmp_path):
         # selu at its fixed point, relu halving.
         assert np.allclose(f["theory_activation_var"][0], 1.0, rtol=1e-12)
         assert np.allclose(f["theory_activation_msq"][1], 0.5 ** np.arange(1, 5), rtol=1e-12)
-        # xi_q = -1 / log(slope of q -> E f(z)^2 at q* = 1). With zero-mean weights that slope is the
-        # SNN map's d nu~ / d nu at (0, 1): E f = 0 there, so (E f)^2 has no slope.
-        slope = theory(run, "jacobian")["jacobian"][1][1]
-        assert abs(f["theory_xi_q"][0] + 1 / np.log(slope)) < 1e-9 * f["theory_xi_q"][0]
+        # xi_q = -1 / log(slope of q -> E selu(z)^2 at q* = 1), z ~ N(0, q). With r = sqrt(q),
+        # E selu^2 = lambda^2 (q/2 + alpha^2 (e^{2q} Phi(-2r) - 2 e^{q/2} Phi(-r) + 1/2)), so
+        # d/dq = lambda^2 (1/2 + alpha^2 (2 e^{2q} Phi(-2r) - e^{2q} phi(2r) / r - e^{q/2} Phi(-r)
+        #                                + e^{q/2} phi(r) / r)).
+        e2, eh = math.exp(2.0), math.exp(0.5)
+        slope = LAMBDA01 ** 2 * (0.5 + ALPHA01 ** 2 * (2 * e2 * Phi(-2) - e2 * phi(2) - eh * Phi(-1) + eh * phi(1)))
+        assert abs(f["theory_xi_q"][0] + 1 / np.log(slope)) < 1e-10 * f["theory_xi_q"][0]
         assert np.isnan(f["theory_xi_q"][1])  # relu: q -> 0, no fixed point
         assert f["theory_activation_var"].attrs["long_name"] == "mean-field prediction of activation_var"
 
