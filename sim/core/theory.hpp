@@ -43,8 +43,8 @@ struct GaussianMoments {
 // where the exponential of elu, selu or celu is nearly linear over the Gaussian's negative side:
 // its scale (1, or celu's alpha) beyond 1 / kClosedFormSpacing times sqrt v + max(-m, 0). v >= 0.
 GaussianMoments gaussian_moments(const Activation& f, double m, double v);
-// By the closed form (quadrature for activations without one); accurate to ~1e-13 relative within
-// kClosedFormRange standard deviations of the kinks, cancelling beyond.
+// By the closed form (quadrature for activations without one); accurate to ~1e-13 relative where
+// gaussian_moments chooses it, cancelling beyond (the three cases above).
 GaussianMoments gaussian_moments_closed(const Activation& f, double m, double v);
 inline constexpr double kClosedFormRange = 8.0;
 inline constexpr double kClosedFormSpacing = 1e-2;
