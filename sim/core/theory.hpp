@@ -59,11 +59,11 @@ bool has_closed_form(const Activation& f);
 // activation_step, by quadrature. `g` is gaussian_moments(f, m, v).
 double gaussian_variance(const Activation& f, double m, double v, const GaussianMoments& g);
 
-// f(m + d) - f(m). Where f is nearly constant or nearly linear, from the step's own terms, to a few
-// ulp of itself however close f's two values are: d on a linear piece, lambda alpha e^m expm1(d)
-// on selu's exponential one, sinh(d) / (cosh(m + d) cosh(m)) for tanh and so sigmoid, log1p forms
-// for softplus, d + f(-m - d) - f(-m) for gelu and silu at m > 0. Elsewhere (gelu and silu below 0,
-// across a kink) it is the plain difference of f's values, a few ulp of f(m).
+// f(m + d) - f(m), from the step's own terms, without the cancellation of f's two nearly equal
+// values: d on a linear piece, lambda alpha e^m expm1(d) on selu's exponential one,
+// sinh(d) / (cosh(m + d) cosh(m)) for tanh and so sigmoid, log1p forms for softplus,
+// d Phi(m + d) + m (Phi(m + d) - Phi(m)) for gelu (the difference by quadrature of phi over the
+// step) and likewise for silu. Across a kink it is the plain difference of f's values.
 double activation_step(const Activation& f, double m, double d);
 
 // E[h(z)] for z ~ N(m, v) by adaptive Gauss-Kronrod quadrature, the real line split at `kinks`

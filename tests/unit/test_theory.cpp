@@ -143,14 +143,15 @@ TEST_CASE("the closed forms give way to quadrature where they would cancel", "[t
 
 TEST_CASE("activation_step keeps its digits where f is nearly constant or linear", "[theory]") {
   // For small d, f(m + d) - f(m) = d f'(m + d/2) (1 + r), |r| <= d^2 |f''' / f'| / 24: at
-  // |d| <= 1e-6 and |f''' / f'| <= 4 (tanh's bound here) below 2e-13. f' comes from the
-  // activations' own derivative. The plain difference of f's values fails each of these: at
+  // |d| <= 1e-6 and |f''' / f'| <= 23 (gelu at -5, the largest here) below 1e-12. f' comes from
+  // the activations' own derivative. The plain difference of f's values fails each of these: at
   // tanh(15), d f' = 4e-19 against f's ulp of 2e-16.
   const std::vector<std::pair<Activation, double>> cases = {
       {Tanh{}, 15.0},     {Tanh{}, -15.0},    {Sigmoid{}, -40.0}, {Sigmoid{}, 40.0},      {Selu{}, -30.0},
       {Elu{0.7}, -30.0},  {Celu{2.0}, -60.0}, {Softplus{}, -30.0}, {Softplus{}, 15.0},    {Softplus{}, 30.0},
       {Relu{}, 1e8},      {Relu6{}, 3.0},     {Gelu{}, 8.0},      {LeakyRelu{0.1}, -1e8}, {Silu{}, 30.0},
-      {Identity{}, 1e12}, {Selu{}, 1e10}};
+      {Identity{}, 1e12}, {Selu{}, 1e10},       {Gelu{}, -0.3},     {Gelu{}, -5.0},      {Silu{}, -3.0},
+      {Silu{}, 1.6}};
   for (const auto& [f, m] : cases) {
     for (double d : {-1e-6, -1e-7, 1e-7, 1e-6}) {
       INFO(activation_name(f) << " at m = " << m << ", d = " << d);
@@ -194,6 +195,23 @@ TEST_CASE("the Jacobian keeps its digits where f saturates and at small variance
     CHECK(j.j[0][1] == Approx(0.5 * e).epsilon(tol));
     CHECK(j.j[1][0] == Approx(2 * nu).epsilon(tol));
     CHECK(j.j[1][1] == Approx(la * la * std::exp(2 * m + v) * (2 * std::exp(v) - 1)).epsilon(tol));
+  }
+  // gelu and silu at v = 1e-12: d mu~ / dv = E f''(z) / 2 = f''(m) / 2 + O(v), with
+  // gelu'' = phi(m) (2 - m^2) and silu'' = s'(m) (2 + m (1 - 2 s(m))), s the sigmoid. The plain
+  // difference f(z) - f(m) put this entry 1.4e-6 of the Jacobian's scale off; the same bound as
+  // above, 1e-7 of |f'| + |f''| / 2.
+  for (double m : {-3.0, -0.3, 1.6}) {
+    const double phi_m = std::exp(-0.5 * m * m) / std::sqrt(2.0 * M_PI), sg = 1.0 / (1.0 + std::exp(-m));
+    const double ds = sg * (1.0 - sg);
+    for (const auto& [f, d1, d2] : {std::tuple<Activation, double, double>{Gelu{}, 0.5 * std::erfc(-m / std::sqrt(2.0)) +
+                                                                                     m * phi_m,
+                                                                           phi_m * (2.0 - m * m)},
+                                    {Silu{}, sg + m * ds, ds * (2.0 + m * (1.0 - 2.0 * sg))}}) {
+      INFO(activation_name(f) << " at m = " << m);
+      const Jacobian j = snn_jacobian(f, m, 1.0, 1e-12, 1.0);
+      CHECK(std::abs(j.j[0][1] - 0.5 * d2) <= 1e-7 * (std::abs(d1) + 0.5 * std::abs(d2)));
+      CHECK(j.j[0][0] == Approx(d1).epsilon(1e-9));
+    }
   }
 }
 
