@@ -440,9 +440,9 @@ double log1p_exp_step(double b, double d) { return std::log1p(std::exp(b) * std:
 
 double activation_step(const Activation& f, double m, double d) {
   const double x = m + d;
-  const double direct = activation_value(f, x) - activation_value(f, m);
-  // Each form below is exact algebra; where one of its factors overflows (e^{cm} expm1(cd) at
-  // cm < -709, tanh's cosh beyond 710), the plain difference takes over.
+  // The plain difference, for steps across a kink, and where one factor of the exact forms below
+  // overflows (e^{cm} expm1(cd) at cm < -709): evaluated only there, off the quadrature's usual path.
+  const auto direct = [&] { return activation_value(f, x) - activation_value(f, m); };
   const double step = std::visit(
       [&](const auto& a) -> double {
         using A = std::decay_t<decltype(a)>;
@@ -450,20 +450,20 @@ double activation_step(const Activation& f, double m, double d) {
           return d;
         } else if constexpr (std::is_same_v<A, Relu>) {
           if (m > 0 && x > 0) return d;
-          return m <= 0 && x <= 0 ? 0.0 : direct;
+          return m <= 0 && x <= 0 ? 0.0 : direct();
         } else if constexpr (std::is_same_v<A, LeakyRelu>) {
           if (m > 0 && x > 0) return d;
-          return m <= 0 && x <= 0 ? a.negative_slope * d : direct;
+          return m <= 0 && x <= 0 ? a.negative_slope * d : direct();
         } else if constexpr (std::is_same_v<A, Relu6>) {
           if (m > 0 && m < 6 && x > 0 && x < 6) return d;
-          return (m <= 0 && x <= 0) || (m >= 6 && x >= 6) ? 0.0 : direct;
+          return (m <= 0 && x <= 0) || (m >= 6 && x >= 6) ? 0.0 : direct();
         } else if constexpr (std::is_same_v<A, Elu> || std::is_same_v<A, Selu> || std::is_same_v<A, Celu>) {
           // lambda (x for x > 0, amp (e^{cx} - 1) for x <= 0).
           double lambda = 1.0, amp = a.alpha, c = 1.0;
           if constexpr (std::is_same_v<A, Selu>) lambda = a.lambda;
           if constexpr (std::is_same_v<A, Celu>) c = 1.0 / a.alpha;
           if (m > 0 && x > 0) return lambda * d;
-          return m <= 0 && x <= 0 ? lambda * amp * std::exp(c * m) * std::expm1(c * d) : direct;
+          return m <= 0 && x <= 0 ? lambda * amp * std::exp(c * m) * std::expm1(c * d) : direct();
         } else if constexpr (std::is_same_v<A, Tanh>) {
           return tanh_step(m, d);
         } else if constexpr (std::is_same_v<A, Sigmoid>) {
@@ -473,21 +473,22 @@ double activation_step(const Activation& f, double m, double d) {
           // x + log1p(e^{-beta x}) / beta.
           const double z = a.beta * m, zx = a.beta * x, t = a.threshold;
           if (z > t && zx > t) return d;
-          if (z > t || zx > t) return direct;
+          if (z > t || zx > t) return direct();
           if (z <= 0 && zx <= 0) return log1p_exp_step(z, a.beta * d) / a.beta;
           if (z > 0 && zx > 0) return d + log1p_exp_step(-z, -a.beta * d) / a.beta;
-          return direct;
+          return direct();
         } else if constexpr (std::is_same_v<A, Gelu>) {
           return d * Phi(x) + m * Phi_step(m, d);  // x Phi(x) - m Phi(m)
         } else {
           static_assert(std::is_same_v<A, Silu>, "every activation has its step");
           // x s(x) - m s(m), s the sigmoid, whose step is tanh's at half the arguments.
-          const double s_x = x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x));
-          return d * s_x + m * 0.5 * tanh_step(0.5 * m, 0.5 * d);
+          return d * activation_value(Sigmoid{}, x) + m * 0.5 * tanh_step(0.5 * m, 0.5 * d);
         }
       },
       f);
-  return std::isfinite(step) || !std::isfinite(direct) ? step : direct;
+  if (std::isfinite(step)) return step;
+  const double plain = direct();
+  return std::isfinite(plain) ? plain : step;
 }
 
 double gaussian_variance(const Activation& f, double m, double v, const GaussianMoments& g) {
