@@ -48,6 +48,19 @@ const ActivationInfo* find_activation(std::string_view name) {
   return nullptr;
 }
 
+const std::vector<std::string>& activation_param_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& info : activation_catalog()) {
+      for (const auto& p : info.params) {
+        if (std::find(out.begin(), out.end(), p.name) == out.end()) out.emplace_back(p.name);
+      }
+    }
+    return out;
+  }();
+  return names;
+}
+
 std::vector<std::pair<std::string, std::string>> check_activation_params(std::string_view name,
                                                                          std::span<const double> values) {
   std::vector<std::pair<std::string, std::string>> problems;

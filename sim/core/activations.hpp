@@ -275,6 +275,9 @@ const std::vector<ActivationInfo>& activation_catalog();
 // Finds an activation by name or alias ("swish" is silu); nullptr if unknown.
 const ActivationInfo* find_activation(std::string_view name);
 
+// Every parameter name of any activation, each once, in the catalog's order (alpha, lambda, ...).
+const std::vector<std::string>& activation_param_names();
+
 // Problems with parameter values for the named activation, one message per bad parameter
 // naming it, e.g. "alpha must be > 0 ...". `values` follow the order of ActivationInfo::params.
 std::vector<std::pair<std::string, std::string>> check_activation_params(std::string_view name,

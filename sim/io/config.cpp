@@ -412,11 +412,7 @@ Activation parse_activation(const json& j, const std::string& path, Checker& c) 
     c.fail(join_path(path, "name"), "missing; choose one of " + list_names(activation_names()));
     // The name may be there all the same: misspelt, or as a key holding the parameters.
     std::vector<std::string> keys = {"name"};
-    for (const auto& info : activation_catalog()) {
-      for (const auto& p : info.params) {
-        if (std::find(keys.begin(), keys.end(), p.name) == keys.end()) keys.emplace_back(p.name);
-      }
-    }
+    keys.insert(keys.end(), activation_param_names().begin(), activation_param_names().end());
     for (const auto& [key, value] : obj.items()) {
       if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
       if (find_activation(key)) {

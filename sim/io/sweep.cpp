@@ -17,11 +17,7 @@ namespace {
 const std::vector<std::pair<std::string, std::vector<std::string>>>& sweepable() {
   static const std::vector<std::pair<std::string, std::vector<std::string>>> keys = [] {
     std::vector<std::string> act = {"name"};
-    for (const auto& info : activation_catalog()) {
-      for (const auto& p : info.params) {
-        if (std::find(act.begin(), act.end(), p.name) == act.end()) act.emplace_back(p.name);
-      }
-    }
+    act.insert(act.end(), activation_param_names().begin(), activation_param_names().end());
     return std::vector<std::pair<std::string, std::vector<std::string>>>{
         {"precision", {}},
         {"network", {"depth", "width", "widths"}},
@@ -412,14 +408,8 @@ std::vector<VariedKey> varied_keys(const SweepPlan& plan, const std::vector<json
   }
   if (activation_swept) {
     // Every activation parameter that is absent somewhere or not the same everywhere.
-    std::vector<std::string> params;
-    for (const auto& info : activation_catalog()) {
-      for (const auto& p : info.params) {
-        const std::string key = "activation." + std::string(p.name);
-        if (std::find(params.begin(), params.end(), key) == params.end()) params.push_back(key);
-      }
-    }
-    for (const auto& key : params) {
+    for (const auto& name : activation_param_names()) {
+      const std::string key = "activation." + name;
       if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
       const json first = get_dotted(resolved_points.front(), key);
       bool present = false;
