@@ -758,9 +758,9 @@ std::string describe_other_file(const io::FileHeader& h, const io::Experiment& e
 // True if the file at `path` starts with the HDF5 signature: a result file, if perhaps a damaged one.
 bool looks_like_hdf5(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
-  char head[8] = {};
+  char head[io::kHdf5Signature.size()] = {};
   in.read(head, sizeof head);
-  return in.gcount() == 8 && std::memcmp(head, "\x89HDF\r\n\x1a\n", 8) == 0;
+  return std::string_view(head, static_cast<std::size_t>(in.gcount())) == io::kHdf5Signature;
 }
 
 // "3 or 4": the shard counts N of the shard-K-of-N.h5 files in `folder` other than `shards`.

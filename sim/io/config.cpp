@@ -652,7 +652,7 @@ std::size_t find_number_token(std::string_view text, std::string_view number) {
 
 // Why `text` is not JSON text at all (another encoding, a binary file), or "" if it is UTF-8.
 std::string encoding_problem(std::string_view text) {
-  if (text.substr(0, 8) == std::string_view("\x89HDF\r\n\x1a\n", 8)) {
+  if (text.starts_with(kHdf5Signature)) {
     return "this is an HDF5 file (a selfnorm result file?), not a JSON config; give the JSON config instead (a "
            "result file keeps the config it was run from in its attribute \"config\")";
   }

@@ -113,6 +113,9 @@ Experiment with_device(const Experiment& experiment, const DeviceOptions& device
 // The index of the first byte of `text` that is not part of well-formed UTF-8, or npos if none.
 std::size_t find_invalid_utf8(std::string_view text);
 
+// The 8 bytes an HDF5 file starts with, such as a result file.
+inline constexpr std::string_view kHdf5Signature{"\x89HDF\r\n\x1a\n", 8};
+
 // `text` fit for a message and for JSON: each byte that is not part of well-formed UTF-8, and each
 // control character other than newline and tab, written as \xHH.
 std::string printable(std::string_view text);
