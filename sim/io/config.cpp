@@ -902,19 +902,20 @@ json to_json(const PointSpec& spec) {
 
 std::string config_differences(const json& there, const json& here, std::size_t most) {
   std::vector<std::string> found;
+  // Top-level keys that name or place the results rather than set what is computed.
+  const auto unhashed = [](const std::string& path, const std::string& key) {
+    return path.empty() && (key == "name" || key == "description" || key == "output");
+  };
   // Objects and lists of the same length are compared entry by entry, anything else as a whole.
   std::function<void(const json&, const json&, const std::string&)> compare = [&](const json& a, const json& b,
                                                                                    const std::string& path) {
     if (a == b) return;
     if (a.is_object() && b.is_object()) {
       for (const auto& [key, value] : b.items()) {
-        if (path.empty() && (key == "name" || key == "description" || key == "output")) continue;
-        compare(a.contains(key) ? a.at(key) : json(), value, join_path(path, key));
+        if (!unhashed(path, key)) compare(a.contains(key) ? a.at(key) : json(), value, join_path(path, key));
       }
       for (const auto& [key, value] : a.items()) {
-        if (!b.contains(key) && !(path.empty() && (key == "name" || key == "description" || key == "output"))) {
-          compare(value, json(), join_path(path, key));
-        }
+        if (!b.contains(key) && !unhashed(path, key)) compare(value, json(), join_path(path, key));
       }
     } else if (a.is_array() && b.is_array() && a.size() == b.size()) {
       for (std::size_t i = 0; i < a.size(); ++i) compare(a[i], b[i], index_path(path, i));
